@@ -1,0 +1,280 @@
+"""The generic backend: any Array API namespace, fused ops computed by the reference math.
+
+A :class:`Backend` is everything layers, losses and optimizers may touch: the array
+namespace ``xp``, host <-> device transfer, a seeded random generator, and the fused-op
+entry points (activation forward/backward, batch normalization, softmax cross-entropy,
+optimizer updates). :class:`ArrayAPIBackend` implements every op with
+:mod:`dualnn.kernels.reference`; the NumPy and CuPy backends override the ops that have
+a fused kernel, for the dtypes and layouts the kernel supports, and fall back here
+otherwise.
+
+Conventions of the op methods
+-----------------------------
+- ``out=`` (where offered) is a preallocated array of the result's shape and dtype; the
+  result is written into it and returned. It may be the same array as an input of the
+  same shape (in-place backward).
+- Optimizer updates write the new parameter and state into the arrays they are given.
+- Batch-norm training forward updates ``running_mean`` and ``running_var`` in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigurationError, DeviceMismatchError
+from ..kernels import reference
+
+import weakref
+
+FLOAT_DTYPES = ("float32", "float64")
+
+_live_backends = weakref.WeakSet()
+_global_seed = [None]
+
+
+def seed_all(seed):
+    """Seed every backend alive now and make later ones start from ``seed``."""
+    _global_seed[0] = seed
+    for backend in list(_live_backends):
+        backend.seed(seed)
+
+
+class ArrayAPIBackend:
+    """Backend for any Array API namespace; every op runs the reference math.
+
+    Parameters
+    ----------
+    xp : module
+        An Array API namespace (``numpy``, ``cupy``, ``array_api_strict``, ...).
+    name : str, optional
+        Short name; defaults to the namespace's module name.
+    device : str, optional
+        Device string reported to users (``"cpu"``, ``"gpu:0"``).
+
+    Notes
+    -----
+    Random numbers are drawn on the host with a NumPy generator and moved, because the
+    Array API has no random module. Subclasses with a device generator override
+    :meth:`random_uniform`.
+    """
+
+    def __init__(self, xp, name=None, device="cpu"):
+        self.xp = xp
+        self.name = name or getattr(xp, "__name__", "array_api")
+        self.device = device
+        self.fused = False
+        self._host_rng = np.random.default_rng(_global_seed[0])
+        _live_backends.add(self)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"
+
+    # ------------------------------------------------------------------ arrays
+    def dtype(self, name):
+        """The namespace's dtype object for ``"float32"``/``"float64"`` (or an int name)."""
+        name = dtype_name(name)
+        try:
+            return getattr(self.xp, name)
+        except AttributeError:
+            raise ConfigurationError(f"{self.name} has no dtype {name!r}") from None
+
+    def owns(self, a):
+        """True when ``a`` is an array of this backend's namespace (and device)."""
+        get_ns = getattr(a, "__array_namespace__", None)
+        if get_ns is None:
+            return False
+        try:
+            return get_ns() is self.xp
+        except Exception:  # namespaces that reject the call for this array type
+            return False
+
+    def asarray(self, a, dtype=None):
+        """Copy or move ``a`` (host array, list, scalar or own array) onto this device."""
+        if dtype is not None:
+            dtype = self.dtype(dtype)
+        if self.owns(a):
+            return a if dtype is None or a.dtype == dtype else self.xp.astype(a, dtype)
+        host = np.asarray(a)
+        return self.xp.asarray(host, dtype=dtype, copy=True) if dtype is not None \
+            else self.xp.asarray(host, copy=True)
+
+    def to_host(self, a):
+        """A NumPy copy of ``a`` (an array of this backend, or anything NumPy accepts)."""
+        if isinstance(a, np.ndarray):
+            return a
+        if self.owns(a):
+            return np.asarray(_to_numpy(self.xp, a))
+        return np.asarray(a)
+
+    def zeros(self, shape, dtype="float32"):
+        return self.xp.zeros(shape, dtype=self.dtype(dtype))
+
+    def empty(self, shape, dtype="float32"):
+        return self.xp.empty(shape, dtype=self.dtype(dtype))
+
+    def copy(self, a):
+        return self.xp.asarray(a, copy=True)
+
+    def assign(self, dst, src):
+        """Write ``src`` into ``dst`` in place (same shape)."""
+        dst[...] = src
+        return dst
+
+    def synchronize(self):
+        """Wait until all queued work on the device has finished (no-op on the CPU)."""
+
+    def all_finite(self, a):
+        """True when every element of ``a`` is finite (reads one value back to the host)."""
+        return bool(self.xp.all(self.xp.isfinite(a)))
+
+    def item(self, a):
+        """A Python float from a 0-d or one-element array."""
+        return float(self.to_host(a).reshape(()))
+
+    # ------------------------------------------------------------------ randomness
+    def seed(self, seed):
+        """Seed this backend's generator."""
+        self._host_rng = np.random.default_rng(seed)
+
+    @property
+    def host_rng(self):
+        """The NumPy generator used for host-side draws (initial weights, shuffling)."""
+        return self._host_rng
+
+    def random_uniform(self, shape, dtype="float32"):
+        """Uniform samples in [0, 1) on this device."""
+        host = self._host_rng.random(shape, dtype=np.dtype(dtype_name(dtype)))
+        return self.asarray(host)
+
+    def get_rng_state(self):
+        """JSON-serializable generator state (for checkpoints)."""
+        return self._host_rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self._host_rng.bit_generator.state = state
+
+    # ------------------------------------------------------------------ activation ops
+    def _into(self, out, result):
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    def activation_forward(self, kind, z, alpha=0.0, out=None):
+        """``act(z)`` elementwise; see :func:`dualnn.kernels.reference.activation_forward`."""
+        return self._into(out, reference.activation_forward(self.xp, kind, z, alpha))
+
+    def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
+        """``act(z + b)``; ``out`` may be ``z`` itself (in place after the GEMM)."""
+        return self._into(out, reference.bias_activation_forward(self.xp, z, b, kind, alpha))
+
+    def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
+        """``dy * f'(.)``; ``saved`` is the input (relu family, elu) or output (sigmoid, tanh)."""
+        return self._into(out, reference.activation_backward(self.xp, kind, dy, saved, alpha))
+
+    # ------------------------------------------------------------------ batch norm
+    def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
+                                momentum, relu=False, out=None):
+        """Training-mode batch norm; returns ``(y, mean, invstd)``, updates running stats."""
+        y, mean, invstd, rm, rv = reference.batchnorm_forward_train(
+            self.xp, x, gamma, beta, running_mean, running_var, eps, momentum, relu)
+        running_mean[...] = rm
+        running_var[...] = rv
+        return self._into(out, y), mean, invstd
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
+                               relu=False, out=None):
+        """Inference-mode batch norm with the running statistics."""
+        y = reference.batchnorm_forward_eval(self.xp, x, gamma, beta, running_mean,
+                                             running_var, eps, relu)
+        return self._into(out, y)
+
+    def batchnorm_backward(self, dy, x, gamma, beta, mean, invstd, relu=False, out=None):
+        """Returns ``(dx, dgamma, dbeta)``; ``out`` receives ``dx`` (may be ``dy``)."""
+        dx, dgamma, dbeta = reference.batchnorm_backward(self.xp, dy, x, gamma, beta, mean,
+                                                         invstd, relu)
+        return self._into(out, dx), dgamma, dbeta
+
+    # ------------------------------------------------------------------ losses
+    def softmax_cross_entropy(self, logits, labels):
+        """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused."""
+        return reference.softmax_cross_entropy(self.xp, logits, labels)
+
+    # ------------------------------------------------------------------ optimizer updates
+    def sgd_update(self, param, grad, momentum_buffer, **hyper):
+        """In-place SGD step; see :func:`dualnn.kernels.reference.sgd_update`."""
+        p, buf = reference.sgd_update(self.xp, param, grad, momentum_buffer, **hyper)
+        param[...] = p
+        if momentum_buffer is not None and buf is not momentum_buffer:
+            momentum_buffer[...] = buf
+
+    def adam_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
+        """In-place Adam/AdamW step; see :func:`dualnn.kernels.reference.adam_update`."""
+        p, m, v = reference.adam_update(self.xp, param, grad, exp_avg, exp_avg_sq, **hyper)
+        param[...] = p
+        exp_avg[...] = m
+        exp_avg_sq[...] = v
+
+    def rmsprop_update(self, param, grad, square_avg, momentum_buffer, grad_avg, **hyper):
+        """In-place RMSprop step; see :func:`dualnn.kernels.reference.rmsprop_update`."""
+        p, v, buf, ga = reference.rmsprop_update(self.xp, param, grad, square_avg,
+                                                 momentum_buffer, grad_avg, **hyper)
+        param[...] = p
+        square_avg[...] = v
+        if momentum_buffer is not None:
+            momentum_buffer[...] = buf
+        if grad_avg is not None:
+            grad_avg[...] = ga
+
+    def adagrad_update(self, param, grad, state_sum, **hyper):
+        """In-place Adagrad step; see :func:`dualnn.kernels.reference.adagrad_update`."""
+        p, s = reference.adagrad_update(self.xp, param, grad, state_sum, **hyper)
+        param[...] = p
+        state_sum[...] = s
+
+    def adadelta_update(self, param, grad, square_avg, acc_delta, **hyper):
+        """In-place Adadelta step; see :func:`dualnn.kernels.reference.adadelta_update`."""
+        p, v, u = reference.adadelta_update(self.xp, param, grad, square_avg, acc_delta,
+                                            **hyper)
+        param[...] = p
+        square_avg[...] = v
+        acc_delta[...] = u
+
+    # ------------------------------------------------------------------ checks
+    def check_owned(self, a, what):
+        """Raise :class:`DeviceMismatchError` unless ``a`` is an array of this backend."""
+        if not self.owns(a):
+            raise DeviceMismatchError(
+                f"{what}: expected an array on {self.device} ({self.name}), got "
+                f"{describe_array(a)}; move it with dualnn's backend.asarray, or use "
+                "fit/evaluate/predict, which accept host arrays")
+
+
+def dtype_name(dtype):
+    """Canonical name (``"float32"``, ``"int64"``...) of a dtype object or string."""
+    if isinstance(dtype, str):
+        return dtype
+    name = getattr(dtype, "name", None)
+    if isinstance(name, str):
+        return name
+    return np.dtype(str(dtype)).name if not hasattr(dtype, "__name__") else dtype.__name__
+
+
+def describe_array(a):
+    """A short human description: library, shape, dtype."""
+    mod = type(a).__module__.split(".")[0]
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is None:
+        return f"a {type(a).__name__}"
+    return f"a {mod} array of shape {tuple(shape)} and dtype {dtype_name(dtype)}"
+
+
+def _to_numpy(xp, a):
+    get = getattr(a, "get", None)  # CuPy
+    if get is not None and type(a).__module__.startswith("cupy"):
+        return get()
+    try:
+        return np.from_dlpack(a)
+    except Exception:
+        return np.asarray(a)

@@ -1,0 +1,61 @@
+"""Exceptions raised by dualnn.
+
+Every error dualnn raises on purpose derives from :class:`DualnnError`, so callers can
+catch them all at once; the more specific classes also derive from the built-in
+exception a Python user would expect (``ShapeError`` is a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+
+class DualnnError(Exception):
+    """Base class of every dualnn error."""
+
+
+class ShapeError(DualnnError, ValueError):
+    """An array has the wrong shape, rank or dtype for the layer or function it was given to."""
+
+
+class DeviceMismatchError(DualnnError, ValueError):
+    """An array lives on another device (or array library) than the model that received it."""
+
+
+class DeviceUnavailableError(DualnnError, RuntimeError):
+    """The requested device cannot be used here; the message says what is missing."""
+
+
+class NonFiniteError(DualnnError, FloatingPointError):
+    """The loss or a gradient became NaN or infinite.
+
+    Attributes
+    ----------
+    epoch, step : int or None
+        Where training was when it happened (1-based epoch, step within the epoch).
+    layer : str or None
+        Name of the first layer whose gradient was not finite, if any.
+    """
+
+    def __init__(self, message, *, epoch=None, step=None, layer=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.layer = layer
+
+
+class CheckpointError(DualnnError, OSError):
+    """A checkpoint file is missing, truncated, corrupt or does not match the model."""
+
+
+class ConfigurationError(DualnnError, ValueError):
+    """An argument has a value dualnn does not accept (unknown name, out of range)."""
+
+
+__all__ = [
+    "DualnnError",
+    "ShapeError",
+    "DeviceMismatchError",
+    "DeviceUnavailableError",
+    "NonFiniteError",
+    "CheckpointError",
+    "ConfigurationError",
+]
