@@ -1,10 +1,14 @@
-"""dualnn: feed-forward neural networks on NumPy (CPU) or CuPy (GPU), one flag apart."""
+"""dualnn: feed-forward neural networks on NumPy (CPU) or CuPy (GPU), one flag apart.
+
+>>> import dualnn as dn
+>>> model = dn.Sequential(dn.layers.Linear(4, 8), dn.layers.ReLU(), dn.layers.Linear(8, 3))
+"""
 
 from ._threads import apply_thread_policy_env as _apply_thread_policy_env
 
-_apply_thread_policy_env()
+_apply_thread_policy_env()  # before NumPy loads OpenBLAS
 
-from . import backend, errors  # noqa: E402
+from . import backend, errors, init, layers, losses, optim  # noqa: E402
 from .device import (  # noqa: E402
     available_devices,
     get_backend,
@@ -14,5 +18,14 @@ from .device import (  # noqa: E402
     use_backend,
     use_device,
 )
+from .gradcheck import gradcheck  # noqa: E402
+from .layers import Layer, Sequential  # noqa: E402
+from .parameter import Parameter  # noqa: E402
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "available_devices", "backend", "errors", "get_backend", "get_device", "gradcheck", "init",
+    "Layer", "layers", "losses", "optim", "Parameter", "seed", "Sequential", "set_device",
+    "use_backend", "use_device",
+]

@@ -15,7 +15,7 @@ import contextvars
 import os
 import threading
 
-from .errors import ConfigurationError, DeviceUnavailableError
+from .errors import ConfigurationError, DeviceMismatchError, DeviceUnavailableError
 
 _override = contextvars.ContextVar("dualnn_backend_override", default=None)
 _lock = threading.RLock()
@@ -148,6 +148,29 @@ def get_backend():
     if override is not None:
         return override
     return backend_for(_process_default())
+
+
+def backend_of(array, who="dualnn"):
+    """The backend an array belongs to: the one in force if it owns the array, else the
+    CPU backend for a NumPy array or the GPU backend of a CuPy array's device.
+
+    Raises
+    ------
+    DeviceMismatchError
+        For anything else (a list, an array of another library).
+    """
+    current = get_backend()
+    if current.owns(array):
+        return current
+    module = type(array).__module__.split(".")[0]
+    if module == "numpy" and hasattr(array, "shape"):
+        return backend_for("cpu")
+    if module == "cupy":
+        return backend_for(f"gpu:{array.device.id}")
+    from .backend.base import describe_array
+    raise DeviceMismatchError(
+        f"{who}: expected an array of the model's device ({current.device}, {current.name}), "
+        f"got {describe_array(array)}")
 
 
 @contextlib.contextmanager

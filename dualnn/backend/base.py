@@ -172,6 +172,14 @@ class ArrayAPIBackend:
         """``dy * f'(.)``; ``saved`` is the input (relu family, elu) or output (sigmoid, tanh)."""
         return self._into(out, reference.activation_backward(self.xp, kind, dy, saved, alpha))
 
+    def sigmoid(self, z):
+        """Overflow-free logistic function."""
+        return reference.sigmoid(self.xp, z)
+
+    def one_hot(self, labels, classes, dtype):
+        """``(n, classes)`` indicator array of integer ``labels``."""
+        return reference.one_hot(self.xp, labels, classes, self.dtype(dtype_name(dtype)))
+
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
                                 momentum, relu=False, out=None):

@@ -1,0 +1,123 @@
+"""A stack of layers applied in order."""
+
+from __future__ import annotations
+
+from ..backend.base import FLOAT_DTYPES, describe_array, dtype_name
+from ..errors import ConfigurationError, DeviceMismatchError, ShapeError
+from .activations import ReLU
+from .base import Layer
+from .batchnorm import BatchNorm
+
+
+class Sequential(Layer):
+    """Layers applied one after the other; backward runs them in reverse.
+
+    The model's entry checks the input once (a 2-D float array on the model's device,
+    with the right number of features, finite on the CPU); the layers then only check
+    shapes. A :class:`BatchNorm` directly followed by a :class:`ReLU` runs as one fused
+    block (the ReLU is applied inside batch norm's passes); both layers stay in the model
+    with their names and parameters.
+
+    Parameters
+    ----------
+    *layers : Layer
+        The layers, first to last. Their parameters are named ``"<index>.<name>"``.
+    fuse : bool
+        Allow fused blocks (default True); ``False`` runs every layer on its own.
+    """
+
+    def __init__(self, *layers, fuse=True):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ConfigurationError(
+                    f"Sequential: item {index} is a {type(layer).__name__}, not a dualnn Layer")
+        dtypes = {layer.dtype for layer in layers if layer.dtype is not None}
+        if len(dtypes) > 1:
+            raise ConfigurationError(f"Sequential: layers mix dtypes {sorted(dtypes)}")
+        super().__init__(dtype=dtypes.pop() if dtypes else None)
+        self._layers = list(layers)
+        backends = {id(layer.backend) for layer in layers}
+        if len(backends) > 1:
+            raise DeviceMismatchError(
+                "Sequential: layers live on different devices: "
+                + ", ".join(f"{i}:{layer.backend.device}" for i, layer in enumerate(layers)))
+        if layers:
+            self.backend = layers[0].backend
+        self.fuse = bool(fuse)
+        for name, param in self.named_parameters():
+            param.name = name
+        self._plan = None
+
+    def children(self):
+        return list(self._layers)
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __getitem__(self, index):
+        return self._layers[index]
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def get_config(self):
+        return {"fuse": self.fuse}
+
+    # ------------------------------------------------------------------ execution plan
+    def _steps(self):
+        """``(kind, index)`` pairs: ``("bn_relu", i)`` covers layers i and i + 1."""
+        if self._plan is None:
+            plan, i, layers = [], 0, self._layers
+            while i < len(layers):
+                fusable = (self.fuse and type(layers[i]) is BatchNorm and i + 1 < len(layers)
+                           and type(layers[i + 1]) is ReLU)
+                plan.append(("bn_relu" if fusable else "layer", i))
+                i += 2 if fusable else 1
+            self._plan = plan
+        return self._plan
+
+    def check_input(self, x):
+        """The model's entry check: device, rank, float dtype, features, finiteness (CPU)."""
+        b = self.backend
+        if not b.owns(x):
+            raise DeviceMismatchError(
+                f"{self.name}: expected an array on {b.device} ({b.name}), got "
+                f"{describe_array(x)}; move the model with .to(device), or call dn.fit/"
+                "dn.predict/dn.evaluate, which accept host arrays")
+        if len(x.shape) != 2:
+            raise ShapeError(
+                f"{self.name}: expected a 2-D batch (batch, features), got shape "
+                f"{tuple(x.shape)}; reshape a single sample to (1, n)")
+        kind = dtype_name(x.dtype)
+        if kind not in FLOAT_DTYPES:
+            raise ShapeError(
+                f"{self.name}: expected a floating-point input ({self.dtype or 'float32'}), "
+                f"got {kind}; convert it, e.g. x.astype('{self.dtype or 'float32'}')")
+        if self.dtype is not None and kind != self.dtype:
+            raise ShapeError(
+                f"{self.name}: expected {self.dtype} input (the model's dtype), got {kind}")
+        first = next((layer for layer in self._layers if hasattr(layer, "in_features")), None)
+        if first is not None and first is self._layers[0] and x.shape[1] != first.in_features:
+            raise ShapeError(
+                f"{self.name}: layer 0 ({first.name}) expected {first.in_features} input "
+                f"features, got shape {tuple(x.shape)}")
+        if b.device == "cpu" and not b.all_finite(x):
+            raise ShapeError(f"{self.name}: the input contains NaN or infinite values")
+
+    def forward(self, x, training=False):
+        """Run every layer on ``x``: (batch, features) -> the last layer's output."""
+        self.check_input(x)
+        for kind, i in self._steps():
+            if kind == "bn_relu":
+                x = self._layers[i].forward_fused(x, training, relu=True)
+            else:
+                x = self._layers[i].forward(x, training)
+        return x
+
+    def backward(self, dy):
+        """Backpropagate ``dL/dy`` through every layer; returns ``dL/dx``."""
+        for kind, i in reversed(self._steps()):
+            dy = self._layers[i].backward(dy)
+        return dy

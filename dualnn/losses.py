@@ -1,0 +1,219 @@
+"""Loss functions: ``forward(prediction, target)`` returns the loss, ``backward()`` its gradient.
+
+Every loss reduces with ``reduction="mean"`` by default (``"sum"`` also accepted), as the
+matching PyTorch loss. ``forward`` returns a 0-d array on the model's device (``float(loss)``
+reads it); ``backward()`` returns ``dL/dprediction`` for the last ``forward``.
+"""
+
+from __future__ import annotations
+
+from .backend.base import FLOAT_DTYPES, dtype_name
+from .device import backend_of
+from .errors import ConfigurationError, ShapeError
+
+
+class Loss:
+    """Base class: holds the reduction and the cache between forward and backward."""
+
+    def __init__(self, reduction="mean"):
+        if reduction not in ("mean", "sum"):
+            raise ConfigurationError(
+                f"{type(self).__name__}: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self._grad = None
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def get_config(self):
+        return {"reduction": self.reduction}
+
+    def backward(self):
+        """``dL/dprediction`` of the last :meth:`forward`."""
+        if self._grad is None:
+            raise ShapeError(f"{self.name}: backward called before forward")
+        return self._grad
+
+    def _backend_of(self, prediction):
+        return backend_of(prediction, self.name)
+
+    def _check_prediction(self, prediction, rank=2):
+        if len(prediction.shape) != rank:
+            raise ShapeError(f"{self.name}: expected {rank}-D predictions, got shape "
+                             f"{tuple(prediction.shape)}")
+        if dtype_name(prediction.dtype) not in FLOAT_DTYPES:
+            raise ShapeError(f"{self.name}: expected float predictions, got "
+                             f"{dtype_name(prediction.dtype)}")
+
+    def _float_target(self, backend, prediction, target):
+        if not backend.owns(target):
+            target = backend.asarray(target)
+        if tuple(target.shape) != tuple(prediction.shape):
+            raise ShapeError(f"{self.name}: expected targets of shape {tuple(prediction.shape)} "
+                             f"(the predictions'), got {tuple(target.shape)}")
+        return backend.xp.astype(target, prediction.dtype)
+
+    def _scale(self, count):
+        return 1.0 / count if self.reduction == "mean" else 1.0
+
+
+def _backend_for(loss, prediction):
+    return loss._backend_of(prediction)
+
+
+class MSE(Loss):
+    r"""Mean squared error :math:`\frac1N \sum (y - t)^2` over all elements (no 1/2, as torch)."""
+
+    def forward(self, prediction, target):
+        backend = _backend_for(self, prediction)
+        xp = backend.xp
+        target = self._float_target(backend, prediction, target)
+        diff = prediction - target
+        count = 1
+        for s in prediction.shape:
+            count *= s
+        scale = self._scale(count)
+        self._grad = diff * (2.0 * scale)
+        return xp.sum(diff * diff) * scale
+
+
+class BinaryCrossEntropy(Loss):
+    r"""Binary cross-entropy on logits :math:`z` with targets :math:`t \in [0, 1]`.
+
+    :math:`\ell = \max(z, 0) - z t + \log(1 + e^{-|z|})` (stable for any :math:`z`);
+    gradient :math:`\sigma(z) - t`, divided by the number of elements for ``"mean"``. As
+    ``torch.nn.BCEWithLogitsLoss``.
+    """
+
+    def forward(self, prediction, target):
+        backend = _backend_for(self, prediction)
+        xp = backend.xp
+        target = self._float_target(backend, prediction, target)
+        z = prediction
+        losses = xp.maximum(z, xp.zeros_like(z)) - z * target + xp.log1p(xp.exp(-xp.abs(z)))
+        count = 1
+        for s in z.shape:
+            count *= s
+        scale = self._scale(count)
+        self._grad = (backend.sigmoid(z) - target) * scale
+        return xp.sum(losses) * scale
+
+
+def _check_labels(loss, backend, logits, labels):
+    """Integer labels of shape (n,) within [0, classes): a clear error otherwise."""
+    n, classes = logits.shape
+    if not backend.owns(labels):
+        labels = backend.asarray(labels)
+    if tuple(labels.shape) != (n,):
+        raise ShapeError(f"{loss.name}: expected integer labels of shape ({n},), one per row of "
+                         f"the ({n}, {classes}) logits, got shape {tuple(labels.shape)}")
+    kind = dtype_name(labels.dtype)
+    if not kind.startswith(("int", "uint")):
+        raise ShapeError(f"{loss.name}: expected integer class labels, got dtype {kind}")
+    xp = backend.xp
+    if n:
+        low, high = backend.item(xp.min(labels)), backend.item(xp.max(labels))
+        if low < 0 or high >= classes:
+            raise ShapeError(f"{loss.name}: labels must lie in [0, {classes}) for {classes} "
+                             f"classes, got values from {int(low)} to {int(high)}")
+    return labels
+
+
+class SoftmaxCrossEntropy(Loss):
+    r"""Softmax followed by cross-entropy with integer labels, fused and stable.
+
+    :math:`\ell_i = \log \sum_k e^{z_{ik}} - z_{i y_i}`; ``backward()`` returns
+    :math:`\partial L / \partial z = (\mathrm{softmax}(z) - \mathrm{onehot}(y)) / n` directly
+    (for ``"mean"``), as ``torch.nn.CrossEntropyLoss``.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+    check_labels : bool
+        Check label shape, dtype and range (one host read per call; default True).
+    """
+
+    def __init__(self, reduction="mean", check_labels=True):
+        super().__init__(reduction)
+        self.check_labels = bool(check_labels)
+
+    def forward(self, prediction, target):
+        backend = _backend_for(self, prediction)
+        self._check_prediction(prediction)
+        if self.check_labels:
+            target = _check_labels(self, backend, prediction, target)
+        elif not backend.owns(target):
+            target = backend.asarray(target)
+        loss, grad = backend.softmax_cross_entropy(prediction, target)
+        if self.reduction == "sum":
+            n = prediction.shape[0]
+            loss, grad = loss * n, grad * n
+        self._grad = grad
+        return loss
+
+
+class Hinge(Loss):
+    r"""Multi-class hinge (SVM) loss with integer labels, as ``torch.nn.MultiMarginLoss``.
+
+    :math:`\ell_i = \frac{1}{C} \sum_{j \ne y_i} \max(0, \Delta - z_{i y_i} + z_{ij})`,
+    averaged over the batch. The classic notes' SVM loss has no :math:`1/C`; pass
+    ``divide_by_classes=False`` for it.
+
+    Parameters
+    ----------
+    margin : float
+        :math:`\Delta`, default 1.
+    divide_by_classes : bool
+        Divide each row's sum by the number of classes (torch's convention, default).
+    """
+
+    def __init__(self, margin=1.0, reduction="mean", divide_by_classes=True):
+        super().__init__(reduction)
+        self.margin = float(margin)
+        self.divide_by_classes = bool(divide_by_classes)
+
+    def get_config(self):
+        return {"reduction": self.reduction, "margin": self.margin,
+                "divide_by_classes": self.divide_by_classes}
+
+    def forward(self, prediction, target):
+        backend = _backend_for(self, prediction)
+        xp = backend.xp
+        self._check_prediction(prediction)
+        labels = _check_labels(self, backend, prediction, target)
+        n, classes = prediction.shape
+        onehot = backend.one_hot(labels, classes, prediction.dtype)
+        correct = xp.sum(prediction * onehot, axis=1, keepdims=True)
+        margins = xp.maximum(prediction - correct + self.margin, xp.zeros_like(prediction))
+        margins = margins * (1 - onehot)
+        scale = self._scale(n) / (classes if self.divide_by_classes else 1)
+        active = xp.astype(margins > 0, prediction.dtype)
+        counts = xp.sum(active, axis=1, keepdims=True)
+        self._grad = (active - onehot * counts) * scale
+        return xp.sum(margins) * scale
+
+
+LOSSES = {
+    "mse": MSE,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce": BinaryCrossEntropy,
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "hinge": Hinge,
+}
+
+
+def get(name):
+    """A loss class by name (``"mse"``, ``"bce"``, ``"cross_entropy"``, ``"hinge"``)."""
+    try:
+        return LOSSES[str(name).lower()]
+    except KeyError:
+        raise ConfigurationError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}") \
+            from None
+
+
+__all__ = ["Loss", "MSE", "BinaryCrossEntropy", "SoftmaxCrossEntropy", "Hinge", "get"]

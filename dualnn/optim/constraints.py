@@ -1,0 +1,103 @@
+"""The documented optimizer options: L1 penalty, gradient-norm clipping, max-norm constraint.
+
+Each function works through a parameter's backend (``p.backend.xp`` and the backend's
+methods), never through an array library directly, so it runs unchanged on every device.
+:class:`~dualnn.optim.base.Optimizer` applies them around its update, in this order:
+
+1. ``clip_grad_norm``: every gradient is scaled by
+   ``min(1, max_norm / (||g||_2 + 1e-6))``, where ``||g||_2`` is the norm of all
+   gradients together (as :func:`torch.nn.utils.clip_grad_norm_`);
+2. ``l1``: ``l1 * sign(p)`` is added to the (clipped) gradient;
+3. the optimizer's update rule, with its own ``weight_decay``;
+4. ``max_norm``: each row of a weight with two or more dimensions (for ``Linear``, an
+   output unit's incoming weight vector) is rescaled so its L2 norm is at most
+   ``max_norm``; one-dimensional parameters (biases, batch-norm scales) are untouched.
+
+Steps 1 and 2 never modify ``p.grad``: they produce a new gradient array for the update.
+"""
+
+from __future__ import annotations
+
+import math
+
+CLIP_EPS = 1e-6
+"""Added to the global norm before dividing, as in :func:`torch.nn.utils.clip_grad_norm_`."""
+
+
+def global_grad_norm(params, grads=None):
+    """L2 norm of all gradients together, as a Python float.
+
+    ``sqrt(sum_p sum(g_p ** 2))``. Reads one value back to the host per parameter.
+
+    Parameters
+    ----------
+    params : sequence of Parameter
+    grads : sequence of arrays, optional
+        Gradients to measure instead of ``p.grad`` (same order as ``params``).
+
+    Returns
+    -------
+    float
+        ``nan`` or ``inf`` if some gradient is not finite.
+    """
+    if grads is None:
+        grads = [p.grad for p in params]
+    total = 0.0
+    for p, g in zip(params, grads):
+        total += p.backend.item(p.backend.xp.sum(g * g))
+    return math.sqrt(total)
+
+
+def clip_coefficient(total_norm, max_norm):
+    """The factor ``min(1, max_norm / (total_norm + 1e-6))`` gradients are scaled by."""
+    return min(1.0, max_norm / (total_norm + CLIP_EPS))
+
+
+def clip_grad_norm_(params, max_norm):
+    """Scale every ``p.grad`` in place so their global L2 norm is at most ``max_norm``.
+
+    The in-place twin of the ``clip_grad_norm=`` optimizer option, for users who want to
+    clip outside an optimizer (as :func:`torch.nn.utils.clip_grad_norm_`).
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    max_norm : float
+        Positive bound on the norm of all gradients together.
+
+    Returns
+    -------
+    float
+        The global norm before clipping.
+    """
+    params = list(params)
+    total = global_grad_norm(params)
+    coef = clip_coefficient(total, float(max_norm))
+    if coef < 1.0:
+        for p in params:
+            p.backend.assign(p.grad, p.grad * coef)
+    return total
+
+
+def add_l1(p, grad, l1):
+    """``grad + l1 * sign(p)``: the gradient of ``l1 * sum(|p|)`` added to ``grad`` (new array)."""
+    return grad + l1 * p.backend.xp.sign(p.data)
+
+
+def apply_max_norm(p, max_norm):
+    """Rescale each row of ``p.data`` in place to an L2 norm of at most ``max_norm``.
+
+    A row is everything along the first axis: for a ``Linear`` weight of shape
+    ``(out, in)`` it is one output unit's incoming weights. Rows already within the bound
+    are left exactly as they are; longer rows are multiplied by ``max_norm / ||row||``.
+    Parameters with fewer than two dimensions are not changed.
+    """
+    data = p.data
+    if data.ndim < 2:
+        return
+    xp = p.backend.xp
+    axes = tuple(range(1, data.ndim))
+    norms = xp.sqrt(xp.sum(data * data, axis=axes, keepdims=True))
+    # max_norm / max(norm, max_norm): exactly 1 inside the ball, max_norm / norm outside.
+    factor = max_norm / xp.clip(norms, min=max_norm)
+    p.backend.assign(data, data * factor)
