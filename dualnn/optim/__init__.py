@@ -1,0 +1,23 @@
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSprop, Adagrad, Adadelta.
+
+Names, keyword arguments, defaults and update rules follow ``torch.optim``. Every
+optimizer also takes the keyword-only options ``l1`` (L1 penalty), ``max_norm``
+(max-norm constraint on each output unit's incoming weights) and ``clip_grad_norm``
+(global gradient-norm clipping); see :class:`Optimizer`.
+
+>>> opt = dn.optim.Adam(model.parameters(), lr=1e-3)          # doctest: +SKIP
+>>> opt.step(); opt.zero_grad()                               # doctest: +SKIP
+>>> dn.optim.get("adamw")                                     # doctest: +SKIP
+<class 'dualnn.optim.adam.AdamW'>
+"""
+
+from .adadelta import Adadelta
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .base import Optimizer, get
+from .constraints import clip_grad_norm_
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "get",
+           "clip_grad_norm_"]

@@ -1,0 +1,69 @@
+"""Adadelta: step sizes from running averages of squared gradients and updates."""
+
+from __future__ import annotations
+
+from .base import Optimizer, check_real
+
+
+class Adadelta(Optimizer):
+    r"""Adadelta, as ``torch.optim.Adadelta``.
+
+    With gradient :math:`g_t`, weight decay :math:`\lambda`, decay :math:`\rho` and
+    learning rate :math:`\eta`:
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        v_t &= \rho v_{t-1} + (1 - \rho) g_t^2 \\
+        \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t \\
+        u_t &= \rho u_{t-1} + (1 - \rho) \Delta_t^2 \\
+        \theta_t &= \theta_{t-1} - \eta \Delta_t
+
+    with :math:`v_0 = u_0 = 0`.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to train, e.g. ``model.parameters()``.
+    lr : float, default 1.0
+        Scale :math:`\eta` of the step (>= 0).
+    rho : float, default 0.9
+        Decay of the running averages, in [0, 1].
+    eps : float, default 1e-6
+        Added inside both square roots (>= 0).
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient.
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    State per parameter: ``square_avg`` (:math:`v`), ``acc_delta`` (:math:`u`), ``step``.
+    """
+
+    hyperparameter_names = ("lr", "rho", "eps", "weight_decay")
+    state_keys = ("square_avg", "acc_delta")
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, l1=0.0,
+                 max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, l1=l1,
+                         max_norm=max_norm, clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        return {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "rho": check_real(owner, "rho", hyper["rho"], low=0.0, high=1.0),
+            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+        }
+
+    def update(self, p, grad, state):
+        square_avg = state.get("square_avg")
+        if square_avg is None:
+            square_avg = state["square_avg"] = self.zeros_state(p)
+        acc_delta = state.get("acc_delta")
+        if acc_delta is None:
+            acc_delta = state["acc_delta"] = self.zeros_state(p)
+        p.backend.adadelta_update(p.data, grad, square_avg, acc_delta, lr=self.lr,
+                                  rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)

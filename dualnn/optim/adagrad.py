@@ -1,0 +1,66 @@
+"""Adagrad: per-coordinate learning rates from the sum of squared gradients."""
+
+from __future__ import annotations
+
+from .base import Optimizer, check_real
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad, as ``torch.optim.Adagrad`` (initial accumulator 0).
+
+    With gradient :math:`g_t`, weight decay :math:`\lambda`, learning rate :math:`\eta`,
+    decay :math:`\delta` and step :math:`t` (from 1):
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        \tilde\eta_t &= \frac{\eta}{1 + (t - 1)\,\delta} \\
+        s_t &= s_{t-1} + g_t^2 \\
+        \theta_t &= \theta_{t-1} - \tilde\eta_t \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    with :math:`s_0 = 0`.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to train, e.g. ``model.parameters()``.
+    lr : float, default 1e-2
+        Learning rate :math:`\eta` (>= 0).
+    lr_decay : float, default 0
+        Learning-rate decay :math:`\delta` (>= 0).
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient.
+    eps : float, default 1e-10
+        Added to the denominator (>= 0).
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    State per parameter: ``sum`` (:math:`s`) and ``step``.
+    """
+
+    hyperparameter_names = ("lr", "lr_decay", "weight_decay", "eps")
+    state_keys = ("sum",)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, eps=1e-10, *, l1=0.0,
+                 max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         eps=eps, l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        return {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "lr_decay": check_real(owner, "lr_decay", hyper["lr_decay"], low=0.0),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
+        }
+
+    def update(self, p, grad, state):
+        state_sum = state.get("sum")
+        if state_sum is None:
+            state_sum = state["sum"] = self.zeros_state(p)
+        p.backend.adagrad_update(p.data, grad, state_sum, step=state["step"], lr=self.lr,
+                                 lr_decay=self.lr_decay, weight_decay=self.weight_decay,
+                                 eps=self.eps)

@@ -1,0 +1,121 @@
+"""Adam (L2 weight decay in the gradient) and AdamW (decoupled weight decay)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import ConfigurationError
+from .base import Optimizer, check_real
+
+
+class Adam(Optimizer):
+    r"""Adam, as ``torch.optim.Adam`` (without AMSGrad).
+
+    With gradient :math:`g_t`, weight decay :math:`\lambda`, betas
+    :math:`(\beta_1, \beta_2)`, learning rate :math:`\eta` and step :math:`t` (from 1):
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \theta_t &= \theta_{t-1} - \frac{\eta}{1 - \beta_1^t}\,
+                    \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    with :math:`m_0 = v_0 = 0`.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to train, e.g. ``model.parameters()``.
+    lr : float, default 1e-3
+        Learning rate :math:`\eta` (>= 0).
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator (>= 0).
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient (for the decoupled form
+        use :class:`AdamW`).
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    State per parameter: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step``.
+    """
+
+    hyperparameter_names = ("lr", "betas", "eps", "weight_decay")
+    state_keys = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, *,
+                 l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        betas = hyper["betas"]
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) \
+                or len(betas) != 2:
+            raise ConfigurationError(
+                f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = tuple(check_real(owner, f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+                      for i, b in enumerate(betas))
+        return {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "betas": betas,
+            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+        }
+
+    def update(self, p, grad, state):
+        exp_avg = state.get("exp_avg")
+        if exp_avg is None:
+            exp_avg = state["exp_avg"] = self.zeros_state(p)
+        exp_avg_sq = state.get("exp_avg_sq")
+        if exp_avg_sq is None:
+            exp_avg_sq = state["exp_avg_sq"] = self.zeros_state(p)
+        beta1, beta2 = self.betas
+        p.backend.adam_update(p.data, grad, exp_avg, exp_avg_sq, step=state["step"],
+                              lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                              weight_decay=self.weight_decay, decoupled=self.decoupled)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay, as ``torch.optim.AdamW``.
+
+    The parameter is first shrunk, :math:`\theta \leftarrow \theta (1 - \eta \lambda)`,
+    and then updated by Adam's rule on the raw gradient (no :math:`\lambda \theta` in
+    :math:`g_t`):
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \theta_t &= \theta_{t-1}(1 - \eta\lambda) - \frac{\eta}{1 - \beta_1^t}\,
+                    \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 1e-2
+        Decoupled decay rate :math:`\lambda` (>= 0).
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``.
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+                 l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)

@@ -1,0 +1,89 @@
+"""RMSprop, optionally centered and with momentum."""
+
+from __future__ import annotations
+
+from .base import Optimizer, check_bool, check_real
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop, as ``torch.optim.RMSprop``.
+
+    With gradient :math:`g_t`, weight decay :math:`\lambda`, smoothing :math:`\alpha`,
+    momentum :math:`\mu` and learning rate :math:`\eta`:
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
+        a_t &= \begin{cases}
+            \sqrt{v_t - \bar g_t^2} + \epsilon,\quad
+            \bar g_t = \alpha \bar g_{t-1} + (1 - \alpha) g_t & \text{centered} \\
+            \sqrt{v_t} + \epsilon & \text{otherwise} \end{cases} \\
+        b_t &= \mu b_{t-1} + g_t / a_t, \qquad
+        \theta_t = \theta_{t-1} - \eta b_t \quad (\mu > 0) \\
+        \theta_t &= \theta_{t-1} - \eta\, g_t / a_t \quad (\mu = 0)
+
+    with all state starting at zero.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to train, e.g. ``model.parameters()``.
+    lr : float, default 1e-2
+        Learning rate :math:`\eta` (>= 0).
+    alpha : float, default 0.99
+        Smoothing constant :math:`\alpha` (>= 0).
+    eps : float, default 1e-8
+        Added to the denominator (>= 0).
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient.
+    momentum : float, default 0
+        Momentum factor :math:`\mu` (>= 0).
+    centered : bool, default False
+        Normalize by an estimate of the gradient's variance instead of its second moment.
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    State per parameter: ``square_avg`` (:math:`v`), ``momentum_buffer`` (when
+    ``momentum > 0``), ``grad_avg`` (:math:`\bar g`, when centered) and ``step``.
+    """
+
+    hyperparameter_names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    state_keys = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, *, l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, l1=l1, max_norm=max_norm,
+                         clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        return {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "alpha": check_real(owner, "alpha", hyper["alpha"], low=0.0),
+            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
+            "centered": check_bool(owner, "centered", hyper["centered"]),
+        }
+
+    def update(self, p, grad, state):
+        square_avg = state.get("square_avg")
+        if square_avg is None:
+            square_avg = state["square_avg"] = self.zeros_state(p)
+        buffer = grad_avg = None
+        if self.momentum > 0:
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                buffer = state["momentum_buffer"] = self.zeros_state(p)
+        if self.centered:
+            grad_avg = state.get("grad_avg")
+            if grad_avg is None:
+                grad_avg = state["grad_avg"] = self.zeros_state(p)
+        p.backend.rmsprop_update(p.data, grad, square_avg, buffer, grad_avg, lr=self.lr,
+                                 alpha=self.alpha, eps=self.eps,
+                                 weight_decay=self.weight_decay, momentum=self.momentum,
+                                 centered=self.centered)

@@ -1,0 +1,90 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and weight decay."""
+
+from __future__ import annotations
+
+from ..errors import ConfigurationError
+from .base import Optimizer, check_bool, check_real
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent, as ``torch.optim.SGD``.
+
+    With gradient :math:`g_t`, weight decay :math:`\lambda`, momentum :math:`\mu`,
+    dampening :math:`\tau` and learning rate :math:`\eta`:
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        b_t &= \begin{cases} g_t & t = 1 \\
+                             \mu b_{t-1} + (1 - \tau) g_t & t > 1 \end{cases} \\
+        d_t &= \begin{cases} g_t + \mu b_t & \text{Nesterov} \\
+                             b_t & \text{otherwise} \end{cases} \\
+        \theta_t &= \theta_{t-1} - \eta d_t
+
+    Without momentum (:math:`\mu = 0`), :math:`d_t = g_t`: plain mini-batch gradient
+    descent.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to train, e.g. ``model.parameters()``.
+    lr : float, default 1e-3
+        Learning rate :math:`\eta` (>= 0).
+    momentum : float, default 0
+        Momentum factor :math:`\mu` (>= 0).
+    dampening : float, default 0
+        Dampening :math:`\tau` of the gradient added to the momentum buffer.
+    nesterov : bool, default False
+        Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient.
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    The classic notes write momentum as :math:`V \leftarrow \gamma V + \eta \nabla`,
+    :math:`W \leftarrow W - V`. With a constant learning rate this is the same
+    trajectory as the form above (:math:`V = \eta b`, :math:`\gamma = \mu`); the form
+    above, PyTorch's, keeps the step size right when a schedule changes ``lr``.
+    The buffer starts as the first gradient (PyTorch's choice), not as zeros.
+
+    State per parameter: ``momentum_buffer`` (when ``momentum > 0``) and ``step``.
+    """
+
+    hyperparameter_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
+    state_keys = ("momentum_buffer",)
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, nesterov=False,
+                 weight_decay=0, *, l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         nesterov=nesterov, weight_decay=weight_decay, l1=l1,
+                         max_norm=max_norm, clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        checked = {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
+            "dampening": check_real(owner, "dampening", hyper["dampening"]),
+            "nesterov": check_bool(owner, "nesterov", hyper["nesterov"]),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+        }
+        if checked["nesterov"] and (checked["momentum"] <= 0 or checked["dampening"] != 0):
+            raise ConfigurationError(
+                f"{owner}: Nesterov momentum requires momentum > 0 and dampening == 0, got "
+                f"momentum={checked['momentum']!r}, dampening={checked['dampening']!r}")
+        return checked
+
+    def update(self, p, grad, state):
+        buffer = None
+        first_step = False
+        if self.momentum != 0:
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                buffer = self.zeros_state(p)
+                state["momentum_buffer"] = buffer
+                first_step = True
+        p.backend.sgd_update(p.data, grad, buffer, lr=self.lr, momentum=self.momentum,
+                             dampening=self.dampening, nesterov=self.nesterov,
+                             weight_decay=self.weight_decay, first_step=first_step)
