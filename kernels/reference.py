@@ -138,8 +138,12 @@ def batchnorm_forward_train(xp, x, gamma, beta, running_mean, running_var, eps, 
     new_running_mean, new_running_var : array, shape (c,)
     """
     n = x.shape[0]
-    mean = xp.mean(x, axis=0)
-    centered = x - mean
+    # Shifting by the first row keeps the sums small when |mean| >> std (float32 data
+    # with mean 1e4 and std 1e-2 would otherwise lose every significant digit).
+    shifted = x - x[0:1, :]
+    shifted_mean = xp.mean(shifted, axis=0)
+    centered = shifted - shifted_mean
+    mean = x[0, :] + shifted_mean
     var = xp.mean(centered * centered, axis=0)
     invstd = 1 / xp.sqrt(var + eps)
     y = centered * (invstd * gamma) + beta

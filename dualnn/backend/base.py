@@ -265,7 +265,10 @@ def dtype_name(dtype):
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
-    return np.dtype(str(dtype)).name if not hasattr(dtype, "__name__") else dtype.__name__
+    text = str(dtype)
+    if "." in text:  # e.g. "array_api_strict.float64"
+        text = text.rsplit(".", 1)[1]
+    return np.dtype(text).name
 
 
 def describe_array(a):
