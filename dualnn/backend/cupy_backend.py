@@ -1,15 +1,248 @@
-"""The GPU backend: CuPy arrays, fused Numba-CUDA kernels where they apply."""
+"""The GPU backend: CuPy arrays, fused Numba-CUDA kernels where they apply.
+
+:class:`CudaKernelOps` holds the dispatch from the backend's fused-op methods to the
+launchers of :mod:`dualnn.kernels.cuda`; :class:`CupyBackend` mixes it in for CuPy
+arrays on a GPU and :class:`~dualnn.backend.cudasim_backend.CudaSimBackend` for NumPy
+arrays under Numba's CUDA simulator, so the simulator tests run this very code.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from .base import ArrayAPIBackend, dtype_name
+from ..kernels import reference
+from .base import FLOAT_DTYPES, ArrayAPIBackend, dtype_name
 from .numpy_backend import fused_kernels_enabled
 
+_LABEL_DTYPES = ("int32", "int64")
 
-class CupyBackend(ArrayAPIBackend):
+
+def _dtype_str(a):
+    return np.dtype(a.dtype).name
+
+
+class CudaKernelOps:
+    """Fused ops that run the Numba-CUDA launchers of :mod:`dualnn.kernels.cuda`.
+
+    Mix in before an array backend (``class B(CudaKernelOps, SomeBackend)``). Each op runs
+    its kernel when ``self.fused`` is true and every array is owned by this backend,
+    float32 or float64 (one dtype), C-contiguous and of the expected shapes; otherwise it
+    defers to ``super()`` (the reference math on the same arrays).
+
+    Outputs that callers keep (``y``, ``mean``, ``dgamma``, the loss...) are allocated per
+    call from the backend's array library (CuPy's memory pool on a GPU); scratch buffers
+    that live only inside one op are allocated once per (shape, dtype, stream) and reused.
+    Nothing here reads a device value back to the host.
+    """
+
+    def _init_kernel_ops(self):
+        self._scratch_buffers = {}
+
+    @property
+    def kernels(self):
+        """The :mod:`dualnn.kernels.cuda` module (imported on first use)."""
+        from ..kernels import cuda
+
+        return cuda
+
+    # -- hooks a concrete backend may override
+    def _stream_key(self):
+        """Identifies the stream kernels run on (scratch is reused per stream)."""
+        return 0
+
+    def _launch_scope(self):
+        """Context entered around launches (the CuPy backend selects its device)."""
+        return contextlib.nullcontext()
+
+    # -- helpers
+    def _kernel_dtype(self, *arrays):
+        """The common float dtype name if the fused kernels can take ``arrays``, else None.
+
+        ``None`` entries are skipped.
+        """
+        if not self.fused:
+            return None
+        dtype = None
+        for a in arrays:
+            if a is None:
+                continue
+            if not self.owns(a) or not a.flags.c_contiguous:
+                return None
+            name = _dtype_str(a)
+            if name not in FLOAT_DTYPES or (dtype is not None and name != dtype):
+                return None
+            dtype = name
+        return dtype
+
+    def scratch(self, tag, shape, dtype):
+        """A reusable buffer for ``tag`` of ``shape``/``dtype`` on the current stream."""
+        key = (tag, tuple(shape), dtype, self._stream_key())
+        buf = self._scratch_buffers.get(key)
+        if buf is None:
+            buf = self.xp.empty(tuple(shape), dtype=self.dtype(dtype))
+            self._scratch_buffers[key] = buf
+        return buf
+
+    def _new(self, shape, dtype):
+        return self.xp.empty(tuple(shape), dtype=self.dtype(dtype))
+
+    # -- activations
+    def activation_forward(self, kind, z, alpha=0.0, out=None):
+        dtype = self._kernel_dtype(z, out)
+        if (dtype is None or kind == "identity" or kind not in reference.ACTIVATIONS
+                or (out is not None and out.shape != z.shape)):
+            return super().activation_forward(kind, z, alpha, out=out)
+        out = self._new(z.shape, dtype) if out is None else out
+        with self._launch_scope():
+            return self.kernels.activation_forward(kind, z, alpha, out=out)
+
+    def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
+        dtype = self._kernel_dtype(z, b, out)
+        if (dtype is None or kind not in reference.ACTIVATIONS or z.ndim != 2
+                or (b is None and kind == "identity")
+                or (b is not None and tuple(b.shape) != (z.shape[1],))
+                or (out is not None and out.shape != z.shape)):
+            return super().bias_activation_forward(z, b, kind, alpha, out=out)
+        out = self._new(z.shape, dtype) if out is None else out
+        with self._launch_scope():
+            return self.kernels.bias_activation_forward(z, b, kind, alpha, out=out)
+
+    def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
+        dtype = self._kernel_dtype(dy, saved, out)
+        if (dtype is None or kind not in reference.ACTIVATIONS
+                or (kind == "identity" and out is None) or saved.shape != dy.shape
+                or (out is not None and out.shape != dy.shape)):
+            return super().activation_backward(kind, dy, saved, alpha, out=out)
+        out = self._new(dy.shape, dtype) if out is None else out
+        with self._launch_scope():
+            return self.kernels.activation_backward(kind, dy, saved, alpha, out=out)
+
+    # -- batch norm
+    def _bn_fits(self, x, vectors, out):
+        dtype = self._kernel_dtype(x, out, *vectors)
+        if dtype is None or x.ndim != 2:
+            return None
+        c = x.shape[1]
+        if any(tuple(v.shape) != (c,) for v in vectors):
+            return None
+        if out is not None and out.shape != x.shape:
+            return None
+        return dtype
+
+    def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
+                                momentum, relu=False, out=None):
+        dtype = self._bn_fits(x, (gamma, beta, running_mean, running_var), out)
+        if dtype is None or x.shape[0] < 2:
+            return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
+                                                   eps, momentum, relu=relu, out=out)
+        n, c = x.shape
+        k = self.kernels
+        out = self._new(x.shape, dtype) if out is None else out
+        mean = self._new((c,), dtype)
+        invstd = self._new((c,), dtype)
+        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
+        with self._launch_scope():
+            return k.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps,
+                                             momentum, relu, out=out, mean=mean,
+                                             invstd=invstd, scratch=scratch)
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
+                               relu=False, out=None):
+        dtype = self._bn_fits(x, (gamma, beta, running_mean, running_var), out)
+        if dtype is None:
+            return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
+                                                  eps, relu=relu, out=out)
+        out = self._new(x.shape, dtype) if out is None else out
+        with self._launch_scope():
+            return self.kernels.batchnorm_forward_eval(x, gamma, beta, running_mean,
+                                                       running_var, eps, relu, out=out)
+
+    def batchnorm_backward(self, dy, x, gamma, beta, mean, invstd, relu=False, out=None):
+        dtype = self._bn_fits(x, (gamma, beta, mean, invstd), out)
+        if (dtype is None or self._kernel_dtype(dy, x) != dtype or dy.shape != x.shape):
+            return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=relu,
+                                              out=out)
+        n, c = x.shape
+        k = self.kernels
+        out = self._new(x.shape, dtype) if out is None else out
+        dgamma = self._new((c,), dtype)
+        dbeta = self._new((c,), dtype)
+        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
+        with self._launch_scope():
+            return k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
+                                        dgamma=dgamma, dbeta=dbeta, scratch=scratch)
+
+    # -- losses
+    def softmax_cross_entropy(self, logits, labels):
+        dtype = self._kernel_dtype(logits)
+        if (dtype is None or logits.ndim != 2 or 0 in logits.shape
+                or not self.owns(labels) or _dtype_str(labels) not in _LABEL_DTYPES
+                or tuple(labels.shape) != (logits.shape[0],)
+                or not labels.flags.c_contiguous):
+            return super().softmax_cross_entropy(logits, labels)
+        n = logits.shape[0]
+        k = self.kernels
+        loss = self._new((), dtype)
+        dlogits = self._new(logits.shape, dtype)
+        row_loss = self.scratch("softmax_cross_entropy",
+                                k.softmax_cross_entropy_scratch_shape(n), dtype)
+        with self._launch_scope():
+            return k.softmax_cross_entropy(logits, labels, loss=loss, dlogits=dlogits,
+                                           row_loss=row_loss)
+
+    # -- optimizer updates
+    def _update_fits(self, param, *others):
+        if self._kernel_dtype(param, *others) is None:
+            return False
+        return all(o is None or o.shape == param.shape for o in others)
+
+    def sgd_update(self, param, grad, momentum_buffer, **hyper):
+        buf = momentum_buffer if hyper.get("momentum", 0.0) != 0 else None
+        if not self._update_fits(param, grad, buf) or (buf is None and
+                                                        hyper.get("momentum", 0.0) != 0):
+            return super().sgd_update(param, grad, momentum_buffer, **hyper)
+        with self._launch_scope():
+            self.kernels.sgd_update(param, grad, momentum_buffer, **hyper)
+
+    def adam_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
+        if not self._update_fits(param, grad, exp_avg, exp_avg_sq):
+            return super().adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
+        with self._launch_scope():
+            self.kernels.adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
+
+    def rmsprop_update(self, param, grad, square_avg, momentum_buffer, grad_avg, **hyper):
+        buf = momentum_buffer if hyper.get("momentum", 0.0) > 0 else None
+        avg = grad_avg if hyper.get("centered", False) else None
+        if (not self._update_fits(param, grad, square_avg, buf, avg)
+                or (buf is None and hyper.get("momentum", 0.0) > 0)
+                or (avg is None and hyper.get("centered", False))):
+            return super().rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg,
+                                          **hyper)
+        with self._launch_scope():
+            self.kernels.rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg,
+                                        **hyper)
+
+    def adagrad_update(self, param, grad, state_sum, **hyper):
+        if not self._update_fits(param, grad, state_sum):
+            return super().adagrad_update(param, grad, state_sum, **hyper)
+        with self._launch_scope():
+            self.kernels.adagrad_update(param, grad, state_sum, **hyper)
+
+    def adadelta_update(self, param, grad, square_avg, acc_delta, **hyper):
+        if not self._update_fits(param, grad, square_avg, acc_delta):
+            return super().adadelta_update(param, grad, square_avg, acc_delta, **hyper)
+        with self._launch_scope():
+            self.kernels.adadelta_update(param, grad, square_avg, acc_delta, **hyper)
+
+
+class CupyBackend(CudaKernelOps, ArrayAPIBackend):
     """CuPy on one NVIDIA GPU.
+
+    Fused ops run the Numba-CUDA kernels of :mod:`dualnn.kernels.cuda` on CuPy's current
+    stream (float32/float64, C-contiguous; anything else runs the reference math on CuPy).
+    Kernels compile on their first launch, or all at once with ``precompile=True``.
 
     Parameters
     ----------
@@ -17,16 +250,28 @@ class CupyBackend(ArrayAPIBackend):
         CUDA device ordinal.
     fused : bool, optional
         Use the Numba-CUDA kernels; default from ``DUALNN_FUSED`` (on).
+    precompile : bool
+        Compile every kernel for float32 and float64 now instead of on first launch.
     """
 
-    def __init__(self, device_id=0, fused=None):
+    def __init__(self, device_id=0, fused=None, precompile=False):
         import cupy
 
         self.cupy = cupy
         self.device_id = int(device_id)
         super().__init__(cupy, name="cupy", device=f"gpu:{self.device_id}")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
-        self._rng = cupy.random.default_rng()
+        self._init_kernel_ops()
+        with cupy.cuda.Device(self.device_id):
+            self._rng = cupy.random.default_rng()
+            if precompile and self.fused:
+                self.kernels.precompile()
+
+    def _stream_key(self):
+        return self.cupy.cuda.get_current_stream().ptr
+
+    def _launch_scope(self):
+        return self.cupy.cuda.Device(self.device_id)
 
     def owns(self, a):
         return isinstance(a, self.cupy.ndarray) and a.device.id == self.device_id
