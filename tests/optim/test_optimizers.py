@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import dualnn
-import dualnn.optim as optim
+from dualnn import optim
 from dualnn.backend import ArrayAPIBackend, NumpyBackend
 from dualnn.errors import ConfigurationError, NonFiniteError, ShapeError
 from dualnn.parameter import Parameter
@@ -174,11 +174,11 @@ def run_hand(name, kwargs, values, grad_seq, lr_schedule=None):
             coef = min(1.0, clip / (total + 1e-6))
             if coef < 1.0:
                 grads = {k: g * coef for k, g in grads.items()}
-        for k in params:
+        for k, value in params.items():
             g = grads[k]
             if l1:
-                g = g + l1 * np.sign(params[k])
-            p = HAND[name](params[k], g, states[k], t, lr, **kwargs)
+                g = g + l1 * np.sign(value)
+            p = HAND[name](value, g, states[k], t, lr, **kwargs)
             if max_norm is not None and p.ndim == 2:
                 norms = np.sqrt(np.sum(p * p, axis=1, keepdims=True))
                 p = np.where(norms > max_norm, p * (max_norm / norms), p)
@@ -376,8 +376,6 @@ def test_torch_defaults_match():
             expected = theirs[key]
             if key == "betas":
                 expected = list(expected)
-            if key == "lr" and name == "SGD":
-                continue  # torch.optim.SGD's lr default moved over versions; ours is 1e-3
             assert value == expected, (name, key)
 
 
@@ -570,6 +568,28 @@ def test_state_dict_on_array_api_strict_is_host_numpy():
     assert backend.owns(other[0].state["momentum_buffer"])
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_state_moves_with_parameter_between_backends(name):
+    """Optimizer state lives in p.state, so Parameter.to() carries it to another backend."""
+    kwargs = {"lr": 0.05, "momentum": 0.9} if name != "Adam" else {"lr": 0.05}
+    values, grad_seq = host_values(13, "float32"), host_grads(13, "float32")
+    expected, _, _ = run_dualnn(optim.get(name), kwargs, NumpyBackend(fused=False), values,
+                                grad_seq)
+    strict = _strict_backend()
+    params = make_params(NumpyBackend(fused=True), values)
+    opt = optim.get(name)(params, **kwargs)
+    for t, grads in enumerate(grad_seq):
+        if t == 3:
+            for p in params:
+                p.to(strict)
+        set_grads(params, grads)
+        opt.step()
+    for p in params:
+        assert strict.owns(p.data)
+        assert all(strict.owns(v) for k, v in p.state.items() if k != "step")
+        np.testing.assert_allclose(strict.to_host(p.data), expected[-1][p.name], rtol=1e-6)
+
+
 def _stepped_rmsprop(backend):
     values, grad_seq = host_values(11, "float64"), host_grads(11, "float64", steps=2)
     _, params, opt = run_dualnn(optim.RMSprop, {"momentum": 0.9, "centered": True},
@@ -653,7 +673,7 @@ def test_load_state_dict_rejects_mismatch_without_changes(backend, corruption):
 
 
 def test_load_state_dict_into_shapes_of_another_model(backend):
-    params, opt = _stepped_rmsprop(backend)
+    _, opt = _stepped_rmsprop(backend)
     other = [Parameter(backend.asarray(np.zeros((4, 3))), backend, "0.weight")]
     with pytest.raises(ConfigurationError, match="3 parameter"):
         optim.RMSprop(other).load_state_dict(opt.state_dict())
