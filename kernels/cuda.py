@@ -171,7 +171,9 @@ def _make_kernels(dtype_name):
         """Welford mean/M2 of each (row slice, feature): ``partial[0|1, slice, feature]``.
 
         Slice ``r`` holds rows ``r, r + S, r + 2S, ...`` (``S = partial.shape[1]``), so
-        adjacent threads read adjacent features of one row (coalesced).
+        adjacent threads read adjacent features of one row (coalesced). Values are shifted
+        by the feature's first row (as the reference), so a mean far from zero costs no
+        precision.
         """
         n = x.shape[0]
         c = x.shape[1]
@@ -179,12 +181,13 @@ def _make_kernels(dtype_name):
         f0, r0 = cuda.grid(2)
         fstride, rstride = cuda.gridsize(2)
         for f in range(f0, c, fstride):
+            shift = x[0, f]
             for r in range(r0, slices, rstride):
                 count = zero
                 mean = zero
                 m2 = zero
                 for i in range(r, n, slices):
-                    v = x[i, f]
+                    v = x[i, f] - shift
                     count += one
                     d = v - mean
                     mean += d / count
@@ -192,12 +195,14 @@ def _make_kernels(dtype_name):
                 partial[0, r, f] = mean
                 partial[1, r, f] = m2
 
-    def batchnorm_forward_stats(partial, n, eps, momentum, keep, unbias, mean_out, invstd_out,
+    def batchnorm_forward_stats(x, partial, eps, momentum, keep, unbias, mean_out, invstd_out,
                                 running_mean, running_var):
         """Merge the slices of each feature in order (Chan's formula); running statistics.
 
-        ``keep = 1 - momentum``; ``unbias = n / (n - 1)``.
+        ``keep = 1 - momentum``; ``unbias = n / (n - 1)``. The shifted mean and the shift
+        are left in ``partial[0, 0, f]`` and ``partial[1, 0, f]`` for the normalize pass.
         """
+        n = x.shape[0]
         slices = partial.shape[1]
         c = partial.shape[2]
         start = cuda.grid(1)
@@ -216,18 +221,27 @@ def _make_kernels(dtype_name):
                     m2 += partial[1, r, f] + d * d * (count * nb / total)
                     count = total
             var = m2 / cast(n)
+            shift = x[0, f]
+            partial[0, 0, f] = mean
+            partial[1, 0, f] = shift
+            mean = shift + mean
             mean_out[f] = mean
             invstd_out[f] = one / math.sqrt(var + eps)
             running_mean[f] = keep * running_mean[f] + momentum * mean
             running_var[f] = keep * running_var[f] + momentum * (var * unbias)
 
-    def batchnorm_forward_apply(x, mean, invstd, gamma, beta, out, features, relu):
-        """``out = (x - mean) * (invstd * gamma) + beta`` (then ``max(., 0)``), flat arrays."""
+    def batchnorm_forward_apply(x, partial, invstd, gamma, beta, out, features, relu):
+        """``out = (x - mean) * (invstd * gamma) + beta`` (then ``max(., 0)``), flat arrays.
+
+        ``x - mean`` is formed as ``(x - shift) - shifted_mean`` with both saved in
+        ``partial[:, 0, f]`` by the merge, so ``out`` may be ``x``.
+        """
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
         for i in range(start, x.shape[0], stride):
             f = i % features
-            y = (x[i] - mean[f]) * (invstd[f] * gamma[f]) + beta[f]
+            centered = (x[i] - partial[1, 0, f]) - partial[0, 0, f]
+            y = centered * (invstd[f] * gamma[f]) + beta[f]
             if relu and not y > zero:
                 y = zero
             out[i] = y
@@ -464,9 +478,9 @@ SIGNATURES = {
     "activation_backward": "void({f}[::1], {f}[::1], {f}[::1], int32, {f})",
     "bias_activation_forward": "void({f}[::1], {f}[::1], {f}[::1], int64, int32, {f}, int32)",
     "batchnorm_forward_partial": "void({f}[:, ::1], {f}[:, :, ::1])",
-    "batchnorm_forward_stats": ("void({f}[:, :, ::1], int64, {f}, {f}, {f}, {f}, "
+    "batchnorm_forward_stats": ("void({f}[:, ::1], {f}[:, :, ::1], {f}, {f}, {f}, {f}, "
                                 "{f}[::1], {f}[::1], {f}[::1], {f}[::1])"),
-    "batchnorm_forward_apply": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], "
+    "batchnorm_forward_apply": ("void({f}[::1], {f}[:, :, ::1], {f}[::1], {f}[::1], {f}[::1], "
                                 "{f}[::1], int64, int32)"),
     "batchnorm_forward_eval": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, "
                                "{f}[::1], int64, int32)"),
@@ -608,6 +622,13 @@ def _check(name, arrays, dtype=None):
     return dtype
 
 
+def _require_array(name, label, a):
+    """Raise TypeError unless ``a`` is a NumPy or CuPy array (before reading its shape)."""
+    if not (isinstance(a, np.ndarray) or _is_cupy(a)) or not hasattr(a, "shape"):
+        raise TypeError(f"{name}: {label} must be a CuPy array (or a NumPy array under the "
+                        f"CUDA simulator), got {type(a).__name__}")
+
+
 def _grid_1d(n):
     threads = max(1, min(config.block, n))
     blocks = max(1, min(-(-n // threads), config.max_blocks))
@@ -634,6 +655,7 @@ def activation_backward(kind, dy, saved, alpha=0.0, *, out):
     ``out`` may be ``dy`` (in-place backward). Returns ``out``.
     """
     code = _activation_code(kind)
+    _require_array("activation_backward", "dy", dy)
     shape = dy.shape
     dtype = _check("activation_backward",
                    {"dy": (dy, None), "saved": (saved, shape), "out": (out, shape)})
@@ -652,6 +674,7 @@ def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
     ``out`` may be ``z``. Returns ``out``.
     """
     code = _activation_code(kind)
+    _require_array("bias_activation_forward", "z", z)
     if z.ndim != 2:
         raise ValueError(f"bias_activation_forward: z must be 2-D (batch, features), got "
                          f"shape {tuple(z.shape)}")
@@ -672,6 +695,7 @@ def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
 def activation_forward(kind, z, alpha=0.0, *, out):
     """``out = act(z)`` elementwise, any shape (the bias kernel without a bias)."""
     code = _activation_code(kind)
+    _require_array("activation_forward", "z", z)
     dtype = _check("activation_forward", {"z": (z, None), "out": (out, z.shape)})
     size = int(np.prod(z.shape, dtype=np.int64))
     if size:
@@ -708,10 +732,12 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
     Writes ``out`` (may be ``x``), ``mean``, ``invstd`` and updates ``running_mean`` and
     ``running_var`` in place. ``scratch`` has shape :func:`batchnorm_scratch_shape`; its
     ``S`` (row slices) fixes the reduction order, so results are deterministic for a given
-    scratch shape. Three launches: slice statistics, merge, normalize.
+    scratch shape. Three launches: per-slice Welford statistics of ``x - x[0]``, an ordered
+    merge (mean, invstd, running statistics), normalize.
 
     Returns ``(out, mean, invstd)``.
     """
+    _require_array("batchnorm_forward_train", "x", x)
     if x.ndim != 2:
         raise ValueError(f"batchnorm_forward_train: x must be 2-D, got shape {tuple(x.shape)}")
     n, c = x.shape
@@ -731,16 +757,17 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
     compiled_kernel("batchnorm_forward_partial", dtype)[grid, block, stream](x, scratch)
     blocks, threads = _grid_1d(c)
     compiled_kernel("batchnorm_forward_stats", dtype)[blocks, threads, stream](
-        scratch, n, eps, momentum, 1.0 - momentum, n / (n - 1), mean, invstd, running_mean,
+        x, scratch, eps, momentum, 1.0 - momentum, n / (n - 1), mean, invstd, running_mean,
         running_var)
     blocks, threads = _grid_1d(n * c)
     compiled_kernel("batchnorm_forward_apply", dtype)[blocks, threads, stream](
-        _flat(x), mean, invstd, gamma, beta, _flat(out), c, int(bool(relu)))
+        _flat(x), scratch, invstd, gamma, beta, _flat(out), c, int(bool(relu)))
     return out, mean, invstd
 
 
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=False, *, out):
     """Inference batch norm with the running statistics, one launch; ``out`` may be ``x``."""
+    _require_array("batchnorm_forward_eval", "x", x)
     if x.ndim != 2:
         raise ValueError(f"batchnorm_forward_eval: x must be 2-D, got shape {tuple(x.shape)}")
     n, c = x.shape
@@ -764,6 +791,7 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dga
     Writes ``out`` (= dx, may be ``dy``), ``dgamma`` and ``dbeta``. Three launches: slice
     sums, ordered merge, dx. Returns ``(out, dgamma, dbeta)``.
     """
+    _require_array("batchnorm_backward", "x", x)
     if x.ndim != 2:
         raise ValueError(f"batchnorm_backward: x must be 2-D, got shape {tuple(x.shape)}")
     n, c = x.shape
@@ -806,6 +834,9 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
 
     Returns ``(loss, dlogits)``.
     """
+    _require_array("softmax_cross_entropy", "logits", logits)
+    _require_array("softmax_cross_entropy", "labels", labels)
+    _require_array("softmax_cross_entropy", "loss", loss)
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: logits must be 2-D, got shape "
                          f"{tuple(logits.shape)}")
@@ -841,6 +872,7 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
 
 
 def _optimizer_arrays(name, param, **state):
+    _require_array(name, "param", param)
     arrays = {"param": (param, None)}
     arrays.update({label: (a, param.shape) for label, a in state.items()})
     dtype = _check(name, arrays)

@@ -1,0 +1,70 @@
+"""Simulator tests: Numba-CUDA kernels run in Numba's CUDA simulator, on NumPy arrays.
+
+They need ``NUMBA_ENABLE_CUDASIM=1`` in the environment before Numba is first imported,
+so they run in their own process::
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cudasim -q
+
+A plain ``python -m pytest`` skips this directory and runs it in a subprocess instead
+(``tests/test_cudasim_suite.py``). The simulator runs one Python thread per CUDA thread:
+keep shapes small (a launch of ~1-2k threads at most).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() == "1"
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if SIMULATOR:
+        return
+    skip = pytest.mark.skip(reason="needs NUMBA_ENABLE_CUDASIM=1 in its own process "
+                                   "(tests/test_cudasim_suite.py runs it)")
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # Later entries take precedence: NumbaPerformanceWarning is an error (e.g. an implicit
+    # host<->device copy), except the under-utilization notice of tiny test grids.
+    config.addinivalue_line("filterwarnings",
+                            "error::numba.core.errors.NumbaPerformanceWarning")
+    config.addinivalue_line("filterwarnings",
+                            "ignore:Grid size .* will likely result in GPU under-utilization")
+    config.addinivalue_line("markers", "cudasim: runs under Numba's CUDA simulator")
+
+
+@pytest.fixture
+def ck():
+    """The kernels.cuda module, with its launch geometry restored after the test."""
+    from dualnn.kernels import cuda as ck
+
+    saved = dict(vars(ck.config))
+    yield ck
+    for key, value in saved.items():
+        setattr(ck.config, key, value)
+
+
+@pytest.fixture
+def tiny_grid(ck):
+    """Few, small blocks, so every grid-stride loop runs several iterations per thread."""
+    ck.config.block = 4
+    ck.config.max_blocks = 2
+    ck.config.bn_block_features = 2
+    ck.config.bn_block_slices = 2
+    ck.config.bn_rows_per_slice = 3
+    ck.config.reduce_block = 4
+    return ck
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
