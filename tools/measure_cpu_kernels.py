@@ -1,0 +1,117 @@
+"""Side-by-side timings of the fused CPU kernels (quick script, not an asv suite).
+
+Run:  /work/venv/bin/python tools/measure_cpu_kernels.py [--reps N]
+
+1. ReLU backward on (4096, 1024) float32 (reads dy and z, writes dx: 48 MiB per call) in
+   GB/s, against a 2-thread Numba copy moving the same number of bytes (24 MiB -> 24 MiB).
+2. Batch-norm forward (train) + backward, fused vs the textbook NumPy formula (reference).
+3. Adam over 2.9M float32 values, fused vs the reference NumPy chain.
+
+``import dualnn`` comes first so its thread policy (OPENBLAS_THREAD_TIMEOUT, OMP_WAIT_POLICY)
+is in the environment before NumPy loads. Each timing is the median of ``--reps`` calls after
+warm-up calls; a (4096, 1024) float32 array fits the last-level cache here, so these are
+cache-resident figures (a training step streams from DRAM; see TOOLCHAIN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import dualnn  # noqa: F401  (first: thread policy before numpy loads)
+from dualnn.backend import NumpyBackend
+from dualnn.kernels import cpu
+
+import numpy as np
+
+
+def median_time(fn, reps, warm=5):
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30)
+    args = parser.parse_args()
+    reps = args.reps
+
+    import numba
+
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+
+    @numba.njit(parallel=True, nogil=True)
+    def parallel_copy(src, dst):
+        for i in numba.prange(src.shape[0]):
+            dst[i] = src[i]
+
+    fused, unfused = NumpyBackend(fused=True), NumpyBackend(fused=False)
+    rng = np.random.default_rng(0)
+
+    # 1. ReLU backward vs a 2-thread copy of the same bytes.
+    n, c = 4096, 1024
+    z = rng.standard_normal((n, c), dtype=np.float32)
+    dy = rng.standard_normal((n, c), dtype=np.float32)
+    dx = np.empty_like(dy)
+    nbytes = 3 * dy.nbytes
+    t_relu = median_time(lambda: fused.activation_backward("relu", dy, z, out=dx), reps)
+    buf = dy.copy()
+    t_relu_inplace = median_time(lambda: fused.activation_backward("relu", buf, z, out=buf),
+                                 reps)
+    t_relu_ref = median_time(lambda: unfused.activation_backward("relu", dy, z, out=dx), reps)
+    src = rng.standard_normal(nbytes // 2 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    parallel_copy(src, dst)
+    t_copy = median_time(lambda: parallel_copy(src, dst), reps)
+    gbs = lambda t: nbytes / t / 1e9  # noqa: E731
+    print(f"\n[1] ReLU backward (4096, 1024) float32, {nbytes / 2**20:.0f} MiB moved per call")
+    print(f"    fused          {t_relu * 1e3:7.3f} ms  {gbs(t_relu):6.1f} GB/s")
+    print(f"    fused in place {t_relu_inplace * 1e3:7.3f} ms  {gbs(t_relu_inplace):6.1f} GB/s")
+    print(f"    reference      {t_relu_ref * 1e3:7.3f} ms  {gbs(t_relu_ref):6.1f} GB/s")
+    print(f"    2-thread copy  {t_copy * 1e3:7.3f} ms  {gbs(t_copy):6.1f} GB/s")
+    print(f"    fused / copy bandwidth = {t_copy / t_relu:.2f}; "
+          f"fused speed-up over reference = {t_relu_ref / t_relu:.2f}x")
+
+    # 2. Batch norm forward (train) + backward.
+    print("\n[2] batch norm forward(train)+backward, float32 (relu=False)")
+    for shape in [(256, 1024), (4096, 1024)]:
+        x = rng.standard_normal(shape, dtype=np.float32) + 3
+        g = rng.standard_normal(shape, dtype=np.float32)
+        gamma = np.ones(shape[1], np.float32)
+        beta = np.zeros(shape[1], np.float32)
+        rm, rv = np.zeros_like(gamma), np.ones_like(gamma)
+        y = np.empty_like(x)
+
+        def step(backend):
+            _, mean, invstd = backend.batchnorm_forward_train(x, gamma, beta, rm, rv, 1e-5, 0.1,
+                                                              out=y)
+            backend.batchnorm_backward(g, x, gamma, beta, mean, invstd, out=y)
+
+        t_f = median_time(lambda: step(fused), reps)
+        t_r = median_time(lambda: step(unfused), reps)
+        print(f"    {str(shape):13s} fused {t_f * 1e3:7.3f} ms   reference {t_r * 1e3:7.3f} ms"
+              f"   speed-up {t_r / t_f:.2f}x")
+
+    # 3. Adam over 2.9M float32 values.
+    size = 2_900_000
+    p = rng.standard_normal(size, dtype=np.float32)
+    grad = rng.standard_normal(size, dtype=np.float32)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    t_a = median_time(lambda: fused.adam_update(p, grad, m, v, step=10, lr=1e-3), reps)
+    t_ar = median_time(lambda: unfused.adam_update(p, grad, m, v, step=10, lr=1e-3), reps)
+    print(f"\n[3] Adam, {size:,} float32 values: fused {t_a * 1e3:.3f} ms, "
+          f"reference {t_ar * 1e3:.3f} ms, speed-up {t_ar / t_a:.2f}x "
+          f"({5 * 4 * size / t_a / 1e9:.1f} GB/s fused, 5 streams)")
+    print(f"\nnumba {numba.__version__}, {numba.get_num_threads()} threads, threading layer "
+          f"{numba.threading_layer()}, kernel cache {cpu.cache_dir()}")
+
+
+if __name__ == "__main__":
+    main()
