@@ -539,6 +539,35 @@ _compiled = {}
 _compile_lock = threading.Lock()
 
 
+class _SimulatorLaunch:
+    """Simulator only: NumPy arguments become simulated device arrays *sharing* memory.
+
+    By default the simulator copies every NumPy argument in and back out, so two arguments
+    that alias (``out`` is ``dy``) would be separate copies and the last copy-back would win.
+    On a GPU, CuPy arrays are passed without copies; this wrapper makes the simulator do the
+    same, so aliasing and races behave as they would on the device.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, launch_config):
+        launch = self.kernel[launch_config]
+
+        def run(*args):
+            return launch(*[_simulated_device_array(a) for a in args])
+
+        return run
+
+
+def _simulated_device_array(a):
+    if isinstance(a, np.ndarray) and a.ndim > 0:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(a)
+    return a
+
+
 def compiled_kernel(name, dtype, label_dtype=None):
     """Kernel ``name`` compiled for its explicit ``dtype`` signature (once, then cached)."""
     key = (name, dtype, label_dtype)
@@ -549,6 +578,8 @@ def compiled_kernel(name, dtype, label_dtype=None):
             if kernel is None:
                 sig = signature(name, dtype, label_dtype or "int64")
                 kernel = numba_cuda().jit(sig)(python_kernel(name, dtype))
+                if simulator_enabled():
+                    kernel = _SimulatorLaunch(kernel)
                 _compiled[key] = kernel
     return kernel
 
