@@ -198,6 +198,8 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
                 a2[j] += d * d
     # Merge in block order; per-feature statistics and running averages.
     scale = np.empty_like(gamma)
+    first = np.empty_like(gamma)  # x[0] (exact in x's dtype), copied: out may be x
+    shifted_mean = np.empty_like(gamma)
     for j in range(c):
         t1 = 0.0
         t2 = 0.0
@@ -209,24 +211,27 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         if var < 0.0:
             var = 0.0
         mean = shift[j] + m1
+        first[j] = x[0, j]
+        shifted_mean[j] = m1
         invstd = 1.0 / math.sqrt(var + eps)
         save_mean[j] = mean
         save_invstd[j] = invstd
         scale[j] = save_invstd[j] * gamma[j]
         running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mean
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * (var * (n / (n - 1)))
-    # Pass 2: normalize, scale, shift (+ ReLU).
+    # Pass 2: normalize, scale, shift (+ ReLU). Centered as (x - x[0]) - shifted mean, as
+    # the reference: x - mean in float32 would carry mean's rounding (half an ulp of |mean|).
     zero = x.dtype.type(0)
     for i in prange(n):
         xi = x[i]
         oi = out[i]
         if relu:
             for j in range(c):
-                v = (xi[j] - save_mean[j]) * scale[j] + beta[j]
+                v = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
                 oi[j] = v if v > zero else zero
         else:
             for j in range(c):
-                oi[j] = (xi[j] - save_mean[j]) * scale[j] + beta[j]
+                oi[j] = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
 
 
 def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, out):
