@@ -59,3 +59,9 @@ def rng():
 
 def to_host(backend, a):
     return np.asarray(backend.to_host(a))
+
+
+# The CUDA-simulator suite must run in its own process (NUMBA_ENABLE_CUDASIM is read when
+# numba is first imported); tests/test_cudasim_suite.py starts that process.
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    collect_ignore_glob = ["cudasim/*"]
