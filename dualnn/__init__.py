@@ -29,3 +29,7 @@ __all__ = [
     "Layer", "layers", "losses", "optim", "Parameter", "seed", "Sequential", "set_device",
     "use_backend", "use_device",
 ]
+
+from . import callbacks, data, datasets  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
+from .train import History, evaluate, fit, predict  # noqa: E402
