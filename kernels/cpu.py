@@ -111,38 +111,6 @@ def _activation_segment(kind, z, alpha, out, start, stop):
             out[i] = z[i]
 
 
-def _activation_backward_segment(kind, dy, saved, alpha, out, start, stop):
-    """``out[start:stop] = dy * f'(saved)`` on 1-D arrays (helper, inlined)."""
-    zero = dy.dtype.type(0)
-    one = dy.dtype.type(1)
-    if kind == RELU:
-        for i in range(start, stop):
-            d = dy[i]
-            out[i] = d if saved[i] > zero else zero
-    elif kind == LEAKY_RELU:
-        for i in range(start, stop):
-            d = dy[i]
-            out[i] = d if saved[i] > zero else alpha * d
-    elif kind == ELU:
-        for i in range(start, stop):
-            d = dy[i]
-            s = saved[i]
-            neg = zero if s > zero else s
-            e = d * (alpha * math.exp(neg))
-            out[i] = d if s > zero else e
-    elif kind == SIGMOID:
-        for i in range(start, stop):
-            s = saved[i]
-            out[i] = dy[i] * s * (one - s)
-    elif kind == TANH:
-        for i in range(start, stop):
-            s = saved[i]
-            out[i] = dy[i] * (one - s * s)
-    else:
-        for i in range(start, stop):
-            out[i] = dy[i]
-
-
 def _reduction_blocks(n):
     """Number of row blocks of a reduction over ``n`` rows (depends on ``n`` only)."""
     return max(1, min(REDUCTION_BLOCKS, n // MIN_ROWS_PER_BLOCK))
@@ -168,12 +136,37 @@ def _k_bias_activation_forward(kind, z, b, alpha, out):
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
+    # One prange loop per kind (a loop per branch vectorizes; a blocked loop around the
+    # shared segment helper ran ~1.5x slower on (4096, 1024) float32).
+    zero = dy.dtype.type(0)
+    one = dy.dtype.type(1)
     n = dy.shape[0]
-    nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK
-    for blk in prange(nblocks):
-        start = blk * ELEMENTWISE_BLOCK
-        stop = min(start + ELEMENTWISE_BLOCK, n)
-        _activation_backward_segment(kind, dy, saved, alpha, out, start, stop)
+    if kind == RELU:
+        for i in prange(n):
+            d = dy[i]
+            out[i] = d if saved[i] > zero else zero
+    elif kind == LEAKY_RELU:
+        for i in prange(n):
+            d = dy[i]
+            out[i] = d if saved[i] > zero else alpha * d
+    elif kind == ELU:
+        for i in prange(n):
+            d = dy[i]
+            s = saved[i]
+            neg = zero if s > zero else s
+            e = d * (alpha * math.exp(neg))
+            out[i] = d if s > zero else e
+    elif kind == SIGMOID:
+        for i in prange(n):
+            s = saved[i]
+            out[i] = dy[i] * s * (one - s)
+    elif kind == TANH:
+        for i in prange(n):
+            s = saved[i]
+            out[i] = dy[i] * (one - s * s)
+    else:
+        for i in prange(n):
+            out[i] = dy[i]
 
 
 def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, momentum, relu,
@@ -411,7 +404,7 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
         param[i] = p - lr * delta
 
 
-_HELPERS = ("_activation_segment", "_activation_backward_segment", "_reduction_blocks")
+_HELPERS = ("_activation_segment", "_reduction_blocks")
 _KERNELS = ("activation_forward", "bias_activation_forward", "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
             "softmax_cross_entropy", "sgd_update", "adam_update", "rmsprop_update",
