@@ -24,14 +24,39 @@ class Parameter:
         the optimizer, so ``model.to(device)`` moves it with the parameter.
     """
 
-    __slots__ = ("data", "grad", "name", "state", "backend", "__weakref__")
+    __slots__ = ("data", "_grad", "_grad_stale", "name", "state", "backend", "__weakref__")
 
     def __init__(self, data, backend, name="param"):
         self.backend = backend
         self.data = data
-        self.grad = backend.xp.zeros_like(data)
+        self._grad = backend.xp.zeros_like(data)
+        self._grad_stale = False
         self.name = name
         self.state = {}
+
+    @property
+    def grad(self):
+        """The accumulated gradient (zeros after :meth:`zero_grad`)."""
+        if self._grad_stale:
+            self._grad[...] = 0
+            self._grad_stale = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
+        self._grad_stale = False
+
+    def gradient_buffer(self):
+        """``(grad_array, overwrite)`` for a layer's backward.
+
+        ``overwrite`` is true when the gradient was zeroed and nothing has been added
+        since: the layer may then *write* its gradient (e.g. a GEMM with ``out=``)
+        instead of adding it, which saves clearing and re-reading the buffer.
+        """
+        overwrite = self._grad_stale
+        self._grad_stale = False
+        return self._grad, overwrite
 
     @property
     def shape(self):
@@ -49,8 +74,8 @@ class Parameter:
         return n
 
     def zero_grad(self):
-        """Set the gradient to zero in place."""
-        self.grad[...] = 0
+        """Set the gradient to zero (in place, done lazily at the next use)."""
+        self._grad_stale = True
 
     def to(self, backend):
         """Move value, gradient and optimizer state onto ``backend``'s device."""

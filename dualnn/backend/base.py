@@ -120,6 +120,17 @@ class ArrayAPIBackend:
         dst[...] = src
         return dst
 
+    def matmul(self, a, b, out=None):
+        """``a @ b``, written into ``out`` when given."""
+        return self._into(out, a @ b)
+
+    def matmul_accumulate(self, a, b, out, overwrite=False):
+        """``out += a @ b`` (``out = a @ b`` when ``overwrite``); returns ``out``."""
+        if overwrite:
+            return self.matmul(a, b, out=out)
+        out += a @ b
+        return out
+
     def synchronize(self):
         """Wait until all queued work on the device has finished (no-op on the CPU)."""
 

@@ -41,6 +41,9 @@ class NumpyBackend(ArrayAPIBackend):
     def to_host(self, a):
         return np.asarray(a)
 
+    def matmul(self, a, b, out=None):
+        return np.matmul(a, b, out=out)
+
     # ------------------------------------------------------------------ fused-op dispatch
     # Each override runs the Numba kernel of dualnn.kernels.cpu when ``self.fused`` is on
     # and every array is a C-contiguous float32/float64 NumPy array of one dtype with the

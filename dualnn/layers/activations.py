@@ -32,6 +32,10 @@ class _Elementwise(Layer):
         self._check_grad(dy, self._saved)
         return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha)
 
+    def backward_overwrite(self, dy):
+        self._check_grad(dy, self._saved)
+        return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha, out=dy)
+
     def _clear_cache(self):
         self._saved = None
 
@@ -50,6 +54,8 @@ class Identity(_Elementwise):
     def backward(self, dy):
         self._check_grad(dy, self._saved)
         return dy
+
+    backward_overwrite = backward
 
 
 class ReLU(_Elementwise):

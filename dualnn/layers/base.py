@@ -121,6 +121,15 @@ class Layer:
         ``p.grad`` and return ``dL/dx``."""
         raise NotImplementedError(f"{self.name} does not implement backward")
 
+    def backward_overwrite(self, dy):
+        """Like :meth:`backward`, but the layer may overwrite ``dy`` and return it as ``dx``.
+
+        :class:`Sequential` calls this with gradients it produced itself, so elementwise
+        layers and batch norm work in place instead of allocating. The default simply
+        calls :meth:`backward`.
+        """
+        return self.backward(dy)
+
     def __call__(self, x, training=False):
         return self.forward(x, training=training)
 

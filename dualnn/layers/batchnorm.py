@@ -104,12 +104,18 @@ class BatchNorm(Layer):
 
     def backward(self, dy):
         r"""Adds :math:`d\gamma = \sum dy\,\hat x`, :math:`d\beta = \sum dy`; returns dx."""
+        return self._backward(dy, out=None)
+
+    def backward_overwrite(self, dy):
+        return self._backward(dy, out=dy)
+
+    def _backward(self, dy, out):
         x = self._x
         self._check_grad(dy, x)
         if self._training:
             dx, dgamma, dbeta = self.backend.batchnorm_backward(
                 dy, x, self.gamma.data, self.beta.data, self._mean, self._invstd,
-                relu=self._relu)
+                relu=self._relu, out=out)
         else:
             xhat = (x - self._mean) * self._invstd
             if self._relu:

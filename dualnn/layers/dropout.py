@@ -52,3 +52,9 @@ class Dropout(Layer):
     def backward(self, dy):
         self._check_grad(dy, self._shape)
         return dy if self._mask is None else dy * self._mask
+
+    def backward_overwrite(self, dy):
+        self._check_grad(dy, self._shape)
+        if self._mask is not None:
+            dy *= self._mask
+        return dy

@@ -61,7 +61,8 @@ class Linear(Layer):
         r"""Adds :math:`dW = dy^\top x`, :math:`db = \sum_n dy`; returns :math:`dx = dy\,W`."""
         x = self._x
         self._check_grad(dy, None if x is None else (x.shape[0], self.out_features))
-        self.weight.grad += dy.T @ x
+        grad, overwrite = self.weight.gradient_buffer()
+        self.backend.matmul_accumulate(dy.T, x, grad, overwrite)
         if self.bias is not None:
             self.bias.grad += self.xp.sum(dy, axis=0)
         return dy @ self.weight.data

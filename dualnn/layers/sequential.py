@@ -118,6 +118,8 @@ class Sequential(Layer):
 
     def backward(self, dy):
         """Backpropagate ``dL/dy`` through every layer; returns ``dL/dx``."""
+        original = dy  # the caller's array is never overwritten
         for kind, i in reversed(self._steps()):
-            dy = self._layers[i].backward(dy)
+            layer = self._layers[i]
+            dy = layer.backward(dy) if dy is original else layer.backward_overwrite(dy)
         return dy
