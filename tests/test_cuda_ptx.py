@@ -1,0 +1,66 @@
+"""Every Numba-CUDA kernel compiles to PTX for real GPUs (sm_80, sm_90), no GPU needed.
+
+Uses ``numba.cuda.compile_ptx`` with each kernel's explicit float32 and float64 signature
+(NVRTC from ``numba-cuda[cu12]``). Also checks that float32 kernels contain no float64
+arithmetic (a float literal promoting the math would run at 1/64 rate on many GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+    pytest.skip("compile_ptx needs the real CUDA target, not the simulator",
+                allow_module_level=True)
+
+cuda = pytest.importorskip("numba.cuda")
+
+
+def _nvrtc_available():
+    try:
+        cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(8, 0))
+    except Exception as exc:  # missing NVRTC / CUDA toolkit wheels
+        return str(exc)
+    return None
+
+
+_missing = _nvrtc_available()
+if _missing:
+    pytest.skip(f"numba-cuda cannot compile PTX here (needs numba-cuda[cu12]): {_missing}",
+                allow_module_level=True)
+
+from dualnn.kernels import cuda as ck  # noqa: E402
+
+VARIANTS = ck.kernel_variants()
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm80", "sm90"])
+@pytest.mark.parametrize("name,dtype,label_dtype", VARIANTS,
+                         ids=["-".join(filter(None, v)) for v in VARIANTS])
+def test_kernel_compiles_to_ptx(name, dtype, label_dtype, cc):
+    sig = ck.signature(name, dtype, label_dtype or "int64")
+    ptx, resty = cuda.compile_ptx(ck.python_kernel(name, dtype), sig, cc=cc)
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    assert ".entry" in ptx
+    if dtype == "float32":
+        assert ".f64" not in ptx, f"{name}: float32 kernel computes in float64"
+
+
+def test_every_kernel_has_both_dtypes():
+    names = {v[0] for v in VARIANTS}
+    assert names == set(ck.SIGNATURES)
+    for name in names:
+        assert {v[1] for v in VARIANTS if v[0] == name} == {"float32", "float64"}
+
+
+def test_importing_kernels_does_not_import_numba_cuda():
+    import subprocess
+    import sys
+
+    code = ("import sys, dualnn, dualnn.kernels.cuda, dualnn.backend.cupy_backend, "
+            "dualnn.backend.cudasim_backend; "
+            "bad = [m for m in ('numba.cuda', 'cupy') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
