@@ -152,7 +152,7 @@ def _make_kernels(dtype_name):
             if has_bias:
                 v = v + b[i % features]
             if kind == _RELU:
-                r = v if v > zero else zero
+                r = v if v > zero else zero  # noqa: FURB136 - NaN -> 0 as the reference
             elif kind == _LEAKY_RELU:
                 r = v if v > zero else alpha * v
             elif kind == _ELU:
@@ -339,7 +339,7 @@ def _make_kernels(dtype_name):
             top = logits[i, 0]
             for j in range(1, k):
                 v = logits[i, j]
-                if v > top or v != v:
+                if v > top or v != v:  # noqa: PLR0124 - v != v: NaN propagates
                     top = v
             total = zero
             for j in range(k):
@@ -526,9 +526,9 @@ def python_kernel(name, dtype):
 def kernel_variants():
     """Every ``(name, dtype, label_dtype)`` the launchers may compile."""
     out = []
-    for name in SIGNATURES:
+    for name, sig in SIGNATURES.items():
         for dtype in FLOAT_DTYPES:
-            if "{i}" in SIGNATURES[name]:
+            if "{i}" in sig:
                 out.extend((name, dtype, lab) for lab in LABEL_DTYPES)
             else:
                 out.append((name, dtype, None))

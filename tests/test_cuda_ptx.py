@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from dualnn.kernels import cuda as ck  # imports no numba.cuda until used
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
     pytest.skip("compile_ptx needs the real CUDA target, not the simulator",
@@ -21,7 +22,7 @@ cuda = pytest.importorskip("numba.cuda")
 def _nvrtc_available():
     try:
         cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(8, 0))
-    except Exception as exc:  # missing NVRTC / CUDA toolkit wheels
+    except Exception as exc:  # noqa: BLE001 - missing NVRTC / CUDA toolkit wheels
         return str(exc)
     return None
 
@@ -31,8 +32,6 @@ if _missing:
     pytest.skip(f"numba-cuda cannot compile PTX here (needs numba-cuda[cu12]): {_missing}",
                 allow_module_level=True)
 
-from dualnn.kernels import cuda as ck  # noqa: E402
-
 VARIANTS = ck.kernel_variants()
 
 
@@ -41,7 +40,7 @@ VARIANTS = ck.kernel_variants()
                          ids=["-".join(filter(None, v)) for v in VARIANTS])
 def test_kernel_compiles_to_ptx(name, dtype, label_dtype, cc):
     sig = ck.signature(name, dtype, label_dtype or "int64")
-    ptx, resty = cuda.compile_ptx(ck.python_kernel(name, dtype), sig, cc=cc)
+    ptx, _resty = cuda.compile_ptx(ck.python_kernel(name, dtype), sig, cc=cc)
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
     assert ".entry" in ptx
     if dtype == "float32":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cudasim_helpers import DTYPES, EDGE_VALUES, tolerances
-
 from dualnn.kernels import reference
 
 KINDS = reference.ACTIVATIONS

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dualnn.kernels import reference
 
 from dualnn.backend import ArrayAPIBackend
 from dualnn.backend.cudasim_backend import CudaSimBackend
-from dualnn.kernels import reference
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ REFERENCE = ArrayAPIBackend(np)
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_fused_op_runs_its_kernel_and_matches_reference(backend, calls, rng, dtype):
-    tol = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    tol = {"rtol": 2e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-12}
     x = rng.standard_normal((6, 5)).astype(dtype)
     b = rng.standard_normal(5).astype(dtype)
     dy = rng.standard_normal((6, 5)).astype(dtype)
@@ -124,7 +124,7 @@ def test_scratch_allocated_once_per_shape(backend, rng):
     x = rng.standard_normal((6, 4)).astype(np.float32)
     v = np.ones(4, np.float32)
     for _ in range(3):
-        y, mean, invstd = backend.batchnorm_forward_train(x, v, v * 0, v * 0, v.copy(), 1e-5,
+        _y, mean, invstd = backend.batchnorm_forward_train(x, v, v * 0, v * 0, v.copy(), 1e-5,
                                                           0.1)
         backend.batchnorm_backward(x, x, v, v * 0, mean, invstd)
         backend.softmax_cross_entropy(x, np.array([0, 1, 2, 3, 0, 1]))

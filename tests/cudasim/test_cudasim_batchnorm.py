@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cudasim_helpers import DTYPES
-
 from dualnn.kernels import reference
 
 EPS = 1e-5
@@ -18,7 +17,7 @@ SHAPES = [(2, 1), (5, 7), (16, 9), (33, 3)]
 
 
 def _bn_tol(dtype):
-    return dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    return {"rtol": 2e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-12}
 
 
 def _inputs(rng, n, c, dtype):
@@ -104,16 +103,16 @@ def test_many_slices_and_grid_stride(tiny_grid, rng, dtype):
     ck = tiny_grid
     x, gamma, beta, rm, rv = _inputs(rng, 16, 9, dtype)
     assert ck.batchnorm_scratch_shape(16, 9) == (2, 6, 9)
-    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = reference.batchnorm_forward_train(
+    y_ref, _mean_ref, _invstd_ref, _rm_ref, rv_ref = reference.batchnorm_forward_train(
         np, x, gamma, beta, rm, rv, EPS, MOMENTUM, True)
     y, mean, invstd = _train(ck, x, gamma, beta, rm, rv, True)
     tol = _bn_tol(dtype)
     np.testing.assert_allclose(y, y_ref, **tol)
     np.testing.assert_allclose(rv, rv_ref, **tol)
     dy = rng.standard_normal(x.shape).astype(dtype)
-    dx_ref, dg_ref, db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd,
+    dx_ref, dg_ref, _db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd,
                                                           True)
-    dx, dg, db = _backward(ck, dy, x, gamma, beta, mean, invstd, True)
+    dx, dg, _db = _backward(ck, dy, x, gamma, beta, mean, invstd, True)
     np.testing.assert_allclose(dg, dg_ref, **tol)
     np.testing.assert_allclose(dx, dx_ref, **tol)
 
@@ -122,14 +121,14 @@ def test_more_slices_than_rows(ck, rng):
     """Slices past the last row hold nothing and are skipped by the merge."""
     x, gamma, beta, rm, rv = _inputs(rng, 3, 4, "float64")
     scratch = np.full((2, 7, 4), np.nan)  # stale contents must not leak in
-    y_ref, mean_ref, invstd_ref, _, _ = reference.batchnorm_forward_train(
+    y_ref, mean_ref, _invstd_ref, _, _ = reference.batchnorm_forward_train(
         np, x, gamma, beta, rm, rv, EPS, MOMENTUM)
     y, mean, invstd = _train(ck, x, gamma, beta, rm, rv, False, scratch=scratch)
     np.testing.assert_allclose(mean, mean_ref, 1e-12)
     np.testing.assert_allclose(y, y_ref, 1e-10, 1e-12)
     dy = rng.standard_normal(x.shape)
-    dx_ref, dg_ref, db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd)
-    dx, dg, db = _backward(ck, dy, x, gamma, beta, mean, invstd, False, scratch=scratch)
+    dx_ref, _dg_ref, db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd)
+    dx, _dg, db = _backward(ck, dy, x, gamma, beta, mean, invstd, False, scratch=scratch)
     np.testing.assert_allclose(db, db_ref, 1e-12, 1e-14)
     np.testing.assert_allclose(dx, dx_ref, 1e-10, 1e-12)
 
@@ -141,7 +140,7 @@ def test_accurate_for_a_mean_far_from_zero(ck, rng):
     x64 = x.astype(np.float64)
     exact_var = np.var(x64, axis=0)
     exact_y = (x64 - x64.mean(axis=0)) / np.sqrt(exact_var + 1e-8)
-    y, mean, invstd = ck.batchnorm_forward_train(
+    y, _mean, invstd = ck.batchnorm_forward_train(
         x, ones, zeros, zeros.copy(), ones.copy(), 1e-8, MOMENTUM, out=np.empty_like(x),
         mean=np.empty(3, np.float32), invstd=np.empty(3, np.float32),
         scratch=np.empty(ck.batchnorm_scratch_shape(32, 3), np.float32))
@@ -155,7 +154,7 @@ def test_constant_feature_and_edge_values(ck):
     x = np.array([[3.0, 1.0, 1.0], [3.0, np.nan, np.inf], [3.0, 2.0, 0.0]], np.float32)
     ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
     beta = np.array([0.5, 0.0, 0.0], np.float32)
-    y, mean, invstd = _train(ck, x, ones, beta, zeros.copy(), ones.copy(), False)
+    y, _mean, _invstd = _train(ck, x, ones, beta, zeros.copy(), ones.copy(), False)
     y_ref, *_ = reference.batchnorm_forward_train(np, x, ones, beta, zeros, ones, EPS, MOMENTUM)
     np.testing.assert_allclose(y[:, 0], [0.5, 0.5, 0.5])
     assert np.isnan(y[:, 1]).all() and np.isnan(y_ref[:, 1]).all()

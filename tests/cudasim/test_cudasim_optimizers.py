@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cudasim_helpers import DTYPES
-
 from dualnn.kernels import reference
 
 SHAPES = [(1,), (5, 7)]
 
 
 def _tol(dtype):
-    return dict(rtol=3e-6, atol=1e-7) if dtype == "float32" else dict(rtol=1e-13, atol=1e-15)
+    return {"rtol": 3e-6, "atol": 1e-7} if dtype == "float32" else {"rtol": 1e-13, "atol": 1e-15}
 
 
 def _state(rng, shape, dtype, positive=False):
@@ -26,11 +25,11 @@ def _compare(got, want, dtype):
 
 
 SGD_CASES = [
-    dict(lr=0.1),
-    dict(lr=0.1, weight_decay=0.01),
-    dict(lr=0.1, momentum=0.9),
-    dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.05),
-    dict(lr=0.05, momentum=0.8, nesterov=True),
+    {"lr": 0.1},
+    {"lr": 0.1, "weight_decay": 0.01},
+    {"lr": 0.1, "momentum": 0.9},
+    {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.05},
+    {"lr": 0.05, "momentum": 0.8, "nesterov": True},
 ]
 
 
@@ -54,9 +53,9 @@ def test_sgd(ck, rng, shape, dtype, hyper):
 
 
 ADAM_CASES = [
-    dict(lr=1e-3),
-    dict(lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1),
-    dict(lr=1e-2, weight_decay=0.1, decoupled=True),
+    {"lr": 1e-3},
+    {"lr": 1e-2, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1},
+    {"lr": 1e-2, "weight_decay": 0.1, "decoupled": True},
 ]
 
 
@@ -76,11 +75,11 @@ def test_adam(ck, rng, shape, dtype, hyper):
 
 
 RMSPROP_CASES = [
-    dict(lr=1e-2),
-    dict(lr=1e-2, alpha=0.9, weight_decay=0.1),
-    dict(lr=1e-2, momentum=0.9),
-    dict(lr=1e-2, centered=True),
-    dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01),
+    {"lr": 1e-2},
+    {"lr": 1e-2, "alpha": 0.9, "weight_decay": 0.1},
+    {"lr": 1e-2, "momentum": 0.9},
+    {"lr": 1e-2, "centered": True},
+    {"lr": 1e-2, "momentum": 0.5, "centered": True, "weight_decay": 0.01},
 ]
 
 
@@ -105,8 +104,8 @@ def test_rmsprop(ck, rng, shape, dtype, hyper):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("hyper", [dict(lr=0.1), dict(lr=0.1, lr_decay=0.5, weight_decay=0.1,
-                                                      eps=1e-6)], ids=str)
+@pytest.mark.parametrize("hyper", [{"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1,
+                                                      "eps": 1e-6}], ids=str)
 def test_adagrad(ck, rng, shape, dtype, hyper):
     p = _state(rng, shape, dtype)
     s = np.full(shape, 0.1, dtype)
@@ -121,8 +120,8 @@ def test_adagrad(ck, rng, shape, dtype, hyper):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("hyper", [dict(), dict(lr=0.5, rho=0.8, eps=1e-5,
-                                                weight_decay=0.1)], ids=str)
+@pytest.mark.parametrize("hyper", [{}, {"lr": 0.5, "rho": 0.8, "eps": 1e-5,
+                                                "weight_decay": 0.1}], ids=str)
 def test_adadelta(ck, rng, shape, dtype, hyper):
     p = _state(rng, shape, dtype)
     v, u = np.zeros(shape, dtype), np.zeros(shape, dtype)

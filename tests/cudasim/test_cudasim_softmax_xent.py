@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cudasim_helpers import DTYPES
-
 from dualnn.kernels import reference
 
 
@@ -21,7 +20,7 @@ def _run(ck, logits, labels):
 
 
 def _tol(dtype):
-    return dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    return {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-14}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -106,7 +105,7 @@ class TestLauncherChecks:
 
     def test_loss_dtype_and_size(self, ck):
         logits = np.zeros((2, 3), np.float32)
-        kw = dict(dlogits=np.empty_like(logits), row_loss=np.empty(2, np.float32))
+        kw = {"dlogits": np.empty_like(logits), "row_loss": np.empty(2, np.float32)}
         with pytest.raises(TypeError, match="loss"):
             ck.softmax_cross_entropy(logits, np.zeros(2, np.int64),
                                      loss=np.empty((), np.float64), **kw)

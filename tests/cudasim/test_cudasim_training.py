@@ -52,7 +52,7 @@ def test_tiny_model_matches_numpy(dtype):
     y = rng.integers(0, 3, 12)
     sim = _train(CudaSimBackend(), x, y, 4, dtype)
     ref = _train(NumpyBackend(fused=False), x, y, 4, dtype)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-9, "atol": 1e-11}
     np.testing.assert_allclose(sim[0], ref[0], **tol)
     assert sim[0][-1] < sim[0][0]  # it learns
     for a, b in zip(sim[1] + sim[2] + [sim[3]], ref[1] + ref[2] + [ref[3]]):

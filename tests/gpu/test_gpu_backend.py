@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dualnn.kernels import reference
 
 
@@ -16,7 +15,7 @@ def _gpu_available():
         import cupy
 
         return bool(cupy.cuda.is_available())
-    except Exception:
+    except Exception:  # noqa: BLE001 - any import/driver failure means no GPU
         return False
 
 
@@ -46,7 +45,7 @@ def rng():
 
 
 def _tol(dtype):
-    return dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    return {"rtol": 2e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-12}
 
 
 def _host(backend, a):
@@ -79,7 +78,7 @@ def test_activations(backend, rng, dtype, shape, kind):
 @pytest.mark.parametrize("shape", [(2, 1), (16, 9), (256, 1024), (4096, 64)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_batchnorm(backend, rng, dtype, shape, relu):
-    n, c = shape
+    _n, c = shape
     x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
     gamma = (rng.standard_normal(c) + 1).astype(dtype)
     beta = rng.standard_normal(c).astype(dtype)
@@ -126,11 +125,11 @@ def test_optimizers(backend, rng, dtype):
     g = rng.standard_normal(shape).astype(dtype)
     p = rng.standard_normal(shape).astype(dtype)
     cases = [
-        ("sgd_update", 1, dict(lr=0.1, momentum=0.9, nesterov=True, first_step=True)),
-        ("adam_update", 2, dict(step=3, lr=1e-3, weight_decay=0.1, decoupled=True)),
-        ("rmsprop_update", 3, dict(lr=1e-2, momentum=0.5, centered=True)),
-        ("adagrad_update", 1, dict(step=2, lr=0.1, lr_decay=0.1)),
-        ("adadelta_update", 2, dict(weight_decay=0.01)),
+        ("sgd_update", 1, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "first_step": True}),
+        ("adam_update", 2, {"step": 3, "lr": 1e-3, "weight_decay": 0.1, "decoupled": True}),
+        ("rmsprop_update", 3, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
+        ("adagrad_update", 1, {"step": 2, "lr": 0.1, "lr_decay": 0.1}),
+        ("adadelta_update", 2, {"weight_decay": 0.01}),
     ]
     for name, n_state, hyper in cases:
         state = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.1 for _ in range(n_state)]
