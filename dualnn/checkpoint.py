@@ -270,15 +270,13 @@ def _read(path):
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a directory, not a checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise CheckpointError(f"{path!r} is a single .npy array, not a dualnn checkpoint")
+        npz = np.load(path, allow_pickle=False)
+        if not hasattr(npz, "files"):
+            raise CheckpointError(f"{path!r} is a single .npy array, not a dualnn checkpoint")
+        with npz:
             arrays = {name: np.asarray(npz[name]) for name in npz.files}
     except CheckpointError:
         raise
-    except AttributeError:  # np.load returned a bare array (no context manager)
-        raise CheckpointError(f"{path!r} is a single .npy array, not a dualnn checkpoint") \
-            from None
     except Exception as exc:  # BadZipFile, ValueError, OSError, EOFError, zlib.error...
         raise CheckpointError(f"{path!r} is not a readable dualnn checkpoint: truncated or "
                               f"corrupt ({type(exc).__name__}: {exc})") from None

@@ -260,15 +260,17 @@ def _first_nonfinite_output(model, x):
     """Label of the first layer whose (evaluation-mode) output is not finite, or None."""
     backend = model.backend
     try:
-        children = model.children()
-        if not children:
-            return None
-        for index, layer in enumerate(children):
-            x = layer.forward(x, training=False)
-            if not backend.all_finite(x):
-                return f"{index} ({type(layer).__name__})"
+        with np.errstate(all="ignore"):
+            return _first_nonfinite_child(model, x, backend)
     except Exception:  # a diagnostic only
         return None
+
+
+def _first_nonfinite_child(model, x, backend):
+    for index, layer in enumerate(model.children()):
+        x = layer.forward(x, training=False)
+        if not backend.all_finite(x):
+            return f"{index} ({type(layer).__name__})"
     return None
 
 

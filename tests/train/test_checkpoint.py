@@ -1,0 +1,236 @@
+"""dn.save / dn.load: exact resume, rebuild, validation before change, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import dualnn as dn
+from dualnn.errors import CheckpointError
+
+from .helpers import digits, mlp, states_equal
+
+LOSS = dn.losses.SoftmaxCrossEntropy()
+
+
+def _build():
+    model = mlp(hidden=(32, 16), dropout=0.3)
+    return model, dn.optim.Adam(model.parameters(), lr=3e-3)
+
+
+def _train(model, opt, epochs, noise=0.05):
+    data = digits()
+    return dn.fit(model, LOSS, opt, data.X_train, data.y_train, epochs=epochs, batch_size=50,
+                  progress=False, input_noise=noise,
+                  callbacks=[dn.callbacks.StepLR(step_size=1, gamma=0.5)])
+
+
+def test_resume_is_exact(tmp_path):
+    path = tmp_path / "ck.npz"
+    dn.seed(7)
+    model, opt = _build()
+    _train(model, opt, 2)
+    straight = model.state_dict()
+    straight_state = opt.state_dict()
+
+    dn.seed(7)
+    model, opt = _build()
+    _train(model, opt, 1)
+    dn.save(path, model, opt)
+
+    # 1) into fresh objects built from another seed (different weights and RNG stream)
+    dn.seed(123)
+    fresh, fresh_opt = _build()
+    ck = dn.load(path, model=fresh, optimizer=fresh_opt)
+    assert ck.model is fresh and ck.optimizer is fresh_opt and ck.epoch == 1
+    history = _train(fresh, fresh_opt, 1)
+    assert history.epoch == [2]
+    assert history["lr"] == [3e-3 * 0.5]              # the schedule continued
+    assert states_equal(straight, fresh.state_dict())
+    resumed_state = fresh_opt.state_dict()["state"]
+    for index, entry in straight_state["state"].items():
+        for key, value in entry.items():
+            assert np.array_equal(np.asarray(value), np.asarray(resumed_state[index][key]))
+
+    # 2) rebuilt from the file alone
+    dn.seed(999)
+    ck = dn.load(path)
+    assert isinstance(ck.optimizer, dn.optim.Adam) and ck.epoch == 1
+    assert ck.model.epochs_trained == 1
+    _train(ck.model, ck.optimizer, 1)
+    assert states_equal(straight, ck.model.state_dict())
+
+
+def test_rebuilt_model_matches_and_predicts_the_same(tmp_path):
+    data = digits()
+    dn.seed(0)
+    model = dn.Sequential(dn.layers.Linear(64, 20, dtype="float64"), dn.layers.Tanh(),
+                          dn.layers.LeakyReLU(0.2), dn.layers.Linear(20, 10, dtype="float64"))
+    path = tmp_path / "m.npz"
+    dn.save(path, model, epoch=4)                     # no optimizer
+    ck = dn.load(path)
+    assert ck.optimizer is None and ck.epoch == 4
+    assert [type(layer).__name__ for layer in ck.model] == ["Linear", "Tanh", "LeakyReLU",
+                                                            "Linear"]
+    assert ck.model[2].alpha == 0.2 and ck.model.dtype == "float64"
+    np.testing.assert_array_equal(dn.predict(model, data.X_test), dn.predict(ck.model,
+                                                                              data.X_test))
+    # every entry loads without pickle and none is an object array
+    with np.load(path, allow_pickle=False) as npz:
+        assert all(npz[name].dtype != object for name in npz.files)
+        meta = json.loads(npz["__meta__"].tobytes())
+    assert meta["format"] == "dualnn-checkpoint" and meta["version"] == 1
+
+
+def _saved(tmp_path):
+    dn.seed(0)
+    model, opt = _build()
+    _train(model, opt, 1)
+    path = tmp_path / "ck.npz"
+    dn.save(path, model, opt)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "npy", "no-meta",
+                                    "missing", "bad-meta"])
+def test_damaged_files_raise_checkpoint_error(tmp_path, damage):
+    path = _saved(tmp_path)
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        # corrupt bytes inside the largest stored array: the zip CRC catches it
+        with zipfile.ZipFile(path) as zf:
+            info = max(zf.infolist(), key=lambda i: i.file_size)
+        middle = info.header_offset + 100 + info.file_size // 2
+        path.write_bytes(raw[:middle] + bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+                         + raw[middle + 64:])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(5000))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "npy":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path = path.with_suffix(".npy")
+    elif damage == "no-meta":
+        np.savez(path, a=np.zeros(3))
+    elif damage == "missing":
+        path = tmp_path / "nope.npz"
+    elif damage == "bad-meta":
+        np.savez(path, __meta__=np.frombuffer(b'{"format": "other"}', np.uint8))
+    dn.seed(0)
+    model, opt = _build()
+    before = model.state_dict()
+    with pytest.raises(CheckpointError):
+        dn.load(path, model=model, optimizer=opt)
+    with pytest.raises(CheckpointError):
+        dn.load(path)
+    assert states_equal(before, model.state_dict())
+
+
+@pytest.mark.parametrize("mismatch", ["width", "depth", "dtype", "optimizer-type",
+                                      "no-optimizer-saved"])
+def test_mismatch_raises_and_changes_nothing(tmp_path, mismatch):
+    path = _saved(tmp_path)
+    dn.seed(5)
+    if mismatch == "width":
+        model = mlp(hidden=(33, 16), dropout=0.3)
+    elif mismatch == "depth":
+        model = mlp(hidden=(32,), dropout=0.3)
+    elif mismatch == "dtype":
+        model = mlp(hidden=(32, 16), dropout=0.3, dtype="float64")
+    else:
+        model = mlp(hidden=(32, 16), dropout=0.3)
+    if mismatch == "optimizer-type":
+        opt = dn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = dn.optim.Adam(model.parameters(), lr=1e-3)
+    if mismatch == "no-optimizer-saved":
+        dn.save(path, *_build()[:1])                  # model only
+    # give the optimizer some state to protect
+    dn.fit(model, LOSS, opt, digits().X_train[:100], digits().y_train[:100], epochs=1,
+           batch_size=50, progress=False)
+    model_before, opt_before = model.state_dict(), opt.state_dict()
+    rng_before = model.backend.get_rng_state()
+    with pytest.raises(CheckpointError) as info:
+        dn.load(path, model=model, optimizer=opt)
+    assert str(path) in str(info.value)
+    assert states_equal(model_before, model.state_dict())
+    after = opt.state_dict()
+    assert after["hyperparameters"] == opt_before["hyperparameters"]
+    for index, entry in opt_before["state"].items():
+        for key, value in entry.items():
+            assert np.array_equal(np.asarray(value), np.asarray(after["state"][index][key]))
+    assert model.epochs_trained == 1
+    assert model.backend.get_rng_state() == rng_before
+
+
+def test_save_is_atomic_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    path = _saved(tmp_path)
+    good = path.read_bytes()
+    model, opt = _build()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", explode)
+    with pytest.raises(CheckpointError, match="disk full"):
+        dn.save(path, model, opt)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["ck.npz"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        dn.save(tmp_path / "no" / "such" / "dir.npz", model)
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    import dualnn as dn
+    path = sys.argv[1]
+    dn.seed(0)
+    model = dn.Sequential(dn.layers.Linear(1000, 1000), dn.layers.Linear(1000, 1000),
+                          dn.layers.Linear(1000, 1000))
+    epoch = int(sys.argv[2])
+    while True:
+        epoch += 1
+        dn.save(path, model, epoch=epoch)
+        if epoch == int(sys.argv[2]) + 1:
+            print("saved", flush=True)
+""")
+
+
+def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    script = tmp_path / "saver.py"
+    script.write_text(_KILL_SCRIPT)
+    path = tmp_path / "big.npz"
+    rng = random.Random(0)
+    epochs_seen, killed_mid_write = [], 0
+    for round_ in range(3):
+        proc = subprocess.Popen([sys.executable, str(script), str(path), str(1000 * round_)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "saved"
+            time.sleep(rng.uniform(0.05, 0.4))   # several saves of ~12 MB each, kill mid-way
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        ck = dn.load(path)                        # old or new, never partial
+        assert 1000 * round_ < ck.epoch
+        epochs_seen.append(ck.epoch)
+        assert ck.model[0].weight.shape == (1000, 1000)
+        temps = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+        assert len(temps) <= 1, temps             # stale temps of dead savers get removed
+        killed_mid_write += len(temps)
+        assert sorted(set(os.listdir(tmp_path)) - set(temps)) == ["big.npz", "saver.py"]
+    assert epochs_seen == sorted(epochs_seen)
+    assert killed_mid_write >= 1                  # the kills did land inside a save
