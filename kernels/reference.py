@@ -228,7 +228,9 @@ def softmax_cross_entropy(xp, logits, labels):
     n, k = logits.shape
     logp = log_softmax(xp, logits)
     target = one_hot(xp, labels, k, logits.dtype)
-    loss = -xp.sum(logp * target) / n
+    # where, not a product: a -inf logit off the label must not turn into -inf * 0 = NaN.
+    picked = xp.where(target > 0, logp, xp.zeros_like(logp))
+    loss = -xp.sum(picked) / n
     dlogits = (xp.exp(logp) - target) / n
     return loss, dlogits
 

@@ -98,3 +98,11 @@ def test_shape_mismatch_of_float_targets(backend):
 def test_backward_before_forward(backend):
     with pytest.raises(ShapeError, match="before forward"):
         losses.MSE().backward()
+
+
+def test_minus_inf_logit_off_the_label_costs_nothing(backend):
+    z = backend.asarray(np.array([[-np.inf, 0.0, 0.0]]), "float64")
+    loss = losses.SoftmaxCrossEntropy()
+    value = float(to_host(backend, loss.forward(z, backend.asarray(np.array([1])))))
+    assert value == pytest.approx(np.log(2.0))
+    np.testing.assert_allclose(to_host(backend, loss.backward()), [[0.0, -0.5, 0.5]])
