@@ -338,6 +338,7 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
 
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ConfigurationError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+    callbacks = CallbackList(callbacks)
     backend = model.backend
     dtype = _model_dtype(model)
     has_bn = _has_batchnorm(model)
@@ -367,10 +368,29 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
         log_interval = max(1, steps_per_epoch // 20)
     show = progress_enabled(progress)
 
+    # On a GPU, SoftmaxCrossEntropy's per-call label check reads the labels' range back to
+    # the host every step; the labels were range-checked above, so skip it during fit.
+    relax_labels = (not cpu and labels and _output_classes(model) is not None
+                    and getattr(loss_fn, "check_labels", False) is True)
+    if relax_labels:
+        loss_fn.check_labels = False
+    try:
+        return _fit_epochs(model, loss_fn, optimizer, loader, epochs, dtype, labels,
+                           guard_each_step, log_interval, show, callbacks,
+                           validation_data, X_val if validation_data is not None else None,
+                           y_val if validation_data is not None else None,
+                           validation_batch_size)
+    finally:
+        if relax_labels:
+            loss_fn.check_labels = True
+
+
+def _fit_epochs(model, loss_fn, optimizer, loader, epochs, dtype, labels, guard_each_step,
+                log_interval, show, callbacks, validation_data, X_val, y_val,
+                validation_batch_size):
     start = int(getattr(model, "epochs_trained", 0) or 0)
     history = History()
     run = TrainingRun(model, optimizer, loss_fn, history, start + 1, start + int(epochs))
-    callbacks = CallbackList(callbacks)
     optimizer.zero_grad()
     callbacks.on_train_begin(run)
     for epoch in range(start + 1, start + int(epochs) + 1):

@@ -265,6 +265,8 @@ def test_nonfinite_stops_with_epoch_step_layer_and_keeps_last_good_weights(where
     assert model.epochs_trained == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 def test_huge_learning_rate_raises_nonfinite():
     data = digits()
     dn.seed(0)
@@ -283,3 +285,34 @@ def test_history_lists_stay_aligned():
     h.append(2, {"loss": 0.5, "val_loss": 0.7})
     assert h["val_loss"][1] == 0.7 and math.isnan(h["val_loss"][0])
     assert h.last() == {"loss": 0.5, "val_loss": 0.7}
+
+
+def test_device_style_interval_guard_matches_and_detects():
+    """The GPU code path (running loss kept on the device, read once per log interval),
+    exercised on the CPU with check_finite=False."""
+    data = digits()
+
+    def run(**kwargs):
+        dn.seed(2)
+        model = mlp()
+        opt = dn.optim.Adam(model.parameters())
+        h = dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, data.X_train, data.y_train,
+                   epochs=2, batch_size=64, progress=False, **kwargs)
+        return h, model.state_dict()
+
+    h1, s1 = run()
+    h2, s2 = run(check_finite=False, log_interval=5)
+    assert states_equal(s1, s2)
+    assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-6)
+    assert h1["accuracy"] == h2["accuracy"]
+
+    dn.seed(0)
+    poison = PoisonAt(at=30, where="forward")
+    model = dn.Sequential(dn.layers.Linear(64, 32), dn.layers.ReLU(), poison,
+                          dn.layers.Linear(32, 10))
+    opt = dn.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteError) as info:
+        dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, data.X_train, data.y_train,
+               epochs=3, batch_size=64, progress=False, check_finite=False, log_interval=5)
+    assert info.value.epoch == 2 and info.value.step == 10      # first read after step 7
+    assert "between steps 6 and 10" in str(info.value)
