@@ -22,9 +22,18 @@ import tempfile
 from .errors import ConfigurationError
 
 __all__ = [
-    "Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LRSchedule", "StepLR",
-    "ExponentialLR", "CosineAnnealingLR", "LinearWarmup", "HistoryLogger", "CSVLogger",
+    "CSVLogger",
+    "Callback",
+    "CallbackList",
+    "CosineAnnealingLR",
+    "EarlyStopping",
+    "ExponentialLR",
+    "HistoryLogger",
     "JSONLogger",
+    "LRSchedule",
+    "LinearWarmup",
+    "ModelCheckpoint",
+    "StepLR",
 ]
 
 
@@ -273,7 +282,7 @@ class ExponentialLR(LRSchedule):
 class CosineAnnealingLR(LRSchedule):
     """``lr = eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2``, ``t = min(completed, T_max)``."""
 
-    def __init__(self, T_max, eta_min=0.0, base_lr=None):  # noqa: N803 - torch's name
+    def __init__(self, T_max, eta_min=0.0, base_lr=None):
         super().__init__(base_lr)
         if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
             raise ConfigurationError(f"CosineAnnealingLR: T_max must be a positive int, got "
@@ -329,7 +338,7 @@ class HistoryLogger(Callback):
         (start a new file at the beginning of ``fit``).
     """
 
-    def __init__(self, path, format=None, append=False):  # noqa: A002 - natural name
+    def __init__(self, path, format=None, append=False):
         self.path = os.fspath(path)
         if format is None:
             format = "json" if self.path.lower().endswith(".json") else "csv"

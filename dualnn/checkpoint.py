@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import CheckpointError, ConfigurationError, DualnnError
 
-__all__ = ["save", "load", "Checkpoint", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "load", "save"]
 
 FORMAT = "dualnn-checkpoint"
 FORMAT_VERSION = 1

@@ -16,9 +16,9 @@ from dualnn._threads import apply_thread_policy_env
 
 apply_thread_policy_env()
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import platform
+import time
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -220,6 +220,7 @@ def cmd_evaluate(args, out):
 
 def _read_rows(path):
     import numpy as np
+
     from dualnn.errors import ShapeError
 
     if not os.path.isfile(path):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import ConfigurationError, DualnnError, ShapeError
 
-__all__ = ["Dataset", "Standardizer", "load", "NAMES", "MNIST_FILES"]
+__all__ = ["MNIST_FILES", "NAMES", "Dataset", "Standardizer", "load"]
 
 NAMES = ("digits", "mnist", "fashion-mnist", "synthetic")
 
@@ -74,7 +74,7 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     name: str
-    standardizer: "Standardizer | None" = None
+    standardizer: Standardizer | None = None
 
     @property
     def n_features(self):
@@ -311,7 +311,7 @@ def _verify_checksum(path, checksums):
     if not checksums:
         return
     base = os.path.basename(path)
-    expected = checksums.get(base) or checksums.get(base[:-3] if base.endswith(".gz") else base)
+    expected = checksums.get(base) or checksums.get(base.removesuffix(".gz"))
     if expected is None:
         return
     digest = hashlib.sha256()

@@ -40,7 +40,7 @@ import numpy as np
 from .data.loader import DataLoader, check_finite_rows, open_array
 from .errors import ConfigurationError, NonFiniteError, ShapeError
 
-__all__ = ["fit", "evaluate", "predict", "History", "TrainingRun", "progress_enabled"]
+__all__ = ["History", "TrainingRun", "evaluate", "fit", "predict", "progress_enabled"]
 
 
 # ---------------------------------------------------------------------------------- History

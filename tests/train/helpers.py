@@ -9,7 +9,7 @@ import numpy as np
 import dualnn as dn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits():
     return dn.datasets.load("digits")
 

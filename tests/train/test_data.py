@@ -15,7 +15,6 @@ import dualnn as dn
 from dualnn.datasets import DatasetError, Standardizer
 from dualnn.errors import ConfigurationError, ShapeError
 
-
 # ---------------------------------------------------------------------------------- DataLoader
 
 def test_batches_cover_every_row_once_last_partial():
