@@ -33,3 +33,5 @@ __all__ = [
 from . import callbacks, data, datasets  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .train import History, evaluate, fit, predict  # noqa: E402
+__all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load", "predict",
+            "save"]
