@@ -87,7 +87,7 @@ def _activation_segment(kind, z, alpha, out, start, stop):
     if kind == RELU:
         for i in range(start, stop):
             v = z[i]
-            out[i] = v if v > zero else zero
+            out[i] = zero if v < zero else v
     elif kind == LEAKY_RELU:
         for i in range(start, stop):
             v = z[i]
@@ -221,7 +221,7 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         if relu:
             for j in range(c):
                 v = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
-                oi[j] = v if v > zero else zero
+                oi[j] = zero if v < zero else v
         else:
             for j in range(c):
                 oi[j] = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
@@ -239,7 +239,7 @@ def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, re
         if relu:
             for j in range(c):
                 v = (xi[j] - running_mean[j]) * scale[j] + beta[j]
-                oi[j] = v if v > zero else zero
+                oi[j] = zero if v < zero else v
         else:
             for j in range(c):
                 oi[j] = (xi[j] - running_mean[j]) * scale[j] + beta[j]

@@ -152,7 +152,7 @@ def _make_kernels(dtype_name):
             if has_bias:
                 v = v + b[i % features]
             if kind == _RELU:
-                r = v if v > zero else zero  # noqa: FURB136 - NaN -> 0 as the reference
+                r = zero if v < zero else v  # NaN passes through, as the reference
             elif kind == _LEAKY_RELU:
                 r = v if v > zero else alpha * v
             elif kind == _ELU:
@@ -242,7 +242,7 @@ def _make_kernels(dtype_name):
             f = i % features
             centered = (x[i] - partial[1, 0, f]) - partial[0, 0, f]
             y = centered * (invstd[f] * gamma[f]) + beta[f]
-            if relu and not y > zero:
+            if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
             out[i] = y
 
@@ -255,7 +255,7 @@ def _make_kernels(dtype_name):
             f = i % features
             scale = gamma[f] / math.sqrt(running_var[f] + eps)
             y = (x[i] - running_mean[f]) * scale + beta[f]
-            if relu and not y > zero:
+            if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
             out[i] = y
 

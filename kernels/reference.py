@@ -61,7 +61,7 @@ def activation_forward(xp, kind, z, alpha=0.0):
     if kind == "identity":
         return z
     if kind == "relu":
-        return xp.where(z > 0, z, xp.zeros_like(z))
+        return xp.where(z < 0, xp.zeros_like(z), z)  # NaN passes through, as torch.relu
     if kind == "leaky_relu":
         return xp.where(z > 0, z, alpha * z)
     if kind == "elu":
@@ -148,7 +148,7 @@ def batchnorm_forward_train(xp, x, gamma, beta, running_mean, running_var, eps, 
     invstd = 1 / xp.sqrt(var + eps)
     y = centered * (invstd * gamma) + beta
     if relu:
-        y = xp.where(y > 0, y, xp.zeros_like(y))
+        y = xp.where(y < 0, xp.zeros_like(y), y)
     unbiased = var * (n / (n - 1))
     new_running_mean = (1 - momentum) * running_mean + momentum * mean
     new_running_var = (1 - momentum) * running_var + momentum * unbiased
@@ -160,7 +160,7 @@ def batchnorm_forward_eval(xp, x, gamma, beta, running_mean, running_var, eps, r
     scale = gamma / xp.sqrt(running_var + eps)
     y = (x - running_mean) * scale + beta
     if relu:
-        y = xp.where(y > 0, y, xp.zeros_like(y))
+        y = xp.where(y < 0, xp.zeros_like(y), y)
     return y
 
 

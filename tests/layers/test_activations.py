@@ -78,3 +78,16 @@ def test_activations_follow_input_dtype(backend):
         x = backend.asarray(np.ones((2, 3)), dtype)
         for layer in (L.ReLU(), L.Sigmoid(), L.Softmax(), L.ELU()):
             assert to_host(backend, layer.forward(x)).dtype == np.dtype(dtype)
+
+
+def test_relu_and_batchnorm_relu_pass_nan_through(backend):
+    import dualnn as dn
+
+    x = backend.asarray(np.array([[np.nan, -1.0, 2.0]]), "float64")
+    assert np.isnan(to_host(backend, L.ReLU().forward(x))[0, 0])
+    model = dn.Sequential(L.BatchNorm(3, dtype="float64"), L.ReLU())
+    for training in (False, True):
+        batch = backend.asarray(np.array([[np.nan, -1.0, 2.0], [1.0, 1.0, 1.0]]), "float64")
+        model.check_input = lambda x: None  # reach the fused block with a NaN
+        y = to_host(backend, model.forward(batch, training=training))
+        assert np.isnan(y[:, 0]).all() if training else np.isnan(y[0, 0])
