@@ -60,6 +60,7 @@ def thread_policy_report():
     try:
         import numba
 
+        configure_numba_threading()
         try:
             report["numba_threading_layer"] = numba.threading_layer()
         except ValueError:
