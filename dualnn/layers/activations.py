@@ -28,6 +28,17 @@ class _Elementwise(Layer):
         self._saved = y if self.saves_output else x
         return y
 
+    def fusable_after_linear(self):
+        """Whether a preceding Linear may apply this activation itself (the derivative can
+        then be taken from the output: ``y > 0`` exactly where ``z > 0``)."""
+        return self.kind in ("relu", "sigmoid", "tanh") or (
+            self.kind == "leaky_relu" and self.alpha > 0)
+
+    def adopt_output(self, y):
+        """Record ``y``, computed by a fused Linear, as this layer's forward output."""
+        self._saved = y
+        return y
+
     def backward(self, dy):
         self._check_grad(dy, self._saved)
         return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha)

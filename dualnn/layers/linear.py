@@ -50,11 +50,21 @@ class Linear(Layer):
 
     def forward(self, x, training=False):
         """``x``: (batch, in_features) -> (batch, out_features)."""
+        return self.forward_fused(x, training)
+
+    def forward_fused(self, x, training=False, activation="identity", alpha=0.0):
+        """``act(x W^T + b)`` with the bias add and activation in one pass after the GEMM.
+
+        :class:`~dualnn.layers.Sequential` calls this for a Linear followed by an
+        activation whose derivative can be taken from its output; the activation layer
+        then only runs its backward.
+        """
         self._check_input(x, self.in_features)
         self._x = x
         y = x @ self.weight.data.T
-        if self.bias is not None:
-            y = self.backend.bias_activation_forward(y, self.bias.data, "identity", out=y)
+        bias = None if self.bias is None else self.bias.data
+        if bias is not None or activation != "identity":
+            y = self.backend.bias_activation_forward(y, bias, activation, alpha, out=y)
         return y
 
     def backward(self, dy):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..backend.base import FLOAT_DTYPES, describe_array, dtype_name
 from ..errors import ConfigurationError, DeviceMismatchError, ShapeError
-from .activations import ReLU
+from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer
 from .batchnorm import BatchNorm
+from .linear import Linear
 
 
 class Sequential(Layer):
@@ -16,7 +17,8 @@ class Sequential(Layer):
     with the right number of features, finite on the CPU); the layers then only check
     shapes. A :class:`BatchNorm` directly followed by a :class:`ReLU` runs as one fused
     block (the ReLU is applied inside batch norm's passes); both layers stay in the model
-    with their names and parameters.
+    with their names and parameters. Likewise a :class:`Linear` followed by ReLU, LeakyReLU,
+    Sigmoid or Tanh applies bias and activation in one pass right after its GEMM.
 
     Parameters
     ----------
@@ -71,10 +73,16 @@ class Sequential(Layer):
         if self._plan is None:
             plan, i, layers = [], 0, self._layers
             while i < len(layers):
-                fusable = (self.fuse and type(layers[i]) is BatchNorm and i + 1 < len(layers)
-                           and type(layers[i + 1]) is ReLU)
-                plan.append(("bn_relu" if fusable else "layer", i))
-                i += 2 if fusable else 1
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                if self.fuse and type(layers[i]) is BatchNorm and type(nxt) is ReLU:
+                    plan.append(("bn_relu", i))
+                elif (self.fuse and type(layers[i]) is Linear
+                      and type(nxt) in (ReLU, LeakyReLU, Sigmoid, Tanh)
+                      and nxt.fusable_after_linear()):
+                    plan.append(("linear_act", i))
+                else:
+                    plan.append(("layer", i))
+                i += 1 if plan[-1][0] == "layer" else 2
             self._plan = plan
         return self._plan
 
@@ -112,6 +120,10 @@ class Sequential(Layer):
         for kind, i in self._steps():
             if kind == "bn_relu":
                 x = self._layers[i].forward_fused(x, training, relu=True)
+            elif kind == "linear_act":
+                act = self._layers[i + 1]
+                x = act.adopt_output(self._layers[i].forward_fused(x, training, act.kind,
+                                                                   act.alpha))
             else:
                 x = self._layers[i].forward(x, training)
         return x
@@ -120,6 +132,10 @@ class Sequential(Layer):
         """Backpropagate ``dL/dy`` through every layer; returns ``dL/dx``."""
         original = dy  # the caller's array is never overwritten
         for kind, i in reversed(self._steps()):
-            layer = self._layers[i]
-            dy = layer.backward(dy) if dy is original else layer.backward_overwrite(dy)
+            # A fused Linear -> activation block runs the activation's backward, then the
+            # Linear's; a fused BatchNorm -> ReLU block is one backward of the BatchNorm.
+            chain = (i + 1, i) if kind == "linear_act" else (i,)
+            for j in chain:
+                layer = self._layers[j]
+                dy = layer.backward(dy) if dy is original else layer.backward_overwrite(dy)
         return dy

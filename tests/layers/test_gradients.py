@@ -116,3 +116,30 @@ def test_gradcheck_rejects_float32_parameters(backend):
 
     with pytest.raises(ShapeError, match="float64"):
         dn.gradcheck(L.Linear(2, 2), backend.asarray(np.ones((2, 2)), "float64"))
+
+
+@pytest.mark.parametrize("act", [L.ReLU, lambda: L.LeakyReLU(0.1), L.Sigmoid, L.Tanh])
+def test_fused_linear_activation_matches_unfused(backend, rng, act):
+    def build(fuse):
+        dn.seed(5)
+        return dn.Sequential(L.Linear(5, 6, dtype="float64"), act(),
+                             L.Linear(6, 3, dtype="float64"), fuse=fuse)
+
+    fused, plain = build(True), build(False)
+    assert fused._steps()[0] == ("linear_act", 0) and plain._steps()[0] == ("layer", 0)
+    for model in (fused, plain):
+        backend.assign(model[0].bias.data, _x(backend, rng, (6,)))
+    plain.load_state_dict(fused.state_dict())
+    x = _x(backend, rng, (7, 5))
+    dy = _x(backend, rng, (7, 3))
+    outs = []
+    for model in (fused, plain):
+        y = model.forward(x, training=True)
+        dx = model.backward(dy)
+        outs.append((backend.to_host(y), backend.to_host(dx),
+                     {n: backend.to_host(p.grad) for n, p in model.named_parameters()}))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-12)
+    for name in outs[0][2]:
+        np.testing.assert_allclose(outs[0][2][name], outs[1][2][name], rtol=1e-12, atol=1e-15)
+    assert dn.gradcheck(fused, x).passed
