@@ -4,15 +4,15 @@
 ``X_test``, ``y_test`` (float32 features standardized with statistics of the training set
 only, int64 labels), ``n_classes`` and ``name``.
 
-=================  ================================================================
-``"digits"``       scikit-learn's bundled 8x8 handwritten digits (1,797 images, 64
-                   features, 10 classes); fixed stratified 80/20 split (seed 0).
-                   Needs the ``datasets`` extra: ``pip install 'dualnn[datasets]'``.
-``"mnist"``        MNIST (60,000 + 10,000 images of 28x28 = 784 features) read from
-``"fashion-mnist"``  the four standard IDX files (optionally ``.gz``) or one ``.npz``
-                   in a directory you name; dualnn never downloads.
-``"synthetic"``    Seeded Gaussian-cluster classification data of any size.
-=================  ================================================================
+================================  ==================================================================
+``"digits"``                      scikit-learn's bundled 8x8 handwritten digits (1,797 images, 64
+                                  features, 10 classes); fixed stratified 80/20 split (seed 0).
+                                  Needs the ``datasets`` extra: ``pip install 'dualnn[datasets]'``.
+``"mnist"``, ``"fashion-mnist"``  MNIST (60,000 + 10,000 images of 28x28 = 784 features) read from
+                                  the four standard IDX files (optionally ``.gz``) or one ``.npz``
+                                  in a directory you name; dualnn never downloads.
+``"synthetic"``                   Seeded Gaussian-cluster classification data of any size.
+================================  ==================================================================
 
 This module imports NumPy only, never CuPy.
 """

@@ -6,18 +6,18 @@ therefore gives the same model on every device.
 
 Names accepted by ``Linear(init=...)``:
 
-==================================  ======================================================
-``"xavier"``, ``"glorot"``          uniform, bound ``sqrt(6 / (fan_in + fan_out))``
-``"xavier_uniform"``, ...           (aliases of the above)
+=========================================  ======================================================
+``"xavier"``, ``"glorot"``                 uniform, bound ``sqrt(6 / (fan_in + fan_out))``
+``"xavier_uniform"``, ...                  (aliases of the above)
 ``"xavier_normal"``, ``"glorot_normal"``   normal, std ``sqrt(2 / (fan_in + fan_out))``
-``"he"``, ``"he_normal"``           normal, std ``sqrt(2 / fan_in)`` (ReLU networks)
-``"he_uniform"``                    uniform, bound ``sqrt(6 / fan_in)``
-``"lecun"``, ``"lecun_normal"``     normal, std ``1 / sqrt(fan_in)``
-``"lecun_uniform"``                 uniform, bound ``sqrt(3 / fan_in)``
-``"sparse"``                        each unit gets ``connections`` (15) nonzero incoming
-                                    weights drawn from N(0, 1), the rest zero
-``"zeros"``                         all zeros
-==================================  ======================================================
+``"he"``, ``"he_normal"``                  normal, std ``sqrt(2 / fan_in)`` (ReLU networks)
+``"he_uniform"``                           uniform, bound ``sqrt(6 / fan_in)``
+``"lecun"``, ``"lecun_normal"``            normal, std ``1 / sqrt(fan_in)``
+``"lecun_uniform"``                        uniform, bound ``sqrt(3 / fan_in)``
+``"sparse"``                               each unit gets ``connections`` (15) nonzero incoming
+                                           weights drawn from N(0, 1), the rest zero
+``"zeros"``                                all zeros
+=========================================  ======================================================
 
 ``fan_in`` is the number of inputs of a unit, ``fan_out`` the number of units.
 """
