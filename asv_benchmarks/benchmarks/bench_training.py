@@ -41,8 +41,9 @@ class TrainStepMemory:
     ``peakmem_step`` is the process's peak resident memory (model, optimizer state, data and
     the step's temporaries). ``track_tracemalloc_ratio`` is the peak of the bytes NumPy
     allocates during one warmed-up step (tracemalloc), divided by the least a step must
-    hold: every array the forward keeps for the backward (input, Linear outputs, batch-norm
-    outputs, logits) plus every parameter gradient. 1.0 would mean no temporaries at all.
+    allocate: each Linear output, each fused BatchNorm -> ReLU output and the logits (what
+    the forward keeps for the backward) plus one gradient per parameter
+    (``TrainingStep.minimal_bytes``). 1.0 would mean no temporaries beyond those.
     Arrays a Numba kernel allocates internally are invisible to tracemalloc.
     """
 

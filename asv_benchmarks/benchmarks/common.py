@@ -118,12 +118,11 @@ class TrainingStep:
         return self.batch / float(np.median(times))
 
     def minimal_bytes(self):
-        """Bytes of every layer's activations (and the input) plus every parameter gradient."""
+        """Bytes a step must allocate at least: what the forward keeps for the backward
+        (each Linear output, each fused BatchNorm -> ReLU output, the logits) plus one
+        gradient per parameter. The input batch exists before the step and is not counted."""
         itemsize = np.dtype(self.dtype).itemsize
-        widths = [self.sizes[0]]
-        for n_out in self.sizes[1:-1]:
-            widths += [n_out, n_out, n_out]  # Linear, BatchNorm, ReLU outputs
-        widths.append(self.sizes[-1])
+        widths = [2 * n_out for n_out in self.sizes[1:-1]] + [self.sizes[-1]]
         activations = self.batch * sum(widths) * itemsize
         gradients = sum(int(np.prod(p.data.shape)) for p in self.model.parameters()) * itemsize
         return activations + gradients
