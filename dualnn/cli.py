@@ -138,6 +138,8 @@ def build_parser():
 
     sub.add_parser("info", parents=[debug],
                    help="versions, devices, BLAS, kernels and thread policy")
+    sub.add_parser("bench", add_help=False,
+                   help="time a training step side by side with PyTorch (dualnn bench --help)")
     return parser
 
 
@@ -359,6 +361,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
+    if argv[:1] == ["bench"]:  # its own option parser, shared with python -m dualnn.bench
+        from dualnn.bench import main as bench_main
+        return bench_main(argv[1:], prog="dualnn bench")
     try:
         parser = build_parser()
         try:
