@@ -251,7 +251,7 @@ class DualnnStep:
         x = self.x if x is None else x
         y = self.y if y is None else y
         loss = self.loss_fn.forward(self.model.forward(x, training=True), y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.opt.step()
         self.opt.zero_grad()
         return loss
@@ -426,7 +426,7 @@ def run_digits(use_torch, epochs=30, batch=64, dtype="float32", seed=0, out=prin
             for start in range(0, len(perm), batch):
                 idx = perm[start:start + batch]
                 loss_fn.forward(model.forward(xtr[idx], training=True), ytr[idx])
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(), input_grad=False)
                 opt.step()
                 opt.zero_grad()
 

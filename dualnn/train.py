@@ -479,7 +479,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                     correct_total += int(hits)
                 else:
                     correct_device = hits if correct_device is None else correct_device + hits
-            model.backward(loss_fn.backward())
+            backward_without_input_grad(model, loss_fn.backward())
             try:
                 optimizer.step(check_finite=guard_each_step)
             except NonFiniteError as exc:
@@ -593,3 +593,13 @@ def predict(model, X, batch_size=1024):
         result[start:start + len(out)] = out
         start += len(out)
     return result
+
+
+def backward_without_input_grad(model, dy):
+    """``model.backward(dy)``, skipping ``dL/dinput`` where the model allows it (training
+    never needs the gradient of the data)."""
+    from .layers import Sequential
+
+    if isinstance(model, Sequential):
+        return model.backward(dy, input_grad=False)
+    return model.backward(dy)

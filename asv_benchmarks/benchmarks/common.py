@@ -98,7 +98,7 @@ class TrainingStep:
     def __call__(self):
         logits = self.model.forward(self.x, training=True)
         loss = self.loss_fn.forward(logits, self.y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.opt.step()
         self.opt.zero_grad()
         self.backend.synchronize()

@@ -63,6 +63,7 @@ class ArrayAPIBackend:
         self.name = name or getattr(xp, "__name__", "array_api")
         self.device = device
         self.fused = False
+        self.reuses_buffers = False
         self._host_rng = np.random.default_rng(_global_seed[0])
         _live_backends.add(self)
 

@@ -261,6 +261,7 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
         self.device_id = int(device_id)
         super().__init__(cupy, name="cupy", device=f"gpu:{self.device_id}")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
+        self.reuses_buffers = True  # models may keep per-step scratch arrays
         self._init_kernel_ops()
         with cupy.cuda.Device(self.device_id):
             self._rng = cupy.random.default_rng()
@@ -283,6 +284,10 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
             if isinstance(a, self.cupy.ndarray):
                 return self.cupy.ascontiguousarray(a, dtype=dtype)
             return self.cupy.ascontiguousarray(self.cupy.asarray(np.asarray(a), dtype=dtype))
+
+    def matmul(self, a, b, out=None):
+        with self.cupy.cuda.Device(self.device_id):
+            return self.cupy.matmul(a, b, out=out)
 
     def to_host(self, a):
         if isinstance(a, self.cupy.ndarray):

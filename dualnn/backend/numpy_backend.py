@@ -31,6 +31,7 @@ class NumpyBackend(ArrayAPIBackend):
     def __init__(self, fused=None):
         super().__init__(np, name="numpy", device="cpu")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
+        self.reuses_buffers = True  # models may keep per-step scratch arrays
 
     def owns(self, a):
         return isinstance(a, np.ndarray)

@@ -74,12 +74,13 @@ class BatchNorm(Layer):
         """``x``: (batch, num_features) -> same shape."""
         return self.forward_fused(x, training, relu=False)
 
-    def forward_fused(self, x, training=False, relu=False):
+    def forward_fused(self, x, training=False, relu=False, out=None):
         """Forward, followed by ``max(., 0)`` when ``relu`` (the BatchNorm -> ReLU block).
 
         :class:`~dualnn.layers.Sequential` calls this for a BatchNorm directly followed by
         a ReLU, so the ReLU costs no pass of its own; the next :meth:`backward` then
-        expects the gradient of the ReLU's output.
+        expects the gradient of the ReLU's output. ``out`` is an optional preallocated
+        output of ``x``'s shape and dtype.
         """
         self._check_input(x, self.num_features)
         b = self.backend
@@ -94,10 +95,10 @@ class BatchNorm(Layer):
                     "use a larger batch, or drop the last partial batch")
             y, self._mean, self._invstd = b.batchnorm_forward_train(
                 x, self.gamma.data, self.beta.data, self.running_mean, self.running_var,
-                self.eps, self.momentum, relu=relu)
+                self.eps, self.momentum, relu=relu, out=out)
         else:
             y = b.batchnorm_forward_eval(x, self.gamma.data, self.beta.data, self.running_mean,
-                                         self.running_var, self.eps, relu=relu)
+                                         self.running_var, self.eps, relu=relu, out=out)
             self._mean = self.running_mean
             self._invstd = 1 / self.xp.sqrt(self.running_var + self.eps)
         return y

@@ -52,16 +52,17 @@ class Linear(Layer):
         """``x``: (batch, in_features) -> (batch, out_features)."""
         return self.forward_fused(x, training)
 
-    def forward_fused(self, x, training=False, activation="identity", alpha=0.0):
+    def forward_fused(self, x, training=False, activation="identity", alpha=0.0, out=None):
         """``act(x W^T + b)`` with the bias add and activation in one pass after the GEMM.
 
         :class:`~dualnn.layers.Sequential` calls this for a Linear followed by an
         activation whose derivative can be taken from its output; the activation layer
-        then only runs its backward.
+        then only runs its backward. ``out`` is an optional preallocated
+        ``(batch, out_features)`` output.
         """
         self._check_input(x, self.in_features)
         self._x = x
-        y = x @ self.weight.data.T
+        y = self.backend.matmul(x, self.weight.data.T, out=out)
         bias = None if self.bias is None else self.bias.data
         if bias is not None or activation != "identity":
             y = self.backend.bias_activation_forward(y, bias, activation, alpha, out=y)
@@ -69,13 +70,21 @@ class Linear(Layer):
 
     def backward(self, dy):
         r"""Adds :math:`dW = dy^\top x`, :math:`db = \sum_n dy`; returns :math:`dx = dy\,W`."""
+        return self.backward_into(dy, out=None)
+
+    def backward_into(self, dy, out=None):
+        """:meth:`backward` writing ``dx`` into the preallocated ``out`` when given."""
+        self.accumulate_parameter_gradients(dy)
+        return self.backend.matmul(dy, self.weight.data, out=out)
+
+    def accumulate_parameter_gradients(self, dy):
+        """The parameter half of :meth:`backward`: adds ``dW`` and ``db``, no ``dx``."""
         x = self._x
         self._check_grad(dy, None if x is None else (x.shape[0], self.out_features))
         grad, overwrite = self.weight.gradient_buffer()
         self.backend.matmul_accumulate(dy.T, x, grad, overwrite)
         if self.bias is not None:
             self.bias.grad += self.xp.sum(dy, axis=0)
-        return dy @ self.weight.data
 
     def _clear_cache(self):
         self._x = None

@@ -51,6 +51,7 @@ class Sequential(Layer):
         for name, param in self.named_parameters():
             param.name = name
         self._plan = None
+        self._scratch = {}
 
     def children(self):
         return list(self._layers)
@@ -114,28 +115,77 @@ class Sequential(Layer):
         if b.device == "cpu" and not b.all_finite(x):
             raise ShapeError(f"{self.name}: the input contains NaN or infinite values")
 
+    def _buffer(self, key, shape, dtype):
+        """A per-model scratch array reused across steps (``None`` where the backend
+        prefers fresh arrays). Only arrays that never leave the model are reused: the
+        model's output and ``dL/dx`` are always fresh."""
+        if not getattr(self.backend, "reuses_buffers", False):
+            return None
+        key = key + (tuple(shape), dtype_name(dtype))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = self.backend.empty(tuple(shape), dtype_name(dtype))
+        return buf
+
+    def _clear_cache(self):
+        self._scratch = {}
+
     def forward(self, x, training=False):
         """Run every layer on ``x``: (batch, features) -> the last layer's output."""
         self.check_input(x)
-        for kind, i in self._steps():
+        steps = self._steps()
+        for position, (kind, i) in enumerate(steps):
+            layer = self._layers[i]
+            inner = position < len(steps) - 1
             if kind == "bn_relu":
-                x = self._layers[i].forward_fused(x, training, relu=True)
-            elif kind == "linear_act":
-                act = self._layers[i + 1]
-                x = act.adopt_output(self._layers[i].forward_fused(x, training, act.kind,
-                                                                   act.alpha))
+                out = self._buffer(("forward", i), x.shape, x.dtype) if inner else None
+                x = layer.forward_fused(x, training, relu=True, out=out)
+            elif kind == "linear_act" or type(layer) is Linear:
+                shape = (x.shape[0], layer.out_features)
+                out = self._buffer(("forward", i), shape, x.dtype) if inner else None
+                if kind == "linear_act":
+                    act = self._layers[i + 1]
+                    x = act.adopt_output(layer.forward_fused(x, training, act.kind, act.alpha,
+                                                             out=out))
+                else:
+                    x = layer.forward_fused(x, training, out=out)
+            elif type(layer) is BatchNorm:
+                out = self._buffer(("forward", i), x.shape, x.dtype) if inner else None
+                x = layer.forward_fused(x, training, out=out)
             else:
-                x = self._layers[i].forward(x, training)
+                x = layer.forward(x, training)
         return x
 
-    def backward(self, dy):
-        """Backpropagate ``dL/dy`` through every layer; returns ``dL/dx``."""
+    def backward(self, dy, input_grad=True):
+        """Backpropagate ``dL/dy`` through every layer; returns ``dL/dx``.
+
+        Parameters
+        ----------
+        dy : array, shape of the last forward's output
+            Never modified.
+        input_grad : bool
+            Compute and return ``dL/dx`` of the model's input (default). ``False`` skips
+            the first layer's input-gradient GEMM, as frameworks do for data that needs no
+            gradient, and returns ``None``; ``fit`` uses it.
+        """
         original = dy  # the caller's array is never overwritten
-        for kind, i in reversed(self._steps()):
+        steps = self._steps()
+        for position in range(len(steps) - 1, -1, -1):
+            kind, i = steps[position]
             # A fused Linear -> activation block runs the activation's backward, then the
             # Linear's; a fused BatchNorm -> ReLU block is one backward of the BatchNorm.
             chain = (i + 1, i) if kind == "linear_act" else (i,)
             for j in chain:
                 layer = self._layers[j]
-                dy = layer.backward(dy) if dy is original else layer.backward_overwrite(dy)
+                if type(layer) is Linear:
+                    if position == 0 and not input_grad and j == i:
+                        layer.accumulate_parameter_gradients(dy)
+                        return None
+                    shape = (dy.shape[0], layer.in_features)
+                    out = self._buffer(("backward", j), shape, dy.dtype) if position else None
+                    dy = layer.backward_into(dy, out=out)
+                elif dy is original:
+                    dy = layer.backward(dy)
+                else:
+                    dy = layer.backward_overwrite(dy)
         return dy
