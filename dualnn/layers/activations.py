@@ -7,7 +7,7 @@ pass (``backend.activation_backward``). Derivatives at the kink follow PyTorch:
 
 from __future__ import annotations
 
-from ..errors import ConfigurationError, DualnnError, ShapeError
+from ..errors import ConfigurationError, DualnnError
 from .base import Layer
 
 
@@ -195,4 +195,4 @@ def activation(name, **kwargs):
 
 
 __all__ = ["Identity", "Step", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "Softmax",
-           "activation", "ShapeError"]
+           "activation"]
