@@ -59,11 +59,7 @@ class Adadelta(Optimizer):
         }
 
     def update(self, p, grad, state):
-        square_avg = state.get("square_avg")
-        if square_avg is None:
-            square_avg = state["square_avg"] = self.zeros_state(p)
-        acc_delta = state.get("acc_delta")
-        if acc_delta is None:
-            acc_delta = state["acc_delta"] = self.zeros_state(p)
+        square_avg = self.state_buffer(state, p, "square_avg")
+        acc_delta = self.state_buffer(state, p, "acc_delta")
         p.backend.adadelta_update(p.data, grad, square_avg, acc_delta, lr=self.lr,
                                   rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)

@@ -58,9 +58,7 @@ class Adagrad(Optimizer):
         }
 
     def update(self, p, grad, state):
-        state_sum = state.get("sum")
-        if state_sum is None:
-            state_sum = state["sum"] = self.zeros_state(p)
+        state_sum = self.state_buffer(state, p, "sum")
         p.backend.adagrad_update(p.data, grad, state_sum, step=state["step"], lr=self.lr,
                                  lr_decay=self.lr_decay, weight_decay=self.weight_decay,
                                  eps=self.eps)

@@ -71,12 +71,8 @@ class Adam(Optimizer):
         }
 
     def update(self, p, grad, state):
-        exp_avg = state.get("exp_avg")
-        if exp_avg is None:
-            exp_avg = state["exp_avg"] = self.zeros_state(p)
-        exp_avg_sq = state.get("exp_avg_sq")
-        if exp_avg_sq is None:
-            exp_avg_sq = state["exp_avg_sq"] = self.zeros_state(p)
+        exp_avg = self.state_buffer(state, p, "exp_avg")
+        exp_avg_sq = self.state_buffer(state, p, "exp_avg_sq")
         beta1, beta2 = self.betas
         p.backend.adam_update(p.data, grad, exp_avg, exp_avg_sq, step=state["step"],
                               lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,

@@ -310,6 +310,14 @@ class Optimizer:
         """A zero array shaped and typed like ``p.data``, on its backend."""
         return p.backend.xp.zeros_like(p.data)
 
+    @classmethod
+    def state_buffer(cls, state, p, key):
+        """``state[key]``, created as zeros like ``p.data`` on first use."""
+        buffer = state.get(key)
+        if buffer is None:
+            buffer = state[key] = cls.zeros_state(p)
+        return buffer
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
         """Hyperparameters and per-parameter state, as host data.

@@ -71,18 +71,12 @@ class RMSprop(Optimizer):
         }
 
     def update(self, p, grad, state):
-        square_avg = state.get("square_avg")
-        if square_avg is None:
-            square_avg = state["square_avg"] = self.zeros_state(p)
+        square_avg = self.state_buffer(state, p, "square_avg")
         buffer = grad_avg = None
         if self.momentum > 0:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = self.zeros_state(p)
+            buffer = self.state_buffer(state, p, "momentum_buffer")
         if self.centered:
-            grad_avg = state.get("grad_avg")
-            if grad_avg is None:
-                grad_avg = state["grad_avg"] = self.zeros_state(p)
+            grad_avg = self.state_buffer(state, p, "grad_avg")
         p.backend.rmsprop_update(p.data, grad, square_avg, buffer, grad_avg, lr=self.lr,
                                  alpha=self.alpha, eps=self.eps,
                                  weight_decay=self.weight_decay, momentum=self.momentum,
