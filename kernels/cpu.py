@@ -126,13 +126,46 @@ def _k_activation_forward(kind, z, alpha, out):
 
 
 def _k_bias_activation_forward(kind, z, b, alpha, out):
+    # One row loop per kind so each inner loop vectorizes (a shared helper called per row
+    # ran several times slower than the backward kernels).
     n, c = z.shape
-    for i in prange(n):
-        zi = z[i]
-        oi = out[i]
-        for j in range(c):
-            oi[j] = zi[j] + b[j]
-        _activation_segment(kind, oi, alpha, oi, 0, c)
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    if kind == RELU:
+        for i in prange(n):
+            zi = z[i]
+            oi = out[i]
+            for j in range(c):
+                v = zi[j] + b[j]
+                oi[j] = zero if v < zero else v
+    elif kind == LEAKY_RELU:
+        for i in prange(n):
+            zi = z[i]
+            oi = out[i]
+            for j in range(c):
+                v = zi[j] + b[j]
+                oi[j] = v if v > zero else alpha * v
+    elif kind == SIGMOID:
+        for i in prange(n):
+            zi = z[i]
+            oi = out[i]
+            for j in range(c):
+                v = zi[j] + b[j]
+                e = math.exp(-abs(v))
+                oi[j] = one / (one + e) if v >= zero else e / (one + e)
+    elif kind == IDENTITY:
+        for i in prange(n):
+            zi = z[i]
+            oi = out[i]
+            for j in range(c):
+                oi[j] = zi[j] + b[j]
+    else:
+        for i in prange(n):
+            zi = z[i]
+            oi = out[i]
+            for j in range(c):
+                oi[j] = zi[j] + b[j]
+            _activation_segment(kind, oi, alpha, oi, 0, c)
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
