@@ -61,15 +61,11 @@ class Loss:
         return 1.0 / count if self.reduction == "mean" else 1.0
 
 
-def _backend_for(loss, prediction):
-    return loss._backend_of(prediction)
-
-
 class MSE(Loss):
     r"""Mean squared error :math:`\frac1N \sum (y - t)^2` over all elements (no 1/2, as torch)."""
 
     def forward(self, prediction, target):
-        backend = _backend_for(self, prediction)
+        backend = self._backend_of(prediction)
         xp = backend.xp
         target = self._float_target(backend, prediction, target)
         diff = prediction - target
@@ -90,7 +86,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     def forward(self, prediction, target):
-        backend = _backend_for(self, prediction)
+        backend = self._backend_of(prediction)
         xp = backend.xp
         target = self._float_target(backend, prediction, target)
         z = prediction
@@ -142,7 +138,7 @@ class SoftmaxCrossEntropy(Loss):
         self.check_labels = bool(check_labels)
 
     def forward(self, prediction, target):
-        backend = _backend_for(self, prediction)
+        backend = self._backend_of(prediction)
         self._check_prediction(prediction)
         if self.check_labels:
             target = _check_labels(self, backend, prediction, target)
@@ -181,7 +177,7 @@ class Hinge(Loss):
                 "divide_by_classes": self.divide_by_classes}
 
     def forward(self, prediction, target):
-        backend = _backend_for(self, prediction)
+        backend = self._backend_of(prediction)
         xp = backend.xp
         self._check_prediction(prediction)
         labels = _check_labels(self, backend, prediction, target)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigurationError, DeviceMismatchError
+from ..errors import ConfigurationError
 from ..kernels import reference
 
 import weakref
@@ -259,15 +259,6 @@ class ArrayAPIBackend:
         param[...] = p
         square_avg[...] = v
         acc_delta[...] = u
-
-    # ------------------------------------------------------------------ checks
-    def check_owned(self, a, what):
-        """Raise :class:`DeviceMismatchError` unless ``a`` is an array of this backend."""
-        if not self.owns(a):
-            raise DeviceMismatchError(
-                f"{what}: expected an array on {self.device} ({self.name}), got "
-                f"{describe_array(a)}; move it with dualnn's backend.asarray, or use "
-                "fit/evaluate/predict, which accept host arrays")
 
 
 def dtype_name(dtype):

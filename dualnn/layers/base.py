@@ -247,17 +247,21 @@ class Layer:
         """Forget arrays cached by forward (they live on the old device)."""
 
     # ------------------------------------------------------------------ checks
-    def _check_input(self, x, features=None):
-        """Shape/device checks every layer can afford (no data is read)."""
+    def _check_batch(self, x):
+        """``x`` is a 2-D array on this layer's device (no data is read)."""
         if not self.backend.owns(x):
             raise DeviceMismatchError(
                 f"{self.name}: expected an array on {self.backend.device} "
                 f"({self.backend.name}), got {describe_array(x)}; move the layer with "
-                ".to(device) or the data with dn.get_backend().asarray")
+                ".to(device), or call dn.fit/dn.predict/dn.evaluate, which accept host arrays")
         if len(x.shape) != 2:
             raise ShapeError(
                 f"{self.name}: expected a 2-D batch (batch, features), got shape "
                 f"{tuple(x.shape)}; reshape a single sample to (1, n)")
+
+    def _check_input(self, x, features=None):
+        """Shape/device/dtype checks every layer can afford (no data is read)."""
+        self._check_batch(x)
         if features is not None and x.shape[1] != features:
             raise ShapeError(
                 f"{self.name}: expected {features} input features, got shape {tuple(x.shape)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..backend.base import FLOAT_DTYPES, describe_array, dtype_name
+from ..backend.base import FLOAT_DTYPES, dtype_name
 from ..errors import ConfigurationError, DeviceMismatchError, ShapeError
 from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer
@@ -90,15 +90,7 @@ class Sequential(Layer):
     def check_input(self, x):
         """The model's entry check: device, rank, float dtype, features, finiteness (CPU)."""
         b = self.backend
-        if not b.owns(x):
-            raise DeviceMismatchError(
-                f"{self.name}: expected an array on {b.device} ({b.name}), got "
-                f"{describe_array(x)}; move the model with .to(device), or call dn.fit/"
-                "dn.predict/dn.evaluate, which accept host arrays")
-        if len(x.shape) != 2:
-            raise ShapeError(
-                f"{self.name}: expected a 2-D batch (batch, features), got shape "
-                f"{tuple(x.shape)}; reshape a single sample to (1, n)")
+        self._check_batch(x)
         kind = dtype_name(x.dtype)
         if kind not in FLOAT_DTYPES:
             raise ShapeError(
