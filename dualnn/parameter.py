@@ -29,7 +29,7 @@ class Parameter:
     def __init__(self, data, backend, name="param"):
         self.backend = backend
         self.data = data
-        self._grad = backend.xp.zeros_like(data)
+        self._grad = backend.zeros_like(data)
         self._grad_stale = False
         self.name = name
         self.state = {}
@@ -82,10 +82,10 @@ class Parameter:
         if backend is self.backend:
             return self
         old = self.backend
-        self.data = backend.asarray(old.to_host(self.data))
-        self.grad = backend.asarray(old.to_host(self.grad))
+        self.data = backend.store(old.to_host(self.data))
+        self.grad = backend.store(old.to_host(self.grad))
         self.state = {
-            key: backend.asarray(old.to_host(value)) if old.owns(value) else value
+            key: backend.store(old.to_host(value)) if old.owns(value) else value
             for key, value in self.state.items()
         }
         self.backend = backend

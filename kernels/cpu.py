@@ -111,6 +111,19 @@ def _activation_segment(kind, z, alpha, out, start, stop):
             out[i] = z[i]
 
 
+def _relu_if(relu, v, zero):
+    """``max(v, 0)`` when ``relu``, else ``v`` (helper, inlined)."""
+    return zero if relu and v < zero else v
+
+
+def _bn_input_grad(xv, d, mean, invstd, gamma, beta, k, nf, dbeta, dgamma, relu, zero):
+    """One element of batch norm's ``dx`` (+ the fused ReLU's mask) (helper, inlined)."""
+    xh = (xv - mean) * invstd
+    if relu and not (xh * gamma + beta > zero):
+        d = zero
+    return k * (nf * d - dbeta - xh * dgamma)
+
+
 def _reduction_blocks(n):
     """Number of row blocks of a reduction over ``n`` rows (depends on ``n`` only)."""
     return max(1, min(REDUCTION_BLOCKS, n // MIN_ROWS_PER_BLOCK))
@@ -125,47 +138,40 @@ def _k_activation_forward(kind, z, alpha, out):
         _activation_segment(kind, z, alpha, out, start, stop)
 
 
-def _k_bias_activation_forward(kind, z, b, alpha, out):
-    # One row loop per kind so each inner loop vectorizes (a shared helper called per row
-    # ran several times slower than the backward kernels).
+def _k_bias_activation_forward(kind, z, b, alpha):
+    # In place on z, one row loop per kind so each inner loop vectorizes (a shared helper
+    # called per row ran several times slower). In place through one name: with separate
+    # input and output arguments that are the same array, LLVM's runtime alias check fails
+    # and the scalar fallback loop runs (measured 4x slower).
     n, c = z.shape
     zero = z.dtype.type(0)
     one = z.dtype.type(1)
     if kind == RELU:
         for i in prange(n):
             zi = z[i]
-            oi = out[i]
             for j in range(c):
                 v = zi[j] + b[j]
-                oi[j] = zero if v < zero else v
+                zi[j] = zero if v < zero else v
     elif kind == LEAKY_RELU:
         for i in prange(n):
             zi = z[i]
-            oi = out[i]
             for j in range(c):
                 v = zi[j] + b[j]
-                oi[j] = v if v > zero else alpha * v
+                zi[j] = v if v > zero else alpha * v
     elif kind == SIGMOID:
         for i in prange(n):
             zi = z[i]
-            oi = out[i]
             for j in range(c):
                 v = zi[j] + b[j]
                 e = math.exp(-abs(v))
-                oi[j] = one / (one + e) if v >= zero else e / (one + e)
-    elif kind == IDENTITY:
-        for i in prange(n):
-            zi = z[i]
-            oi = out[i]
-            for j in range(c):
-                oi[j] = zi[j] + b[j]
+                zi[j] = one / (one + e) if v >= zero else e / (one + e)
     else:
         for i in prange(n):
             zi = z[i]
-            oi = out[i]
             for j in range(c):
-                oi[j] = zi[j] + b[j]
-            _activation_segment(kind, oi, alpha, oi, 0, c)
+                zi[j] = zi[j] + b[j]
+            if kind != IDENTITY:
+                _activation_segment(kind, zi, alpha, zi, 0, c)
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
@@ -203,7 +209,7 @@ def _k_activation_backward(kind, dy, saved, alpha, out):
 
 
 def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, momentum, relu,
-                               out, save_mean, save_invstd):
+                               out, save_mean, save_invstd, inplace):
     n, c = x.shape
     nb = _reduction_blocks(n)
     # Pass 1: sums of d = x - shift and d^2 in float64, shift = first row (the "shifted
@@ -247,38 +253,45 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * (var * (n / (n - 1)))
     # Pass 2: normalize, scale, shift (+ ReLU). Centered as (x - x[0]) - shifted mean, as
     # the reference: x - mean in float32 would carry mean's rounding (half an ulp of |mean|).
+    # In place through one name (see _k_bias_activation_forward).
     zero = x.dtype.type(0)
-    for i in prange(n):
-        xi = x[i]
-        oi = out[i]
-        if relu:
+    if inplace:
+        for i in prange(n):
+            xi = x[i]
             for j in range(c):
-                v = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
-                oi[j] = zero if v < zero else v
-        else:
+                xi[j] = _relu_if(relu, ((xi[j] - first[j]) - shifted_mean[j]) * scale[j]
+                                 + beta[j], zero)
+    else:
+        for i in prange(n):
+            xi = x[i]
+            oi = out[i]
             for j in range(c):
-                oi[j] = ((xi[j] - first[j]) - shifted_mean[j]) * scale[j] + beta[j]
+                oi[j] = _relu_if(relu, ((xi[j] - first[j]) - shifted_mean[j]) * scale[j]
+                                 + beta[j], zero)
 
 
-def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, out):
+def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, out,
+                              inplace):
     n, c = x.shape
     scale = np.empty_like(gamma)
     for j in range(c):
         scale[j] = gamma[j] / math.sqrt(running_var[j] + eps)
     zero = x.dtype.type(0)
-    for i in prange(n):
-        xi = x[i]
-        oi = out[i]
-        if relu:
+    if inplace:
+        for i in prange(n):
+            xi = x[i]
             for j in range(c):
-                v = (xi[j] - running_mean[j]) * scale[j] + beta[j]
-                oi[j] = zero if v < zero else v
-        else:
+                xi[j] = _relu_if(relu, (xi[j] - running_mean[j]) * scale[j] + beta[j], zero)
+    else:
+        for i in prange(n):
+            xi = x[i]
+            oi = out[i]
             for j in range(c):
-                oi[j] = (xi[j] - running_mean[j]) * scale[j] + beta[j]
+                oi[j] = _relu_if(relu, (xi[j] - running_mean[j]) * scale[j] + beta[j], zero)
 
 
-def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, dbeta):
+def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, dbeta,
+                          inplace):
     n, c = x.shape
     nb = _reduction_blocks(n)
     zero = x.dtype.type(0)
@@ -309,17 +322,22 @@ def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, d
         dbeta[j] = t1
         dgamma[j] = t2
         k[j] = gamma[j] * invstd[j] / nf
-    # Pass 2: dx (out may be dy: each element is read before it is written).
-    for i in prange(n):
-        xi = x[i]
-        di = dy[i]
-        oi = out[i]
-        for j in range(c):
-            xh = (xi[j] - mean[j]) * invstd[j]
-            d = di[j]
-            if relu and not (xh * gamma[j] + beta[j] > zero):
-                d = zero
-            oi[j] = k[j] * (nf * d - dbeta[j] - xh * dgamma[j])
+    # Pass 2: dx; in place on dy through one name (see _k_bias_activation_forward).
+    if inplace:
+        for i in prange(n):
+            xi = x[i]
+            di = dy[i]
+            for j in range(c):
+                di[j] = _bn_input_grad(xi[j], di[j], mean[j], invstd[j], gamma[j], beta[j],
+                                       k[j], nf, dbeta[j], dgamma[j], relu, zero)
+    else:
+        for i in prange(n):
+            xi = x[i]
+            di = dy[i]
+            oi = out[i]
+            for j in range(c):
+                oi[j] = _bn_input_grad(xi[j], di[j], mean[j], invstd[j], gamma[j], beta[j],
+                                       k[j], nf, dbeta[j], dgamma[j], relu, zero)
 
 
 def _k_softmax_cross_entropy(logits, labels, dlogits, row_loss):
@@ -437,7 +455,7 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
         param[i] = p - lr * delta
 
 
-_HELPERS = ("_activation_segment", "_reduction_blocks")
+_HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
 _KERNELS = ("activation_forward", "bias_activation_forward", "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
             "softmax_cross_entropy", "sgd_update", "adam_update", "rmsprop_update",
@@ -586,6 +604,11 @@ def _check(reference_array, *arrays, shapes=None):
             raise ValueError(f"expected shape {shapes[i]}, got {a.shape}")
 
 
+def _same_memory(a, out):
+    """True when ``out`` is ``a`` or a view of exactly its memory (the in-place call)."""
+    return out is a or (out.__array_interface__["data"][0] == a.__array_interface__["data"][0])
+
+
 def _kind_code(kind):
     try:
         return _KIND_CODES[kind]
@@ -644,7 +667,9 @@ def bias_activation_forward(z, b, kind, alpha, out):
     if z.ndim != 2:
         raise ValueError(f"z must be 2-D (batch, features), got shape {z.shape}")
     _check(z, b, out, shapes=(z.shape, (z.shape[1],), z.shape))
-    _kernel("bias_activation_forward", z.size)(code, z, b, z.dtype.type(alpha), out)
+    if not _same_memory(z, out):
+        np.copyto(out, z)  # the kernel works in place; dualnn's layers always call it so
+    _kernel("bias_activation_forward", z.size)(code, out, b, z.dtype.type(alpha))
     return out
 
 
@@ -708,7 +733,7 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
            shapes=(x.shape, c, c, c, c, x.shape, c, c))
     _kernel("batchnorm_forward_train", x.size)(
         x, gamma, beta, running_mean, running_var, float(eps), float(momentum), bool(relu),
-        out, save_mean, save_invstd)
+        out, save_mean, save_invstd, _same_memory(x, out))
     return out, save_mean, save_invstd
 
 
@@ -734,7 +759,8 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu,
     _check(x, gamma, beta, running_mean, running_var, out,
            shapes=(x.shape, c, c, c, c, x.shape))
     _kernel("batchnorm_forward_eval", x.size)(
-        x, gamma, beta, running_mean, running_var, x.dtype.type(eps), bool(relu), out)
+        x, gamma, beta, running_mean, running_var, x.dtype.type(eps), bool(relu), out,
+        _same_memory(x, out))
     return out
 
 
@@ -768,7 +794,8 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, dbet
     _check(x, dy, gamma, beta, mean, invstd, out, dgamma, dbeta,
            shapes=(x.shape, x.shape, c, c, c, c, x.shape, c, c))
     _kernel("batchnorm_backward", x.size, COMPUTE_PARALLEL_THRESHOLD)(
-        dy, x, gamma, beta, mean, invstd, bool(relu), out, dgamma, dbeta)
+        dy, x, gamma, beta, mean, invstd, bool(relu), out, dgamma, dbeta,
+        _same_memory(dy, out))
     return out, dgamma, dbeta
 
 

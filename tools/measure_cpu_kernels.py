@@ -7,6 +7,12 @@ Run:  /work/venv/bin/python tools/measure_cpu_kernels.py [--reps N]
 2. Batch-norm forward (train) + backward, fused vs the textbook NumPy formula (reference).
 3. Adam over 2.9M float32 values, fused vs the reference NumPy chain.
 
+4. Every elementwise kernel's bandwidth against a 2-thread copy moving the same bytes.
+5. Adam over four arrays allocated by plain ``np.empty`` vs dualnn's 2 MiB-aligned
+   allocation (:mod:`dualnn.backend.allocation`), by array size.
+
+Arrays of sections 3-5 (and the copies they are compared with) are allocated as dualnn
+allocates parameters, gradients and optimizer state (``NumpyBackend.empty``).
 ``import dualnn`` comes first so its thread policy (OPENBLAS_THREAD_TIMEOUT, OMP_WAIT_POLICY)
 is in the environment before NumPy loads. Each timing is the median of ``--reps`` calls after
 warm-up calls; a (4096, 1024) float32 array fits the last-level cache here, so these are
@@ -20,6 +26,7 @@ import time
 
 import dualnn  # noqa: F401  (first: thread policy before numpy loads)
 from dualnn.backend import NumpyBackend
+from dualnn.backend.allocation import aligned_empty
 from dualnn.kernels import cpu
 
 import numpy as np
@@ -98,12 +105,16 @@ def main():
         print(f"    {str(shape):13s} fused {t_f * 1e3:7.3f} ms   reference {t_r * 1e3:7.3f} ms"
               f"   speed-up {t_r / t_f:.2f}x")
 
+    def filled(size, positive=False):
+        """A dualnn-allocated float32 array of random values."""
+        a = aligned_empty((size,), np.float32)
+        a[...] = rng.standard_normal(size, dtype=np.float32)
+        return np.abs(a, out=a) if positive else a
+
     # 3. Adam over 2.9M float32 values.
     size = 2_900_000
-    p = rng.standard_normal(size, dtype=np.float32)
-    grad = rng.standard_normal(size, dtype=np.float32)
-    m = np.zeros_like(p)
-    v = np.zeros_like(p)
+    p, grad = filled(size), filled(size)
+    m, v = filled(size) * 0, filled(size) * 0
     t_a = median_time(lambda: fused.adam_update(p, grad, m, v, step=10, lr=1e-3), reps)
     t_ar = median_time(lambda: unfused.adam_update(p, grad, m, v, step=10, lr=1e-3), reps)
     print(f"\n[3] Adam, {size:,} float32 values: fused {t_a * 1e3:.3f} ms, "
@@ -113,15 +124,13 @@ def main():
     # 4. Every elementwise kernel's bandwidth as a fraction of a 2-thread copy moving the
     #    same bytes (reads + writes), on (4096, 1024) float32.
     def copy_time(nbytes_moved):
-        src = rng.standard_normal(nbytes_moved // 2 // 4, dtype=np.float32)
-        dst = np.empty_like(src)
+        src = filled(nbytes_moved // 2 // 4)
+        dst = filled(src.size)
         return median_time(lambda: parallel_copy(src, dst), reps)
 
     b = rng.standard_normal(c, dtype=np.float32)
     zz = z.copy()
-    pp = rng.standard_normal(n * c, dtype=np.float32)
-    gg, mm, vv = (rng.standard_normal(n * c, dtype=np.float32) for _ in range(3))
-    vv = np.abs(vv)
+    pp, gg, mm, vv = filled(n * c), filled(n * c), filled(n * c), filled(n * c, True)
     cases = [
         ("relu backward, out=dy", 3, lambda: fused.activation_backward("relu", buf, z, out=buf)),
         ("sigmoid backward", 3, lambda: fused.activation_backward("sigmoid", dy, z, out=dx)),
@@ -138,6 +147,23 @@ def main():
         t_k, t_c = median_time(fn, reps), copy_time(moved)
         print(f"    {name:30s} {moved / t_k / 1e9:6.1f} GB/s   copy {moved / t_c / 1e9:6.1f} GB/s"
               f"   ratio {t_c / t_k:.2f}")
+
+    # 5. Where arrays live: plain np.empty vs 2 MiB-aligned (huge-page eligible) arrays.
+    print("\n[5] Adam GB/s (7 streams) by allocation, 3 alternating rounds each")
+    for size in (802_816, 1 << 20, 1 << 22):
+        rates = {"np.empty": [], "aligned": []}
+        for _ in range(3):
+            for label in rates:
+                arrays = []
+                for k in range(4):
+                    a = np.empty(size, np.float32) if label == "np.empty" \
+                        else aligned_empty((size,), np.float32)
+                    a[...] = np.abs(rng.standard_normal(size, dtype=np.float32))
+                    arrays.append(a)
+                t = median_time(lambda: fused.adam_update(*arrays, step=10, lr=1e-6), reps)
+                rates[label].append(7 * 4 * size / t / 1e9)
+        print(f"    {size:>9,} values ({size * 4 / 2**20:4.1f} MiB each): "
+              + "   ".join(f"{k} {float(np.median(v)):5.1f}" for k, v in rates.items()))
     print(f"\nnumba {numba.__version__}, {numba.get_num_threads()} threads, threading layer "
           f"{numba.threading_layer()}, kernel cache {cpu.cache_dir()}")
 

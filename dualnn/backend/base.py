@@ -113,6 +113,20 @@ class ArrayAPIBackend:
     def empty(self, shape, dtype="float32"):
         return self.xp.empty(shape, dtype=self.dtype(dtype))
 
+    def zeros_like(self, a):
+        """Zeros with ``a``'s shape and dtype, allocated like :meth:`zeros`."""
+        return self.zeros(tuple(a.shape), dtype_name(a.dtype))
+
+    def store(self, a, dtype=None):
+        """A new array on this device holding ``a``'s values, for long-lived data.
+
+        Parameters, gradients and optimizer state are allocated through this (and
+        :meth:`zeros_like`) so a backend can place them where its kernels stream fastest
+        (the NumPy backend aligns large ones to huge pages). Never returns ``a`` itself.
+        """
+        array = self.asarray(a, dtype)
+        return self.copy(array) if array is a else array
+
     def copy(self, a):
         return self.xp.asarray(a, copy=True)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..kernels.reference import ACTIVATIONS
+from .allocation import aligned_empty, aligned_zeros
 from .base import ArrayAPIBackend
 
 
@@ -41,6 +42,19 @@ class NumpyBackend(ArrayAPIBackend):
 
     def to_host(self, a):
         return np.asarray(a)
+
+    def empty(self, shape, dtype="float32"):
+        """Uninitialized; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`.allocation`)."""
+        return aligned_empty(shape, self.dtype(dtype))
+
+    def zeros(self, shape, dtype="float32"):
+        """Zeros; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`.allocation`)."""
+        return aligned_zeros(shape, self.dtype(dtype))
+
+    def store(self, a, dtype=None):
+        out = self.empty(np.shape(a), np.asarray(a).dtype if dtype is None else dtype)
+        out[...] = a
+        return out
 
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)

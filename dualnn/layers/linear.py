@@ -37,7 +37,7 @@ class Linear(Layer):
         self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
         draw = initializers.get(init)
         host = draw((out_features, in_features), self.backend.host_rng)
-        self.add_parameter("weight", self.backend.asarray(host, dtype))
+        self.add_parameter("weight", self.backend.store(host, dtype))
         if bias:
             self.add_parameter("bias", self.backend.zeros((out_features,), dtype))
         else:

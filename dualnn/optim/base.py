@@ -308,7 +308,7 @@ class Optimizer:
     @staticmethod
     def zeros_state(p):
         """A zero array shaped and typed like ``p.data``, on its backend."""
-        return p.backend.xp.zeros_like(p.data)
+        return p.backend.zeros_like(p.data)
 
     @classmethod
     def state_buffer(cls, state, p, key):
@@ -381,8 +381,7 @@ class Optimizer:
                 if key == "step":
                     new_state[key] = int(value)
                 else:
-                    array = p.backend.asarray(value, dtype=p.dtype)
-                    new_state[key] = p.backend.copy(array) if array is value else array
+                    new_state[key] = p.backend.store(value, dtype=p.dtype)
             p.state = new_state
 
     def _check_state(self, state):

@@ -187,8 +187,10 @@ def test_activations_hypothesis(data, kind, dtype, n, c):
     b = np.array(data.draw(st.lists(values, min_size=c, max_size=c)), dtype=dtype)
     with np.errstate(all="ignore"):
         expected = R.bias_activation_forward(np, z, b, kind, 0.3)
+        z_before = z.copy()
         got = FUSED.bias_activation_forward(z, b, kind, 0.3)
     assert_close(got, expected, dtype, scale=1.0)
+    np.testing.assert_array_equal(z, z_before)  # out of place: the input is untouched
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -273,6 +275,11 @@ def test_batchnorm_forward_train_matches_reference(shape, dtype, relu):
     for got, want in ((out, y), (m2, mean), (s2, invstd), (rm2, erm), (rv2, erv)):
         assert got.dtype == dtype
         assert_close(got, want, dtype)
+    # in place on x (its own loop in the kernel): bit-identical to the out-of-place call
+    xx, rm3, rv3 = x.copy(), rm.copy(), rv.copy()
+    got, _, _ = FUSED.batchnorm_forward_train(xx, gamma, beta, rm3, rv3, 1e-5, 0.1, relu, out=xx)
+    assert got is xx
+    np.testing.assert_array_equal(xx, out)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -533,10 +540,10 @@ def test_parallel_and_serial_builds_are_bit_identical_and_deterministic():
         size = 0 if build == 0 else np.inf
         ym = (np.empty_like(x), mean.copy(), invstd.copy(), rm.copy(), rv.copy())
         cpu._kernel("batchnorm_forward_train", size)(x, gamma, beta, ym[3], ym[4], 1e-5, 0.1,
-                                                     True, ym[0], ym[1], ym[2])
+                                                     True, ym[0], ym[1], ym[2], False)
         back = (np.empty_like(x), np.empty(37, np.float32), np.empty(37, np.float32))
         cpu._kernel("batchnorm_backward", size)(dy, x, gamma, beta, ym[1], ym[2], True,
-                                                *back)
+                                                *back, False)
         d = np.empty_like(x)
         loss = np.empty(x.shape[0])
         cpu._kernel("softmax_cross_entropy", size)(x, np.arange(300) % 37, d, loss)
