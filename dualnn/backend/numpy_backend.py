@@ -44,11 +44,11 @@ class NumpyBackend(ArrayAPIBackend):
         return np.asarray(a)
 
     def empty(self, shape, dtype="float32"):
-        """Uninitialized; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`.allocation`)."""
+        """Uninitialized; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`dualnn.backend.allocation`)."""
         return aligned_empty(shape, self.dtype(dtype))
 
     def zeros(self, shape, dtype="float32"):
-        """Zeros; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`.allocation`)."""
+        """Zeros; arrays of >= 4 MiB are 2 MiB-aligned (see :mod:`dualnn.backend.allocation`)."""
         return aligned_zeros(shape, self.dtype(dtype))
 
     def store(self, a, dtype=None):
