@@ -367,19 +367,6 @@ def _k_softmax_cross_entropy(logits, labels, dlogits, row_loss):
             row_loss[i] = np.nan
 
 
-def _k_all_finite(bits, exponent, block_max):
-    # A float is NaN or infinite exactly when all its exponent bits are set, and
-    # ``bits & exponent`` is at most ``exponent``: so one integer max per block (integer
-    # reductions vectorize without fastmath; a float sum would not).
-    n = bits.shape[0]
-    for blk in prange(block_max.shape[0]):
-        m = bits.dtype.type(0)
-        for i in range(blk * ELEMENTWISE_BLOCK, min((blk + 1) * ELEMENTWISE_BLOCK, n)):
-            e = bits[i] & exponent
-            m = e if e > m else m
-        block_max[blk] = m
-
-
 def _k_sgd_update(param, grad, momentum_buffer, lr, momentum, one_minus_dampening,
                   weight_decay, use_weight_decay, use_momentum, nesterov, first_step):
     for i in prange(param.shape[0]):
@@ -471,7 +458,7 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
 _HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
 _KERNELS = ("activation_forward", "bias_activation_forward", "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
-            "softmax_cross_entropy", "all_finite", "sgd_update", "adam_update", "rmsprop_update",
+            "softmax_cross_entropy", "sgd_update", "adam_update", "rmsprop_update",
             "adagrad_update", "adadelta_update")
 
 
@@ -847,25 +834,6 @@ def softmax_cross_entropy(logits, labels, dlogits):
     row_loss = np.empty(n, dtype=np.float64)
     _kernel("softmax_cross_entropy", logits.size)(logits, labels, dlogits, row_loss)
     return float(row_loss.sum() / n)
-
-
-_EXPONENT_BITS = {np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
-                  np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000))}
-
-
-def all_finite(a):
-    """True when no element of ``a`` is NaN or infinite (one read, exits never early).
-
-    Parameters
-    ----------
-    a : ndarray, any shape, float32 or float64, C-contiguous
-    """
-    _check(a)
-    uint, exponent = _EXPONENT_BITS[a.dtype]
-    bits = a.reshape(-1).view(uint)
-    block_max = np.zeros((bits.size + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, dtype=uint)
-    _kernel("all_finite", bits.size)(bits, exponent, block_max)
-    return not (block_max.size and block_max.max() == exponent)
 
 
 def _flat_state(param, *arrays):

@@ -191,11 +191,6 @@ def batchnorm_backward(xp, dy, x, gamma, beta, mean, invstd, relu=False):
     return dx, dgamma, dbeta
 
 
-def all_finite(xp, a):
-    """True when no element of ``a`` is NaN or infinite."""
-    return bool(xp.all(xp.isfinite(a)))
-
-
 def softmax(xp, z):
     """Row-wise softmax, shifted by the row maximum so ``exp`` never overflows."""
     shifted = z - xp.max(z, axis=1, keepdims=True)

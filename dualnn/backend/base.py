@@ -151,7 +151,7 @@ class ArrayAPIBackend:
 
     def all_finite(self, a):
         """True when every element of ``a`` is finite (reads one value back to the host)."""
-        return reference.all_finite(self.xp, a)
+        return bool(self.xp.all(self.xp.isfinite(a)))
 
     def item(self, a):
         """A Python float from a 0-d or one-element array."""

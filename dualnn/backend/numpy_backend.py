@@ -59,11 +59,6 @@ class NumpyBackend(ArrayAPIBackend):
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)
 
-    def all_finite(self, a):
-        if self._fusable(a):
-            return _cpu().all_finite(a)
-        return super().all_finite(a)
-
     # ------------------------------------------------------------------ fused-op dispatch
     # Each override runs the Numba kernel of dualnn.kernels.cpu when ``self.fused`` is on
     # and every array is a C-contiguous float32/float64 NumPy array of one dtype with the

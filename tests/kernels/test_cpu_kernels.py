@@ -594,37 +594,3 @@ def test_fused_and_unfused_backends_agree(dtype):
             assert g.dtype == w.dtype and g.shape == w.shape
             assert_close(g, w, dtype, scale=float(np.abs(w).max()) * 10)
 
-
-# ------------------------------------------------------------------ all_finite
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("size", [0, 1, 7, cpu.ELEMENTWISE_BLOCK - 1, cpu.ELEMENTWISE_BLOCK + 3,
-                                  3 * cpu.ELEMENTWISE_BLOCK])
-@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
-def test_all_finite_matches_reference_at_every_position(size, dtype, bad):
-    rng = np.random.default_rng(size)
-    a = rand(rng, size, dtype, 1e30 if dtype == np.float64 else 1e3)
-    if size:  # extreme finite values are finite: largest, smallest subnormal, -0
-        a[rng.integers(size)] = np.finfo(dtype).max
-        a[rng.integers(size)] = -np.finfo(dtype).smallest_subnormal
-        a[rng.integers(size)] = -0.0
-    positions = [None] if bad is None or size == 0 else [0, size // 2, size - 1]
-    for pos in positions:
-        b = a.copy()
-        if pos is not None:
-            b[pos] = bad
-        assert cpu.all_finite(b) is R.all_finite(np, b)
-        assert cpu.all_finite(b.reshape(1, -1)) is R.all_finite(np, b)
-    assert FUSED.all_finite(a[::2]) is R.all_finite(np, a[::2])  # non-contiguous: fallback
-
-
-@pytest.mark.parametrize("build", [0, 1])
-def test_all_finite_serial_and_parallel_builds(build):
-    a = np.ones(5 * cpu.ELEMENTWISE_BLOCK, np.float32)
-    uint, exponent = cpu._EXPONENT_BITS[a.dtype]
-    for pos, expected in ((None, False), (4 * cpu.ELEMENTWISE_BLOCK + 5, True)):
-        if pos is not None:
-            a[pos] = np.nan
-        block_max = np.zeros(5, uint)
-        cpu._kernel("all_finite", np.inf if build else 0)(a.view(uint), exponent, block_max)
-        assert bool(block_max.max() == exponent) is expected
