@@ -49,9 +49,21 @@ import numpy as np
 from .reference import ACTIVATIONS
 
 PARALLEL_THRESHOLD = 1 << 20
-"""Elements from which streaming kernels (activations, batch-norm forward, softmax
-cross-entropy, SGD/RMSprop/Adagrad/Adadelta) run their parallel build (TOOLCHAIN.md: serial
-wins below ~1M elements right after a GEMM)."""
+"""Elements from which softmax cross-entropy and the SGD/RMSprop/Adagrad/Adadelta updates
+run their parallel build (TOOLCHAIN.md: serial wins below ~1M elements right after a GEMM)."""
+
+FORWARD_PARALLEL_THRESHOLD = 1 << 18
+"""Elements from which the activation, bias + activation and batch-norm forward kernels
+run their parallel build. Measured right after a GEMM on (n, 1024) float32 with dualnn's
+thread policy (``python tools/measure_cpu_kernels.py``, section [6], two runs): the
+crossover is near n=256 (batch-norm forward serial 0.22-0.34 vs parallel 0.25-0.28 ms;
+bias + ReLU 0.075-0.11 vs 0.078-0.094 ms); at n=512 parallel wins (0.69-0.70 vs 0.49-0.51
+ms; 0.15-0.19 vs 0.11-0.14 ms)."""
+
+BACKWARD_PARALLEL_THRESHOLD = 1 << 16
+"""Elements from which the activation backward kernel runs its parallel build (section [6]
+as above, ReLU in place: serial 0.054 vs parallel 0.040 ms at n=64, 0.40 vs 0.16 ms at
+n=512)."""
 
 COMPUTE_PARALLEL_THRESHOLD = 1 << 14
 """Elements from which the compute-bound kernels (batch-norm backward, Adam) run their
@@ -637,8 +649,8 @@ def activation_forward(kind, z, alpha, out):
     """
     code = _kind_code(kind)
     _check(z, out, shapes=(z.shape, z.shape))
-    _kernel("activation_forward", z.size)(code, z.reshape(-1), z.dtype.type(alpha),
-                                          out.reshape(-1))
+    _kernel("activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
+        code, z.reshape(-1), z.dtype.type(alpha), out.reshape(-1))
     return out
 
 
@@ -669,7 +681,8 @@ def bias_activation_forward(z, b, kind, alpha, out):
     _check(z, b, out, shapes=(z.shape, (z.shape[1],), z.shape))
     if not _same_memory(z, out):
         np.copyto(out, z)  # the kernel works in place; dualnn's layers always call it so
-    _kernel("bias_activation_forward", z.size)(code, out, b, z.dtype.type(alpha))
+    _kernel("bias_activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
+        code, out, b, z.dtype.type(alpha))
     return out
 
 
@@ -692,8 +705,8 @@ def activation_backward(kind, dy, saved, alpha, out):
     """
     code = _kind_code(kind)
     _check(dy, saved, out, shapes=(dy.shape,) * 3)
-    _kernel("activation_backward", dy.size)(code, dy.reshape(-1), saved.reshape(-1),
-                                            dy.dtype.type(alpha), out.reshape(-1))
+    _kernel("activation_backward", dy.size, BACKWARD_PARALLEL_THRESHOLD)(
+        code, dy.reshape(-1), saved.reshape(-1), dy.dtype.type(alpha), out.reshape(-1))
     return out
 
 
@@ -731,7 +744,7 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
     c = (x.shape[1],)
     _check(x, gamma, beta, running_mean, running_var, out, save_mean, save_invstd,
            shapes=(x.shape, c, c, c, c, x.shape, c, c))
-    _kernel("batchnorm_forward_train", x.size)(
+    _kernel("batchnorm_forward_train", x.size, FORWARD_PARALLEL_THRESHOLD)(
         x, gamma, beta, running_mean, running_var, float(eps), float(momentum), bool(relu),
         out, save_mean, save_invstd, _same_memory(x, out))
     return out, save_mean, save_invstd
@@ -758,7 +771,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu,
     c = (x.shape[1],)
     _check(x, gamma, beta, running_mean, running_var, out,
            shapes=(x.shape, c, c, c, c, x.shape))
-    _kernel("batchnorm_forward_eval", x.size)(
+    _kernel("batchnorm_forward_eval", x.size, FORWARD_PARALLEL_THRESHOLD)(
         x, gamma, beta, running_mean, running_var, x.dtype.type(eps), bool(relu), out,
         _same_memory(x, out))
     return out

@@ -10,6 +10,9 @@ Run:  /work/venv/bin/python tools/measure_cpu_kernels.py [--reps N]
 4. Every elementwise kernel's bandwidth against a 2-thread copy moving the same bytes.
 5. Adam over four arrays allocated by plain ``np.empty`` vs dualnn's 2 MiB-aligned
    allocation (:mod:`dualnn.backend.allocation`), by array size.
+6. Serial vs parallel build of the kernels a step runs, each timed right after a GEMM (as
+   in a training step) on (n, 1024) float32: the data behind the size thresholds at the
+   top of :mod:`dualnn.kernels.cpu`.
 
 Arrays of sections 3-5 (and the copies they are compared with) are allocated as dualnn
 allocates parameters, gradients and optimizer state (``NumpyBackend.empty``).
@@ -164,6 +167,41 @@ def main():
                 rates[label].append(7 * 4 * size / t / 1e9)
         print(f"    {size:>9,} values ({size * 4 / 2**20:4.1f} MiB each): "
               + "   ".join(f"{k} {float(np.median(v)):5.1f}" for k, v in rates.items()))
+
+    # 6. Serial vs parallel builds, right after a GEMM.
+    print("\n[6] serial vs parallel build right after a GEMM, (n, 1024) float32, ms")
+    for rows in (64, 256, 512, 1024):
+        c = 1024
+        x6, w6, h6 = filled(rows * c).reshape(rows, c), filled(c * c).reshape(c, c), \
+            filled(rows * c).reshape(rows, c)
+        z6, dy6, out6 = (filled(rows * c).reshape(rows, c) for _ in range(3))
+        b6, g6, be6 = filled(c), np.ones(c, np.float32), np.zeros(c, np.float32)
+        rm6, rv6 = np.zeros(c, np.float32), np.ones(c, np.float32)
+        mean6, inv6 = np.empty(c, np.float32), np.empty(c, np.float32)
+        dg6, db6 = np.empty(c, np.float32), np.empty(c, np.float32)
+        cases6 = {
+            "relu backward (in place)": lambda k: k("activation_backward")(
+                cpu.RELU, h6.reshape(-1), z6.reshape(-1), np.float32(0), h6.reshape(-1)),
+            "bias + relu forward": lambda k: k("bias_activation_forward")(
+                cpu.RELU, h6, b6, np.float32(0)),
+            "batch-norm forward + relu": lambda k: k("batchnorm_forward_train")(
+                h6, g6, be6, rm6, rv6, 1e-5, 0.1, True, out6, mean6, inv6, False),
+            "batch-norm backward (in place)": lambda k: k("batchnorm_backward")(
+                dy6, h6, g6, be6, mean6, inv6, True, dy6, dg6, db6, True),
+        }
+        cells = []
+        for name, call in cases6.items():
+            times = {0: [], 1: []}
+            for rep in range(reps + 5):
+                for build in (0, 1):
+                    np.matmul(x6, w6, out=h6)
+                    t0 = time.perf_counter()
+                    call(lambda kname: cpu._kernel(kname, np.inf if build else 0))
+                    if rep >= 5:
+                        times[build].append(time.perf_counter() - t0)
+            cells.append(f"{name} {np.median(times[0]) * 1e3:.3f}/"
+                         f"{np.median(times[1]) * 1e3:.3f}")
+        print(f"    n={rows:<5d} (serial/parallel) " + "   ".join(cells))
     print(f"\nnumba {numba.__version__}, {numba.get_num_threads()} threads, threading layer "
           f"{numba.threading_layer()}, kernel cache {cpu.cache_dir()}")
 

@@ -68,17 +68,26 @@ def main(argv=None):
     step = bench.DualnnStep(sizes, "float32", weights, x, y)
     totals, counts = collections.Counter(), collections.Counter()
     instrument(step.model.backend, totals, counts)
+    gemm_bound = bench.GemmBound(sizes, "float32", weights, x)
     for _ in range(args.warmup):
         step()
+        gemm_bound()
     totals.clear()
     counts.clear()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
+    wall = gemm_wall = 0.0
+    for _ in range(args.steps):  # alternate, so a machine that slows down slows both
+        t0 = time.perf_counter()
         step()
-    wall = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        gemm_bound()
+        t2 = time.perf_counter()
+        wall += t1 - t0
+        gemm_wall += t2 - t1
     per_step = wall / args.steps
     print(f"batch {args.batch}: {per_step * 1e3:.2f} ms per step, "
-          f"{args.batch / per_step:.0f} samples/s ({args.steps} steps)")
+          f"{args.batch / per_step:.0f} samples/s ({args.steps} steps); the same 11 GEMMs "
+          f"alone (GEMM bound, alternated with the steps): {gemm_wall / args.steps * 1e3:.2f} "
+          f"ms, dualnn/GEMM bound {gemm_wall / wall:.2f}")
     print(f"{'op':26s} {'calls/step':>10s} {'ms/step':>9s} {'share':>7s}")
     for name, total in totals.most_common():
         print(f"{name:26s} {counts[name] / args.steps:10.1f} {total / args.steps * 1e3:9.3f} "
