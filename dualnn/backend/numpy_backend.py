@@ -242,6 +242,12 @@ _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _cpu():
     """The Numba kernels module (importing it does not import Numba; first calls compile)."""
-    from ..kernels import cpu
+    global _cpu_module
+    if _cpu_module is None:
+        from ..kernels import cpu
 
-    return cpu
+        _cpu_module = cpu
+    return _cpu_module
+
+
+_cpu_module = None
