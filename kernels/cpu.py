@@ -157,7 +157,6 @@ def _k_bias_activation_forward(kind, z, b, alpha):
     # and the scalar fallback loop runs (measured 4x slower).
     n, c = z.shape
     zero = z.dtype.type(0)
-    one = z.dtype.type(1)
     if kind == RELU:
         for i in prange(n):
             zi = z[i]
@@ -170,13 +169,6 @@ def _k_bias_activation_forward(kind, z, b, alpha):
             for j in range(c):
                 v = zi[j] + b[j]
                 zi[j] = v if v > zero else alpha * v
-    elif kind == SIGMOID:
-        for i in prange(n):
-            zi = z[i]
-            for j in range(c):
-                v = zi[j] + b[j]
-                e = math.exp(-abs(v))
-                zi[j] = one / (one + e) if v >= zero else e / (one + e)
     else:
         for i in prange(n):
             zi = z[i]
@@ -184,6 +176,48 @@ def _k_bias_activation_forward(kind, z, b, alpha):
                 zi[j] = zi[j] + b[j]
             if kind != IDENTITY:
                 _activation_segment(kind, zi, alpha, zi, 0, c)
+
+
+def _k_clamp_above(z, b, clamp):
+    # z = min(z + b, clamp) in place (b: one value per column, or an empty array for none);
+    # NaN stays NaN. The first pass of _simd_forward (clamp = inf: the bias add alone).
+    n, c = z.shape
+    if b.shape[0] == 0:
+        for i in prange(n):
+            zi = z[i]
+            for j in range(c):
+                v = zi[j]
+                zi[j] = clamp if v > clamp else v
+    else:
+        for i in prange(n):
+            zi = z[i]
+            for j in range(c):
+                v = zi[j] + b[j]
+                zi[j] = clamp if v > clamp else v
+
+
+def _k_nonpositive_part(z, out):
+    # out = min(z, 0), NaN kept: the first pass of the ELU forward in _simd_forward.
+    zero = z.dtype.type(0)
+    for i in prange(z.shape[0]):
+        v = z[i]
+        out[i] = zero if v > zero else v
+
+
+def _k_elu_from_expm1(z, out, alpha):
+    # out = z where z > 0, else alpha * out (out holds expm1(min(z, 0))).
+    zero = z.dtype.type(0)
+    for i in prange(z.shape[0]):
+        v = z[i]
+        out[i] = v if v > zero else alpha * out[i]
+
+
+def _k_logistic_from_exp(e):
+    # e = e / (1 + e) in place: the logistic function of v given e = exp(v).
+    one = e.dtype.type(1)
+    for i in prange(e.shape[0]):
+        v = e[i]
+        e[i] = v / (one + v)
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
@@ -468,7 +502,8 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
 
 
 _HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
-_KERNELS = ("activation_forward", "bias_activation_forward", "activation_backward",
+_KERNELS = ("activation_forward", "bias_activation_forward", "clamp_above",
+            "nonpositive_part", "elu_from_expm1", "logistic_from_exp", "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
             "softmax_cross_entropy", "sgd_update", "adam_update", "rmsprop_update",
             "adagrad_update", "adadelta_update")
@@ -649,6 +684,15 @@ def activation_forward(kind, z, alpha, out):
     """
     code = _kind_code(kind)
     _check(z, out, shapes=(z.shape, z.shape))
+    if code in (SIGMOID, TANH):
+        return _simd_forward(code, z, None, out)
+    if code == ELU and not _same_memory(z, out):  # in place keeps the scalar kernel below
+        flat_z, flat = z.reshape(-1), out.reshape(-1)
+        _kernel("nonpositive_part", z.size, FORWARD_PARALLEL_THRESHOLD)(flat_z, flat)
+        split_ufunc(np.expm1, flat)
+        _kernel("elu_from_expm1", z.size, FORWARD_PARALLEL_THRESHOLD)(
+            flat_z, flat, z.dtype.type(alpha))
+        return out
     _kernel("activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
         code, z.reshape(-1), z.dtype.type(alpha), out.reshape(-1))
     return out
@@ -679,11 +723,91 @@ def bias_activation_forward(z, b, kind, alpha, out):
     if z.ndim != 2:
         raise ValueError(f"z must be 2-D (batch, features), got shape {z.shape}")
     _check(z, b, out, shapes=(z.shape, (z.shape[1],), z.shape))
+    if code in (SIGMOID, TANH):
+        return _simd_forward(code, z, b, out)
     if not _same_memory(z, out):
         np.copyto(out, z)  # the kernel works in place; dualnn's layers always call it so
     _kernel("bias_activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
         code, out, b, z.dtype.type(alpha))
     return out
+
+
+SIGMOID_CLAMP = {np.dtype(np.float32): 80.0, np.dtype(np.float64): 700.0}
+"""Arguments above this give ``exp`` no overflow and a logistic value that rounds to 1."""
+
+
+def _simd_forward(code, z, b, out):
+    r"""``out = act(z + b)`` for sigmoid and tanh through NumPy's SIMD ``exp`` / ``tanh``.
+
+    Numba calls the scalar libm ``exp``/``tanh`` (PyPI's llvmlite has no vector math
+    library): ~6 ns per element and core here, against ~0.5 ns for NumPy's SIMD loops. So
+    a Numba pass adds the bias (and, for sigmoid, clamps), NumPy's ufunc runs on all cores
+    (:func:`split_ufunc`), and for sigmoid a last Numba pass divides:
+
+    .. math::
+        \sigma(v) = \frac{e}{1 + e}, \quad e = \exp(\min(v, c))
+
+    with :data:`SIGMOID_CLAMP` ``c`` (80 in float32, 700 in float64): ``exp`` never
+    overflows, ``exp(-inf) = 0`` gives 0, NaN stays NaN, and every ``v > c`` gives exactly 1,
+    as the reference's ``1 / (1 + exp(-v))`` rounds to.
+
+    Parameters
+    ----------
+    code : SIGMOID or TANH
+    z : ndarray, any shape (2-D ``(n, c)`` when ``b`` is given)
+    b : ndarray, shape (c,), or None
+    out : ndarray, shape of ``z``
+        Receives the result; may be ``z``.
+    """
+    if not _same_memory(z, out):
+        np.copyto(out, z)
+    flat = out.reshape(-1)
+    if code == SIGMOID or b is not None:
+        clamp = SIGMOID_CLAMP[out.dtype] if code == SIGMOID else math.inf
+        _kernel("clamp_above", out.size, FORWARD_PARALLEL_THRESHOLD)(
+            out if out.ndim == 2 else out.reshape(1, -1),
+            np.empty(0, dtype=out.dtype) if b is None else b, out.dtype.type(clamp))
+    if code == TANH:
+        split_ufunc(np.tanh, flat)
+        return out
+    split_ufunc(np.exp, flat)
+    _kernel("logistic_from_exp", out.size, FORWARD_PARALLEL_THRESHOLD)(flat)
+    return out
+
+
+_ufunc_pool = None
+_ufunc_pool_lock = threading.Lock()
+
+
+def split_ufunc(ufunc, a):
+    """``ufunc(a, out=a)`` on a 1-D array, in contiguous parts on a pool of threads.
+
+    NumPy's SIMD loops run on one core and release the GIL, so from
+    :data:`FORWARD_PARALLEL_THRESHOLD` elements the array is cut into one part per Numba
+    thread and the parts run at once (the pool's threads sleep between calls). Results are
+    those of one call: the ufunc is elementwise.
+    """
+    global _ufunc_pool
+    parts = 1
+    if a.size >= FORWARD_PARALLEL_THRESHOLD:
+        import numba
+
+        parts = numba.get_num_threads()
+    if parts < 2:
+        ufunc(a, out=a)
+        return a
+    if _ufunc_pool is None:
+        with _ufunc_pool_lock:
+            if _ufunc_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _ufunc_pool = ThreadPoolExecutor(parts, thread_name_prefix="dualnn-ufunc")
+    bounds = [a.size * k // parts for k in range(parts + 1)]
+    futures = [_ufunc_pool.submit(ufunc, a[lo:hi], out=a[lo:hi])
+               for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for future in futures:
+        future.result()
+    return a
 
 
 def activation_backward(kind, dy, saved, alpha, out):

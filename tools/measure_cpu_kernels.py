@@ -141,6 +141,9 @@ def main():
          lambda: fused.bias_activation_forward(zz, b, "relu", out=zz)),
         ("bias + tanh forward, in place", 2,
          lambda: fused.bias_activation_forward(zz, b, "tanh", out=zz)),
+        ("bias + sigmoid forward, in place", 2,
+         lambda: fused.bias_activation_forward(zz, b, "sigmoid", out=zz)),
+        ("elu forward", 2, lambda: fused.activation_forward("elu", z, 1.0, out=dx)),
         ("sgd momentum", 5, lambda: fused.sgd_update(pp, gg, mm, lr=1e-6, momentum=0.9)),
         ("adam", 7, lambda: fused.adam_update(pp, gg, mm, vv, step=10, lr=1e-6)),
     ]

@@ -92,9 +92,6 @@ class NumpyBackend(ArrayAPIBackend):
         return True
 
     def activation_forward(self, kind, z, alpha=0.0, out=None):
-        if kind == "tanh" and self._fusable(z):
-            # NumPy's tanh is SIMD-vectorized; Numba calls scalar libm (measured ~3x slower).
-            return np.tanh(z, out=out)
         if kind == "identity" or kind not in ACTIVATIONS or not self._fusable(z):
             return super().activation_forward(kind, z, alpha, out)
         if out is None:
@@ -104,10 +101,6 @@ class NumpyBackend(ArrayAPIBackend):
         return _cpu().activation_forward(kind, z, alpha, out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
-        if (kind == "tanh" and b is not None and self._fusable(z, b) and z.ndim == 2
-                and b.shape == (z.shape[1],)):
-            out = np.add(z, b, out=out)  # two SIMD passes beat one scalar-tanh pass
-            return np.tanh(out, out=out)
         if b is None:
             if kind == "identity":
                 return super().bias_activation_forward(z, b, kind, alpha, out)
