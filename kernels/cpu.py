@@ -197,19 +197,39 @@ def _k_clamp_above(z, b, clamp):
 
 
 def _k_nonpositive_part(z, out):
-    # out = min(z, 0), NaN kept: the first pass of the ELU forward in _simd_forward.
+    # out = min(z, 0), NaN kept: the argument of exp/expm1 in the ELU passes.
     zero = z.dtype.type(0)
     for i in prange(z.shape[0]):
         v = z[i]
         out[i] = zero if v > zero else v
 
 
-def _k_elu_from_expm1(z, out, alpha):
-    # out = z where z > 0, else alpha * out (out holds expm1(min(z, 0))).
+def _k_elu_from_expm1(z, e, alpha, out, inplace):
+    # out = z where z > 0, else alpha * e (e = expm1(min(z, 0))); in place through one name
+    # when out is z (see _k_bias_activation_forward).
     zero = z.dtype.type(0)
-    for i in prange(z.shape[0]):
-        v = z[i]
-        out[i] = v if v > zero else alpha * out[i]
+    if inplace:
+        for i in prange(z.shape[0]):
+            v = z[i]
+            z[i] = v if v > zero else alpha * e[i]
+    else:
+        for i in prange(z.shape[0]):
+            v = z[i]
+            out[i] = v if v > zero else alpha * e[i]
+
+
+def _k_elu_backward_from_exp(dy, z, e, alpha, out, inplace):
+    # out = dy where z > 0, else dy * (alpha * e) (e = exp(min(z, 0))); in place on dy
+    # through one name when out is dy.
+    zero = z.dtype.type(0)
+    if inplace:
+        for i in prange(z.shape[0]):
+            d = dy[i]
+            dy[i] = d if z[i] > zero else d * (alpha * e[i])
+    else:
+        for i in prange(z.shape[0]):
+            d = dy[i]
+            out[i] = d if z[i] > zero else d * (alpha * e[i])
 
 
 def _k_logistic_from_exp(e):
@@ -503,7 +523,8 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
 
 _HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
 _KERNELS = ("activation_forward", "bias_activation_forward", "clamp_above",
-            "nonpositive_part", "elu_from_expm1", "logistic_from_exp", "activation_backward",
+            "nonpositive_part", "elu_from_expm1", "elu_backward_from_exp", "logistic_from_exp",
+            "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
             "softmax_cross_entropy", "sgd_update", "adam_update", "rmsprop_update",
             "adagrad_update", "adadelta_update")
@@ -686,12 +707,11 @@ def activation_forward(kind, z, alpha, out):
     _check(z, out, shapes=(z.shape, z.shape))
     if code in (SIGMOID, TANH):
         return _simd_forward(code, z, None, out)
-    if code == ELU and not _same_memory(z, out):  # in place keeps the scalar kernel below
-        flat_z, flat = z.reshape(-1), out.reshape(-1)
-        _kernel("nonpositive_part", z.size, FORWARD_PARALLEL_THRESHOLD)(flat_z, flat)
-        split_ufunc(np.expm1, flat)
+    if code == ELU:
+        flat_z = z.reshape(-1)
+        e = _elu_exp(np.expm1, flat_z, FORWARD_PARALLEL_THRESHOLD)
         _kernel("elu_from_expm1", z.size, FORWARD_PARALLEL_THRESHOLD)(
-            flat_z, flat, z.dtype.type(alpha))
+            flat_z, e, z.dtype.type(alpha), out.reshape(-1), _same_memory(z, out))
         return out
     _kernel("activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
         code, z.reshape(-1), z.dtype.type(alpha), out.reshape(-1))
@@ -775,6 +795,25 @@ def _simd_forward(code, z, b, out):
     return out
 
 
+def _elu_exp(ufunc, z, threshold):
+    """``ufunc(min(z, 0))`` (``np.exp`` or ``np.expm1``) in this thread's scratch array."""
+    e = _scratch(z.size, z.dtype)
+    _kernel("nonpositive_part", z.size, threshold)(z, e)
+    return split_ufunc(ufunc, e)
+
+
+_scratch_arrays = threading.local()
+
+
+def _scratch(size, dtype):
+    """A 1-D work array of ``size`` elements, reused by later calls from this thread."""
+    arrays = _scratch_arrays.__dict__
+    buffer = arrays.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = arrays[dtype] = np.empty(size, dtype=dtype)
+    return buffer[:size]
+
+
 _ufunc_pool = None
 _ufunc_pool_lock = threading.Lock()
 
@@ -829,6 +868,13 @@ def activation_backward(kind, dy, saved, alpha, out):
     """
     code = _kind_code(kind)
     _check(dy, saved, out, shapes=(dy.shape,) * 3)
+    if code == ELU:  # exp through NumPy's SIMD loop (see _simd_forward)
+        flat_z = saved.reshape(-1)
+        e = _elu_exp(np.exp, flat_z, BACKWARD_PARALLEL_THRESHOLD)
+        _kernel("elu_backward_from_exp", dy.size, BACKWARD_PARALLEL_THRESHOLD)(
+            dy.reshape(-1), flat_z, e, dy.dtype.type(alpha), out.reshape(-1),
+            _same_memory(dy, out))
+        return out
     _kernel("activation_backward", dy.size, BACKWARD_PARALLEL_THRESHOLD)(
         code, dy.reshape(-1), saved.reshape(-1), dy.dtype.type(alpha), out.reshape(-1))
     return out

@@ -122,3 +122,25 @@ def test_elu_forward_matches_expm1_truth_in_and_out_of_place(size, alpha, dtype)
     cpu.activation_forward("elu", in_place, alpha, in_place)
     np.testing.assert_allclose(in_place, got, rtol=4 * np.finfo(dtype).eps, atol=0,
                                equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [len(EDGES), cpu.BACKWARD_PARALLEL_THRESHOLD + 5])
+def test_elu_backward_matches_exp_truth_in_and_out_of_place(size, dtype):
+    rng = np.random.default_rng(size + 1)
+    with np.errstate(over="ignore"):
+        z = np.resize(np.array(EDGES, dtype=dtype), size)
+    z[len(EDGES):] = rng.standard_normal(size - len(EDGES)) * 5
+    dy = rng.standard_normal(size).astype(dtype)
+    v = z.astype(np.longdouble)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.where(v > 0, dy, dy * (0.7 * np.exp(np.minimum(v, 0)))).astype(dtype)
+    got = cpu.activation_backward("elu", dy, z, 0.7, np.empty_like(dy))
+    np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps,
+                               atol=4 * np.finfo(dtype).smallest_subnormal, equal_nan=True)
+    buf = dy.copy()
+    assert cpu.activation_backward("elu", buf, z, 0.7, buf) is buf
+    np.testing.assert_array_equal(buf, got)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(got, R.activation_backward(np, "elu", dy, z, 0.7),
+                                   rtol=1e-6, equal_nan=True)
