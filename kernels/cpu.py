@@ -142,12 +142,24 @@ def _reduction_blocks(n):
 
 
 def _k_activation_forward(kind, z, alpha, out):
+    # ReLU and LeakyReLU get a flat loop each (a blocked loop around the shared segment
+    # helper ran at half the bandwidth); the others run through the helper.
     n = z.shape[0]
-    nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK
-    for blk in prange(nblocks):
-        start = blk * ELEMENTWISE_BLOCK
-        stop = min(start + ELEMENTWISE_BLOCK, n)
-        _activation_segment(kind, z, alpha, out, start, stop)
+    zero = z.dtype.type(0)
+    if kind == RELU:
+        for i in prange(n):
+            v = z[i]
+            out[i] = zero if v < zero else v
+    elif kind == LEAKY_RELU:
+        for i in prange(n):
+            v = z[i]
+            out[i] = v if v > zero else alpha * v
+    else:
+        nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK
+        for blk in prange(nblocks):
+            start = blk * ELEMENTWISE_BLOCK
+            stop = min(start + ELEMENTWISE_BLOCK, n)
+            _activation_segment(kind, z, alpha, out, start, stop)
 
 
 def _k_bias_activation_forward(kind, z, b, alpha):
@@ -178,22 +190,21 @@ def _k_bias_activation_forward(kind, z, b, alpha):
                 _activation_segment(kind, zi, alpha, zi, 0, c)
 
 
-def _k_clamp_above(z, b, clamp):
-    # z = min(z + b, clamp) in place (b: one value per column, or an empty array for none);
-    # NaN stays NaN. The first pass of _simd_forward (clamp = inf: the bias add alone).
+def _k_bias_add(z, b, out, inplace):
+    # out = z + b (b: one value per column), the first pass of _simd_forward; in place
+    # through one name when out is z (see _k_bias_activation_forward).
     n, c = z.shape
-    if b.shape[0] == 0:
+    if inplace:
         for i in prange(n):
             zi = z[i]
             for j in range(c):
-                v = zi[j]
-                zi[j] = clamp if v > clamp else v
+                zi[j] = zi[j] + b[j]
     else:
         for i in prange(n):
             zi = z[i]
+            oi = out[i]
             for j in range(c):
-                v = zi[j] + b[j]
-                zi[j] = clamp if v > clamp else v
+                oi[j] = zi[j] + b[j]
 
 
 def _k_nonpositive_part(z, out):
@@ -233,11 +244,13 @@ def _k_elu_backward_from_exp(dy, z, e, alpha, out, inplace):
 
 
 def _k_logistic_from_exp(e):
-    # e = e / (1 + e) in place: the logistic function of v given e = exp(v).
+    # e = e / (1 + e) in place: the logistic function of v given e = exp(v); an overflowed
+    # e = inf gives 1 (the exact value rounds to 1 wherever exp overflows), NaN stays NaN.
     one = e.dtype.type(1)
+    inf = e.dtype.type(np.inf)
     for i in prange(e.shape[0]):
         v = e[i]
-        e[i] = v / (one + v)
+        e[i] = one if v == inf else v / (one + v)
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
@@ -522,7 +535,7 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
 
 
 _HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
-_KERNELS = ("activation_forward", "bias_activation_forward", "clamp_above",
+_KERNELS = ("activation_forward", "bias_activation_forward", "bias_add",
             "nonpositive_part", "elu_from_expm1", "elu_backward_from_exp", "logistic_from_exp",
             "activation_backward",
             "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
@@ -752,24 +765,20 @@ def bias_activation_forward(z, b, kind, alpha, out):
     return out
 
 
-SIGMOID_CLAMP = {np.dtype(np.float32): 80.0, np.dtype(np.float64): 700.0}
-"""Arguments above this give ``exp`` no overflow and a logistic value that rounds to 1."""
-
-
 def _simd_forward(code, z, b, out):
     r"""``out = act(z + b)`` for sigmoid and tanh through NumPy's SIMD ``exp`` / ``tanh``.
 
     Numba calls the scalar libm ``exp``/``tanh`` (PyPI's llvmlite has no vector math
     library): ~6 ns per element and core here, against ~0.5 ns for NumPy's SIMD loops. So
-    a Numba pass adds the bias (and, for sigmoid, clamps), NumPy's ufunc runs on all cores
+    a Numba pass adds the bias (if any), NumPy's ufunc runs on all cores
     (:func:`split_ufunc`), and for sigmoid a last Numba pass divides:
 
     .. math::
-        \sigma(v) = \frac{e}{1 + e}, \quad e = \exp(\min(v, c))
+        \sigma(v) = \frac{e}{1 + e}, \quad e = \exp(v)
 
-    with :data:`SIGMOID_CLAMP` ``c`` (80 in float32, 700 in float64): ``exp`` never
-    overflows, ``exp(-inf) = 0`` gives 0, NaN stays NaN, and every ``v > c`` gives exactly 1,
-    as the reference's ``1 / (1 + exp(-v))`` rounds to.
+    where ``exp`` overflows (``v`` above ~88.7 in float32, ~709.8 in float64) ``e = inf``
+    gives exactly 1, as the reference's ``1 / (1 + exp(-v))`` rounds to; ``exp(-inf) = 0``
+    gives 0 and NaN stays NaN.
 
     Parameters
     ----------
@@ -779,19 +788,15 @@ def _simd_forward(code, z, b, out):
     out : ndarray, shape of ``z``
         Receives the result; may be ``z``.
     """
-    if not _same_memory(z, out):
-        np.copyto(out, z)
     flat = out.reshape(-1)
-    if code == SIGMOID or b is not None:
-        clamp = SIGMOID_CLAMP[out.dtype] if code == SIGMOID else math.inf
-        _kernel("clamp_above", out.size, FORWARD_PARALLEL_THRESHOLD)(
-            out if out.ndim == 2 else out.reshape(1, -1),
-            np.empty(0, dtype=out.dtype) if b is None else b, out.dtype.type(clamp))
-    if code == TANH:
-        split_ufunc(np.tanh, flat)
-        return out
-    split_ufunc(np.exp, flat)
-    _kernel("logistic_from_exp", out.size, FORWARD_PARALLEL_THRESHOLD)(flat)
+    source = z.reshape(-1)
+    if b is not None:
+        _kernel("bias_add", out.size, FORWARD_PARALLEL_THRESHOLD)(z, b, out,
+                                                                 _same_memory(z, out))
+        source = flat
+    split_ufunc(np.tanh if code == TANH else np.exp, source, flat)
+    if code == SIGMOID:
+        _kernel("logistic_from_exp", out.size, FORWARD_PARALLEL_THRESHOLD)(flat)
     return out
 
 
@@ -818,8 +823,16 @@ _ufunc_pool = None
 _ufunc_pool_lock = threading.Lock()
 
 
-def split_ufunc(ufunc, a):
-    """``ufunc(a, out=a)`` on a 1-D array, in contiguous parts on a pool of threads.
+def _quiet_ufunc(ufunc, a, out):
+    """``ufunc(a, out=out)`` without NumPy's overflow warning (``exp`` may overflow to inf
+    by design; NumPy's error state is per thread, so it is set where the ufunc runs)."""
+    with np.errstate(over="ignore"):
+        ufunc(a, out=out)
+
+
+def split_ufunc(ufunc, a, out=None):
+    """``ufunc(a, out=out)`` (``out`` defaults to ``a``) on 1-D arrays, in contiguous parts
+    on a pool of threads.
 
     NumPy's SIMD loops run on one core and release the GIL, so from
     :data:`FORWARD_PARALLEL_THRESHOLD` elements the array is cut into one part per Numba
@@ -827,14 +840,15 @@ def split_ufunc(ufunc, a):
     those of one call: the ufunc is elementwise.
     """
     global _ufunc_pool
+    out = a if out is None else out
     parts = 1
     if a.size >= FORWARD_PARALLEL_THRESHOLD:
         import numba
 
         parts = numba.get_num_threads()
     if parts < 2:
-        ufunc(a, out=a)
-        return a
+        _quiet_ufunc(ufunc, a, out)
+        return out
     if _ufunc_pool is None:
         with _ufunc_pool_lock:
             if _ufunc_pool is None:
@@ -842,11 +856,11 @@ def split_ufunc(ufunc, a):
 
                 _ufunc_pool = ThreadPoolExecutor(parts, thread_name_prefix="dualnn-ufunc")
     bounds = [a.size * k // parts for k in range(parts + 1)]
-    futures = [_ufunc_pool.submit(ufunc, a[lo:hi], out=a[lo:hi])
+    futures = [_ufunc_pool.submit(_quiet_ufunc, ufunc, a[lo:hi], out[lo:hi])
                for lo, hi in zip(bounds[:-1], bounds[1:])]
     for future in futures:
         future.result()
-    return a
+    return out
 
 
 def activation_backward(kind, dy, saved, alpha, out):

@@ -12,6 +12,8 @@ medians, and the ratios are taken between numbers measured in the same run.
 - Adam: one step over the parameters of the 784-1024-1024-1024-10 MLP (2.9M values):
   ``dualnn.optim.Adam`` (fused), the NumPy chain (fused off), ``torch.optim.Adam()``
   with its defaults.
+- Activations: forward and backward of ReLU, sigmoid, tanh and ELU on (4096, 1024) float32,
+  dualnn's backend ops (out of place) against ``torch.<act>(z)`` and its autograd backward.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu")
 SHAPES = [(1024, 784), (1024,), (1024,), (1024, 1024), (1024,), (1024,), (1024, 1024),
           (1024,), (1024,), (10, 1024), (10,)]
 
@@ -61,11 +64,20 @@ def run_dualnn(reps):
         out[f"bn_{'fused' if fused else 'numpy'}"] = _median_time(bn, reps)
         params = []
         for i, shape in enumerate(SHAPES):
-            p = dn.Parameter(rng.standard_normal(shape).astype(np.float32), b, f"p{i}")
+            # values placed as dualnn's layers place theirs (Linear stores its weight so)
+            p = dn.Parameter(b.store(rng.standard_normal(shape), "float32"), b, f"p{i}")
             p.grad[...] = rng.standard_normal(shape)
             params.append(p)
         opt = dn.optim.Adam(params, lr=1e-3)
         out[f"adam_{'fused' if fused else 'numpy'}"] = _median_time(opt.step, reps)
+    b = dn.backend.NumpyBackend(fused=True)
+    y, dx = b.empty(x.shape, "float32"), b.empty(x.shape, "float32")
+    for kind in ACTIVATIONS:
+        saved = y if kind in ("sigmoid", "tanh") else x
+        out[f"{kind}_fwd_fused"] = _median_time(
+            lambda: b.activation_forward(kind, x, 1.0, out=y), reps)
+        out[f"{kind}_bwd_fused"] = _median_time(
+            lambda: b.activation_backward(kind, dy, saved, 1.0, out=dx), reps)
     return out
 
 
@@ -88,6 +100,15 @@ def run_torch(reps):
         p.grad = torch.randn(p.shape)
     opt = torch.optim.Adam(params, lr=1e-3)
     out["adam_torch"] = _median_time(opt.step, reps)
+    z = x.detach()
+    functions = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+                 "elu": torch.nn.functional.elu}
+    for kind, fn in functions.items():
+        out[f"{kind}_fwd_torch"] = _median_time(lambda: fn(z), reps)
+        zz = z.clone().requires_grad_(True)
+        yy = fn(zz)
+        out[f"{kind}_bwd_torch"] = _median_time(
+            lambda: torch.autograd.grad(yy, zz, dy, retain_graph=True), reps)
     return out
 
 
@@ -121,6 +142,10 @@ def main(argv=None):
               f"vs NumPy formula {med['bn_numpy'] / med['bn_fused']:.2f}x")
         print(f"Adam over 2.9M values: fused vs torch default {med['adam_torch'] / med['adam_fused']:.2f}x, "
               f"vs NumPy chain {med['adam_numpy'] / med['adam_fused']:.2f}x")
+        for kind in ACTIVATIONS:
+            print(f"{kind:8s} (4096, 1024) speed vs torch: forward "
+                  f"{med[f'{kind}_fwd_torch'] / med[f'{kind}_fwd_fused']:.2f}x, backward "
+                  f"{med[f'{kind}_bwd_torch'] / med[f'{kind}_bwd_fused']:.2f}x")
     return 0
 
 
