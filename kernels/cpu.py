@@ -823,6 +823,17 @@ _ufunc_pool = None
 _ufunc_pool_lock = threading.Lock()
 
 
+def _forget_ufunc_pool():
+    """In a forked child: the parent's pool threads do not exist there; start afresh."""
+    global _ufunc_pool, _ufunc_pool_lock
+    _ufunc_pool = None
+    _ufunc_pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_ufunc_pool)
+
+
 def _quiet_ufunc(ufunc, a, out):
     """``ufunc(a, out=out)`` without NumPy's overflow warning (``exp`` may overflow to inf
     by design; NumPy's error state is per thread, so it is set where the ufunc runs)."""

@@ -7,6 +7,9 @@ tail (values like 1e-30) is what a loss on probabilities takes the log of.
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -145,3 +148,27 @@ def test_elu_backward_matches_exp_truth_in_and_out_of_place(size, dtype):
     with np.errstate(all="ignore"):
         np.testing.assert_allclose(got, R.activation_backward(np, "elu", dy, z, 0.7),
                                    rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_split_ufunc_works_in_a_forked_child():
+    a = np.ones(cpu.FORWARD_PARALLEL_THRESHOLD, np.float32)
+    cpu.split_ufunc(np.negative, a)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: a pool inherited without its threads would hang here
+        try:
+            b = np.ones(cpu.FORWARD_PARALLEL_THRESHOLD, np.float32)
+            cpu.split_ufunc(np.negative, b)
+            os._exit(0 if (b == -1).all() else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("split_ufunc hung in a forked child")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
