@@ -331,6 +331,9 @@ def cmd_info(args, out):
         rows.append(("numba kernel cache", cache_dir() if callable(cache_dir) else "unknown"))
     except Exception as exc:
         rows.append(("numba kernel cache", f"unavailable ({type(exc).__name__})"))
+    from dualnn.backend.allocation import huge_page_status
+
+    rows.append(("huge pages for large arrays", huge_page_status()))
     for index, line in enumerate(_blas_info()):
         rows.append(("blas" if index == 0 else "", line))
     for key, value in thread_policy_report().items():

@@ -80,3 +80,13 @@ def test_linear_parameters_gradients_and_adam_state_are_aligned():
     for key, value in saved.items():
         assert is_aligned(weight.state[key])
         np.testing.assert_array_equal(weight.state[key], value)
+
+
+def test_huge_page_status_names_the_kernel_mode_and_numpy_advice(monkeypatch):
+    from dualnn.backend import allocation
+
+    line = allocation.huge_page_status()
+    assert line.split()[0] in ("yes", "no")
+    assert "kernel THP mode:" in line and "NumPy madvise:" in line and "4 MiB" in line
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert allocation.huge_page_status().startswith("no (kernel THP mode: not available")

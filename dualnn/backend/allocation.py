@@ -25,6 +25,32 @@ ALIGN_FROM_BYTES = 1 << 22
 """Arrays this large or larger are aligned (NumPy's own huge-page threshold)."""
 
 
+def huge_page_status():
+    """One line on whether large arrays can get huge pages here (for ``dualnn info``).
+
+    Reads the kernel's transparent-huge-page mode and NumPy's advice flag; the policy of
+    this module applies either way.
+    """
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as f:
+            modes = f.read().split()
+        mode = next((m.strip("[]") for m in modes if m.startswith("[")), "unknown")
+    except OSError:
+        mode = "not available"
+    try:
+        try:
+            from numpy._core.multiarray import _get_madvise_hugepage
+        except ImportError:  # NumPy 1.x
+            from numpy.core.multiarray import _get_madvise_hugepage
+        advice = "on" if _get_madvise_hugepage() else "off"
+    except (ImportError, AttributeError):
+        advice = "unknown"
+    usable = mode in ("always", "madvise") and advice != "off"
+    return (f"{'yes' if usable else 'no'} (kernel THP mode: {mode}; NumPy madvise: {advice}; "
+            f"arrays >= {ALIGN_FROM_BYTES >> 20} MiB aligned to "
+            f"{HUGE_PAGE_BYTES >> 20} MiB)")
+
+
 def aligned_empty(shape, dtype):
     """An uninitialized C-contiguous array; 2 MiB-aligned when it has >= 4 MiB.
 
