@@ -76,9 +76,6 @@ COMPUTE_PARALLEL_THRESHOLD = 1 << 14
 parallel build. Measured as "always parallel" at training sizes; below ~16k elements the
 thread start-up costs more than the work."""
 
-ELEMENTWISE_BLOCK = 1 << 14
-"""Elements per work item of the flat elementwise kernels."""
-
 REDUCTION_BLOCKS = 8
 """Most row blocks a batch-norm reduction is split into (merged in block order)."""
 
@@ -97,37 +94,6 @@ prange = range  # replaced by numba.prange in the namespace the kernels are comp
 # =======================================================================================
 # Kernel sources. Plain Python (they run unjitted too, slowly); compiled by _build().
 # =======================================================================================
-
-def _activation_segment(kind, z, alpha, out, start, stop):
-    """``out[start:stop] = act(z[start:stop])`` on 1-D arrays (helper, inlined)."""
-    zero = z.dtype.type(0)
-    one = z.dtype.type(1)
-    if kind == RELU:
-        for i in range(start, stop):
-            v = z[i]
-            out[i] = zero if v < zero else v
-    elif kind == LEAKY_RELU:
-        for i in range(start, stop):
-            v = z[i]
-            out[i] = v if v > zero else alpha * v
-    elif kind == ELU:
-        for i in range(start, stop):
-            v = z[i]
-            neg = zero if v > zero else v  # expm1 never sees a positive number (no overflow)
-            e = alpha * math.expm1(neg)
-            out[i] = v if v > zero else e
-    elif kind == SIGMOID:
-        for i in range(start, stop):
-            v = z[i]
-            e = math.exp(-abs(v))  # exp of a non-positive number only
-            out[i] = one / (one + e) if v >= zero else e / (one + e)
-    elif kind == TANH:
-        for i in range(start, stop):
-            out[i] = math.tanh(z[i])
-    else:
-        for i in range(start, stop):
-            out[i] = z[i]
-
 
 def _relu_if(relu, v, zero):
     """``max(v, 0)`` when ``relu``, else ``v`` (helper, inlined)."""
@@ -148,8 +114,8 @@ def _reduction_blocks(n):
 
 
 def _k_activation_forward(kind, z, alpha, out):
-    # ReLU and LeakyReLU get a flat loop each (a blocked loop around the shared segment
-    # helper ran at half the bandwidth); the others run through the helper.
+    # ReLU, LeakyReLU and identity; ELU, sigmoid and tanh take NumPy's SIMD exp/expm1/tanh
+    # (activation_forward routes them to _simd_forward and the ELU passes).
     n = z.shape[0]
     zero = z.dtype.type(0)
     if kind == RELU:
@@ -161,11 +127,8 @@ def _k_activation_forward(kind, z, alpha, out):
             v = z[i]
             out[i] = v if v > zero else alpha * v
     else:
-        nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK
-        for blk in prange(nblocks):
-            start = blk * ELEMENTWISE_BLOCK
-            stop = min(start + ELEMENTWISE_BLOCK, n)
-            _activation_segment(kind, z, alpha, out, start, stop)
+        for i in prange(n):
+            out[i] = z[i]
 
 
 def _k_bias_activation_forward(kind, z, b, alpha):
@@ -187,13 +150,11 @@ def _k_bias_activation_forward(kind, z, b, alpha):
             for j in range(c):
                 v = zi[j] + b[j]
                 zi[j] = v if v > zero else alpha * v
-    else:
+    else:  # identity (the wrapper routes ELU, sigmoid and tanh elsewhere)
         for i in prange(n):
             zi = z[i]
             for j in range(c):
                 zi[j] = zi[j] + b[j]
-            if kind != IDENTITY:
-                _activation_segment(kind, zi, alpha, zi, 0, c)
 
 
 def _k_bias_add(z, b, out, inplace):
@@ -260,8 +221,9 @@ def _k_logistic_from_exp(e):
 
 
 def _k_activation_backward(kind, dy, saved, alpha, out):
-    # One prange loop per kind (a loop per branch vectorizes; a blocked loop around the
-    # shared segment helper ran ~1.5x slower on (4096, 1024) float32).
+    # One prange loop per kind (a loop per branch vectorizes; a blocked loop around a
+    # shared helper ran ~1.5x slower on (4096, 1024) float32). ELU's needs exp: the wrapper
+    # runs it as NumPy's SIMD exp between two Numba passes instead.
     zero = dy.dtype.type(0)
     one = dy.dtype.type(1)
     n = dy.shape[0]
@@ -273,13 +235,6 @@ def _k_activation_backward(kind, dy, saved, alpha, out):
         for i in prange(n):
             d = dy[i]
             out[i] = d if saved[i] > zero else alpha * d
-    elif kind == ELU:
-        for i in prange(n):
-            d = dy[i]
-            s = saved[i]
-            neg = zero if s > zero else s
-            e = d * (alpha * math.exp(neg))
-            out[i] = d if s > zero else e
     elif kind == SIGMOID:
         for i in prange(n):
             s = saved[i]
@@ -540,7 +495,7 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
         param[i] = p - lr * delta
 
 
-_HELPERS = ("_activation_segment", "_reduction_blocks", "_relu_if", "_bn_input_grad")
+_HELPERS = ("_reduction_blocks", "_relu_if", "_bn_input_grad")
 _KERNELS = ("activation_forward", "bias_activation_forward", "bias_add",
             "nonpositive_part", "elu_from_expm1", "elu_backward_from_exp", "logistic_from_exp",
             "activation_backward",
@@ -764,6 +719,9 @@ def bias_activation_forward(z, b, kind, alpha, out):
     _check(z, b, out, shapes=(z.shape, (z.shape[1],), z.shape))
     if code in (SIGMOID, TANH):
         return _simd_forward(code, z, b, out)
+    if code == ELU:
+        _kernel("bias_add", z.size, FORWARD_PARALLEL_THRESHOLD)(z, b, out, _same_memory(z, out))
+        return activation_forward(kind, out, alpha, out)
     if not _same_memory(z, out):
         np.copyto(out, z)  # the kernel works in place; dualnn's layers always call it so
     _kernel("bias_activation_forward", z.size, FORWARD_PARALLEL_THRESHOLD)(
