@@ -17,7 +17,7 @@ import argparse
 import collections
 import time
 
-import dualnn as dn  # first: thread policy before NumPy's BLAS starts
+import dualnn as dn  # noqa: F401  (first: thread policy before NumPy's BLAS starts)
 from dualnn import bench
 
 import numpy as np
