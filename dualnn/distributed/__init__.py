@@ -1,0 +1,42 @@
+"""Data-parallel training over several processes: MPI on the CPU, NCCL on GPUs.
+
+Start the job with ``mpiexec -n N python -m mpi4py script.py``; each process calls
+:func:`init`, builds the same model, wraps its optimizer in
+:class:`DistributedOptimizer` and trains on its own shard of the data
+(:func:`current` ``().shard(...)``). Gradients are averaged over the ranks before every
+update, so N ranks with batch ``B`` each train like one process with batch ``N * B``.
+
+``batch_size`` is per rank: the global batch is ``batch_size * size()``.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .communicator import Communicator, MPICommunicator, resolve_timeout
+from .context import TrainingContext, current
+from .info import describe
+from .moments import merge_moments
+from .nccl import NCCLCommunicator
+from .optimizer import DistributedOptimizer
+from .runtime import init, is_initialized, local_rank, rank, size
+from .sharding import shard_indices
+
+
+def sync_batchnorm_stats(count, mean, m2):
+    """Merge this rank's batch-norm statistics with every rank's (Chan's formula).
+
+    See :meth:`TrainingContext.sync_batchnorm_stats`. Returns ``(count, mean, m2)``
+    unchanged when :func:`init` has not been called (a job of one process).
+    """
+    context = current()
+    if context is None:
+        return count, mean, m2
+    return context.sync_batchnorm_stats(count, mean, m2)
+
+
+__all__ = [
+    "Communicator", "current", "describe", "DistributedOptimizer", "errors", "init",
+    "is_initialized", "local_rank", "merge_moments", "MPICommunicator", "NCCLCommunicator",
+    "rank", "resolve_timeout", "shard_indices", "size", "sync_batchnorm_stats",
+    "TrainingContext",
+]

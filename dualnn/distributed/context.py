@@ -1,0 +1,259 @@
+"""What a training loop needs from the distributed job: :func:`current` and its methods.
+
+``fit`` (and any hand-written loop) asks :func:`current` once; ``None`` means an ordinary
+single-process run. Otherwise the returned :class:`TrainingContext` offers, in the order
+a loop uses them::
+
+    ctx = dualnn.distributed.current()
+    if ctx is not None:
+        ctx.check_consistent(model)                  # same architecture/dtypes everywhere
+        ctx.broadcast_model(model, optimizer)        # rank 0's weights, buffers, state, RNG
+        order = ctx.shard(rng.permutation(n))        # this rank's samples, each epoch
+        ...  forward / backward  ...
+        ctx.allreduce_gradients(model.parameters())  # mean gradient, then optimizer.step()
+        logs = ctx.reduce_metrics(logs)              # epoch metrics averaged over ranks
+        if ctx.is_main: save checkpoint / print
+
+Every method is a collective: all ranks must call it, in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from . import moments, runtime
+from .errors import RankMismatchError
+from .sharding import shard_indices
+
+
+def current():
+    """The :class:`TrainingContext` of this process, or None when
+    :func:`dualnn.distributed.init` has not been called."""
+    state = runtime.state()
+    if state is None:
+        return None
+    context = getattr(state, "context", None)
+    if context is None:
+        context = state.context = TrainingContext()
+    return context
+
+
+class TrainingContext:
+    """Collectives of data-parallel training, on whatever device the arrays live.
+
+    Attributes
+    ----------
+    rank, size, local_rank : int
+    is_main : bool
+        True on rank 0: the rank that prints, logs and writes checkpoints.
+    """
+
+    def __init__(self):
+        self.rank = runtime.rank()
+        self.size = runtime.size()
+        self.local_rank = runtime.local_rank()
+        self.is_main = self.rank == 0
+        self._flat = {}
+
+    # ------------------------------------------------------------------ plumbing
+    @staticmethod
+    def _comm(backend):
+        return runtime.communicator(backend.device)
+
+    def _host_staged(self, comm, array):
+        """True when ``array`` must go through a host copy (a device array over MPI)."""
+        return comm.name != "nccl" and not isinstance(array, np.ndarray)
+
+    def _allreduce_(self, backend, array, op):
+        comm = self._comm(backend)
+        if self._host_staged(comm, array):
+            host = np.ascontiguousarray(backend.to_host(array))
+            comm.allreduce_(host, op)
+            backend.assign(array, backend.asarray(host))
+            return array
+        return comm.allreduce_(array, op)
+
+    def _broadcast_(self, backend, array, root):
+        comm = self._comm(backend)
+        contiguous = array.flags.c_contiguous
+        if self._host_staged(comm, array) or not contiguous:
+            host = np.array(backend.to_host(array), copy=True, order="C")
+            runtime.communicator("cpu").broadcast_(host, root)
+            backend.assign(array, backend.asarray(host))
+            return array
+        return comm.broadcast_(array, root)
+
+    # ------------------------------------------------------------------ data
+    def shard(self, permutation, drop_remainder=False):
+        """This rank's indices of the epoch order ``permutation`` (same on every rank).
+
+        See :func:`dualnn.distributed.sharding.shard_indices`: strided shards, padded by
+        wrapping so that every rank takes the same number of steps (``drop_remainder``
+        drops the last ``n % size`` samples instead).
+        """
+        return shard_indices(permutation, self.rank, self.size, drop_remainder)
+
+    # ------------------------------------------------------------------ model
+    def broadcast_model(self, model, optimizer=None, root=0):
+        """Copy ``root``'s parameters, buffers, optimizer state and host RNG state to
+        every rank, in place (arrays that are views stay views).
+
+        Parameters
+        ----------
+        model : Layer
+        optimizer : Optimizer or DistributedOptimizer, optional
+        root : int
+        """
+        backend = model.backend
+        for _, param in model.named_parameters():
+            self._broadcast_(param.backend, param.data, root)
+        for _, owner, attr in model._buffer_owners():
+            self._broadcast_(backend, getattr(owner, attr), root)
+        host = runtime.communicator("cpu")
+        if optimizer is not None:
+            inner = getattr(optimizer, "optimizer", optimizer)
+            state = host.broadcast_object(inner.state_dict() if self.rank == root else None,
+                                          root)
+            if self.rank != root:
+                inner.load_state_dict(state)
+        rng = host.broadcast_object(backend.get_rng_state() if self.rank == root else None,
+                                    root)
+        if self.rank != root:
+            backend.set_rng_state(rng)
+
+    @staticmethod
+    def model_signature(model):
+        """``[(kind, name, detail), ...]``: layer types, parameter and buffer shapes and
+        dtypes, in model order (what must agree across ranks)."""
+        from ..backend.base import dtype_name
+
+        entries = [("layer", str(i), type(layer).__name__) for i, layer in
+                   enumerate(model.layers())]
+        entries += [("parameter", name, f"{p.dtype} {p.shape}")
+                    for name, p in model.named_parameters()]
+        entries += [("buffer", name, f"{dtype_name(b.dtype)} {tuple(b.shape)}")
+                    for name, b in model.named_buffers()]
+        return entries
+
+    def check_consistent(self, model):
+        """Check every rank holds the same architecture, shapes and dtypes (one small
+        all-gather of a checksum; a second one only on a mismatch).
+
+        Raises
+        ------
+        RankMismatchError
+            On every rank, naming the first rank that differs from rank 0 and the first
+            differing entry.
+        """
+        entries = self.model_signature(model)
+        digest = hashlib.sha256(repr(entries).encode()).hexdigest()
+        host = runtime.communicator("cpu")
+        digests = host.allgather(digest)
+        if all(d == digests[0] for d in digests):
+            return digest
+        everyone = host.allgather(entries)
+        bad = next(r for r, d in enumerate(digests) if d != digests[0])
+        raise RankMismatchError(
+            f"rank {bad}'s model differs from rank 0's: "
+            f"{first_difference(everyone[0], everyone[bad], bad)}. Every rank must build "
+            "the same model with the same dtypes")
+
+    # ------------------------------------------------------------------ gradients
+    def allreduce_gradients(self, parameters):
+        """Average every parameter's gradient over the ranks, in place.
+
+        Gradients are grouped by device and dtype; each group is packed into ONE flat
+        buffer (kept between calls), reduced with one all-reduce, divided by the number
+        of ranks and unpacked.
+
+        Parameters
+        ----------
+        parameters : iterable of Parameter
+        """
+        if self.size == 1:
+            return
+        groups = {}
+        for p in parameters:
+            groups.setdefault((p.backend.device, p.dtype), []).append(p)
+        for (device, dtype), params in groups.items():
+            backend = params[0].backend
+            sizes = tuple(p.size for p in params)
+            key = (device, dtype, sizes)
+            flat = self._flat.get(key)
+            if flat is None:
+                flat = self._flat[key] = backend.empty((sum(sizes),), dtype)
+            offset = 0
+            for p, n in zip(params, sizes):
+                flat[offset:offset + n] = p.grad.reshape(-1)
+                offset += n
+            self._allreduce_(backend, flat, "mean")
+            offset = 0
+            for p, n in zip(params, sizes):
+                grad = p.grad
+                grad[...] = flat[offset:offset + n].reshape(grad.shape)
+                offset += n
+
+    # ------------------------------------------------------------------ metrics
+    def reduce_metrics(self, metrics, op="mean"):
+        """``metrics`` (name -> number) reduced over the ranks; same keys on every rank.
+
+        Raises
+        ------
+        RankMismatchError
+            When ranks pass different metric names.
+        """
+        names = sorted(metrics)
+        host = runtime.communicator("cpu")
+        everyone = host.allgather(names)
+        for r, theirs in enumerate(everyone):
+            if theirs != names:
+                raise RankMismatchError(
+                    f"rank {r} reduces metrics {theirs}, rank {self.rank} {names}")
+        values = np.array([float(metrics[k]) for k in names], dtype=np.float64)
+        host.allreduce_(values, op)
+        return dict(zip(names, values.tolist()))
+
+    # ------------------------------------------------------------------ batch norm
+    def sync_batchnorm_stats(self, count, mean, m2):
+        """Batch statistics of all ranks' rows together (Chan's parallel formula).
+
+        Parameters
+        ----------
+        count : int
+            Rows of this rank's batch.
+        mean : array (c,)
+            Per-feature mean of this rank's rows.
+        m2 : array (c,)
+            Per-feature sum of squared deviations from that mean.
+
+        Returns
+        -------
+        (count, mean, m2)
+            Over every rank's rows, identical on every rank, on ``mean``'s device;
+            ``m2 / count`` is the biased variance batch norm normalizes with.
+        """
+        from ..device import backend_of
+
+        backend = backend_of(mean, "sync_batchnorm_stats")
+        comm = self._comm(backend)
+        if self._host_staged(comm, mean):
+            n, host_mean, host_m2 = moments.sync_batchnorm_stats(
+                comm, count, backend.to_host(mean), backend.to_host(m2), np)
+            return n, backend.asarray(host_mean), backend.asarray(host_m2)
+        return moments.sync_batchnorm_stats(comm, count, mean, m2, backend.xp)
+
+    def barrier(self):
+        """Wait until every rank gets here."""
+        runtime.communicator("cpu").barrier()
+
+
+def first_difference(reference, other, rank):
+    """A sentence naming the first entry where ``other`` (rank ``rank``) differs."""
+    for a, b in zip(reference, other):
+        if a != b:
+            return f"{a[0]} {a[1]!r} is {b[2]} on rank {rank} but {a[2]} on rank 0"
+    longer, which = (reference, 0) if len(reference) > len(other) else (other, rank)
+    extra = longer[min(len(reference), len(other))]
+    return f"{extra[0]} {extra[1]!r} ({extra[2]}) exists only on rank {which}"
