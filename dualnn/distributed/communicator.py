@@ -146,8 +146,9 @@ class Communicator:
         while not is_done():
             now = time.monotonic()
             if deadline is not None and now > deadline:
-                self.fail(self.timeout_error(operation))
-                return
+                error = self.timeout_error(operation)
+                self.fail(error)
+                raise error  # fail() returned (it should end the job): do not go on
             if now - start > 1e-3:
                 time.sleep(5e-5)
 
@@ -290,3 +291,4 @@ def report_and_abort(comm, error, code=1):
                      f"{type(error).__name__}: {error}\n")
     sys.stderr.flush()
     comm.comm.Abort(code)
+    os._exit(code)  # MPI_Abort may return before the launcher kills this process
