@@ -129,8 +129,9 @@ class TrainingContext:
         dtypes, in model order (what must agree across ranks)."""
         from ..backend.base import dtype_name
 
-        entries = [("layer", str(i), type(layer).__name__) for i, layer in
-                   enumerate(model.layers())]
+        entries = [("model", "", type(model).__name__)]
+        entries += [("layer", name, type(layer).__name__) for name, layer in
+                    _named_layers(model)]
         entries += [("parameter", name, f"{p.dtype} {p.shape}")
                     for name, p in model.named_parameters()]
         entries += [("buffer", name, f"{dtype_name(b.dtype)} {tuple(b.shape)}")
@@ -249,11 +250,25 @@ class TrainingContext:
         runtime.communicator("cpu").barrier()
 
 
+def _named_layers(layer, prefix=""):
+    """``(position, layer)`` pairs named as parameters are (``"1"``, ``"1.0"``)."""
+    for index, child in enumerate(layer.children()):
+        yield f"{prefix}{index}", child
+        yield from _named_layers(child, f"{prefix}{index}.")
+
+
 def first_difference(reference, other, rank):
-    """A sentence naming the first entry where ``other`` (rank ``rank``) differs."""
-    for a, b in zip(reference, other):
-        if a != b:
-            return f"{a[0]} {a[1]!r} is {b[2]} on rank {rank} but {a[2]} on rank 0"
-    longer, which = (reference, 0) if len(reference) > len(other) else (other, rank)
-    extra = longer[min(len(reference), len(other))]
-    return f"{extra[0]} {extra[1]!r} ({extra[2]}) exists only on rank {which}"
+    """A sentence naming the first entry where ``other`` (rank ``rank``'s
+    :meth:`TrainingContext.model_signature`) differs from rank 0's ``reference``."""
+    ref = {(kind, name): detail for kind, name, detail in reference}
+    theirs = {(kind, name): detail for kind, name, detail in other}
+    for (kind, name), detail in ref.items():
+        label = "the model" if kind == "model" else f"{kind} {name!r}"
+        if (kind, name) not in theirs:
+            return f"{label} ({detail}) exists on rank 0 but not on rank {rank}"
+        if theirs[(kind, name)] != detail:
+            return f"{label} is {theirs[(kind, name)]} on rank {rank} but {detail} on rank 0"
+    for (kind, name), detail in theirs.items():
+        if (kind, name) not in ref:
+            return f"{kind} {name!r} ({detail}) exists only on rank {rank}"
+    return "the layers, parameters or buffers come in a different order"
