@@ -117,7 +117,33 @@ def timeout(out):
     print(f"rank {ctx.rank} left the all-reduce", flush=True)
 
 
-SCENARIOS = {"suite": suite, "mismatch": mismatch, "raise": fail_on_rank_one,
+def gpu(out):
+    import cupy
+
+    dist.init()
+    ctx = dist.current()
+    r, n = ctx.rank, ctx.size
+    comm = dist.runtime.communicator(dn.get_device())
+    saved = {"communicator": np.array(comm.name), "device": np.array(dn.get_device())}
+    a = cupy.full(5, r + 1, dtype=cupy.float32)
+    comm.allreduce_(a, "sum")
+    b = cupy.full(3, float(r), dtype=cupy.float64)
+    comm.broadcast_(b, root=n - 1)
+    saved["allreduce_sum"], saved["broadcast"] = a.get(), b.get()
+    rows = problem.bn_rows(r)
+    mean = rows.mean(axis=0)
+    count, merged_mean, merged_m2 = dist.sync_batchnorm_stats(
+        len(rows), cupy.asarray(mean), cupy.asarray(((rows - mean) ** 2).sum(axis=0)))
+    saved["bn_count"], saved["bn_mean"] = np.array(count), merged_mean.get()
+    model = problem.model()
+    for p in model.parameters():
+        p.grad[...] = r + 1
+    ctx.allreduce_gradients(model.parameters())
+    saved["grad"] = model.parameters()[0].backend.to_host(model.parameters()[0].grad)
+    np.savez(os.path.join(out, f"rank{r}.npz"), **saved)
+
+
+SCENARIOS = {"gpu": gpu, "suite": suite, "mismatch": mismatch, "raise": fail_on_rank_one,
              "timeout": timeout}
 
 if __name__ == "__main__":
