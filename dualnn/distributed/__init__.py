@@ -35,8 +35,21 @@ def sync_batchnorm_stats(count, mean, m2):
 
 
 __all__ = [
-    "Communicator", "current", "describe", "DistributedOptimizer", "errors", "init",
-    "is_initialized", "local_rank", "merge_moments", "MPICommunicator", "NCCLCommunicator",
-    "rank", "resolve_timeout", "shard_indices", "size", "sync_batchnorm_stats",
+    "Communicator",
+    "DistributedOptimizer",
+    "MPICommunicator",
+    "NCCLCommunicator",
     "TrainingContext",
+    "current",
+    "describe",
+    "errors",
+    "init",
+    "is_initialized",
+    "local_rank",
+    "merge_moments",
+    "rank",
+    "resolve_timeout",
+    "shard_indices",
+    "size",
+    "sync_batchnorm_stats",
 ]

@@ -18,13 +18,14 @@ Thread counts are set through ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import time
 
 SIZES = (784, 1024, 1024, 1024, 10)
-MESSAGE_BYTES = tuple(4 ** k * 1024 for k in range(0, 8))  # 1 KiB .. 16 MiB
+MESSAGE_BYTES = tuple(4 ** k * 1024 for k in range(8))  # 1 KiB .. 16 MiB
 
 
 def _threads_env(n):
@@ -60,7 +61,7 @@ def worker_allreduce(budget):
         for label, timeout in (("polled", 600.0), ("blocking", None)):
             comm.timeout = timeout
             comm.barrier()
-            t = _median_time(lambda: comm.allreduce_(buf), repeats)
+            t = _median_time(lambda buf=buf: comm.allreduce_(buf), repeats)
             # every rank must agree on the figure: take the slowest rank's
             result[label] = max(comm.allgather(t))
         rows.append(result)
@@ -80,7 +81,7 @@ def worker_step(distributed, global_batch, steps):
     dn.seed(0)
     L = dn.layers
     layers = []
-    for n_in, n_out in zip(SIZES[:-2], SIZES[1:-1]):
+    for n_in, n_out in itertools.pairwise(SIZES[:-1]):
         layers += [L.Linear(n_in, n_out, init="he"), L.ReLU()]
     model = dn.Sequential(*layers, L.Linear(SIZES[-2], SIZES[-1]))
     opt = dn.optim.Adam(model.parameters(), lr=1e-3)
@@ -123,7 +124,8 @@ def _run_job(args, n, threads, timeout):
         env = dict(os.environ, **_threads_env(threads))
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "dualnn.distributed.bench", *args],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+                              capture_output=True, text=True, env=env, timeout=timeout,
+                              check=False)
         job = type("Job", (), {"returncode": proc.returncode, "stdout": proc.stdout,
                                "stderr": proc.stderr, "elapsed": time.monotonic() - started})
     if job.returncode != 0:

@@ -55,6 +55,11 @@ class DatasetTooSmallError(DistributedError, ValueError):
 
 
 __all__ = [
-    "DistributedError", "MPIUnavailableError", "NCCLUnavailableError", "NotInitializedError",
-    "CollectiveTimeoutError", "RankMismatchError", "DatasetTooSmallError",
+    "CollectiveTimeoutError",
+    "DatasetTooSmallError",
+    "DistributedError",
+    "MPIUnavailableError",
+    "NCCLUnavailableError",
+    "NotInitializedError",
+    "RankMismatchError",
 ]

@@ -30,8 +30,9 @@ def describe():
         info["mpi_library"] = 'not installed (pip install -e ".[mpi]")'
     else:
         try:
-            from ._mpi import import_mpi
             import mpi4py
+
+            from ._mpi import import_mpi
             info["mpi4py"] = mpi4py.__version__
             MPI = import_mpi(initialize="mpi4py.MPI" in sys.modules)
             info["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0].strip()

@@ -18,11 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
+import numpy as np
+import problem
 
-import dualnn as dn  # noqa: E402
-import dualnn.distributed as dist  # noqa: E402
-import problem  # noqa: E402
+import dualnn as dn
+import dualnn.distributed as dist
 
 
 def suite(out):
@@ -132,7 +132,7 @@ def gpu(out):
     saved["allreduce_sum"], saved["broadcast"] = a.get(), b.get()
     rows = problem.bn_rows(r)
     mean = rows.mean(axis=0)
-    count, merged_mean, merged_m2 = dist.sync_batchnorm_stats(
+    count, merged_mean, _ = dist.sync_batchnorm_stats(
         len(rows), cupy.asarray(mean), cupy.asarray(((rows - mean) ** 2).sum(axis=0)))
     saved["bn_count"], saved["bn_mean"] = np.array(count), merged_mean.get()
     model = problem.model()

@@ -10,8 +10,7 @@ import pytest
 import dualnn as dn
 import dualnn.distributed as dist
 from dualnn.distributed import _mpi, context
-from dualnn.distributed.errors import (DatasetTooSmallError, MPIUnavailableError,
-                                       NotInitializedError)
+from dualnn.distributed.errors import DatasetTooSmallError, MPIUnavailableError, NotInitializedError
 from dualnn.errors import ConfigurationError, DualnnError
 
 
