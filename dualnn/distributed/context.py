@@ -95,6 +95,13 @@ class TrainingContext:
         """
         return shard_indices(permutation, self.rank, self.size, drop_remainder)
 
+    def shard_loader(self, loader, drop_remainder=False):
+        """``loader`` (a :class:`~dualnn.data.DataLoader`) restricted to this rank's
+        shard of every epoch: a :class:`~dualnn.distributed.data.ShardedLoader`."""
+        from .data import ShardedLoader
+
+        return ShardedLoader(loader, self.rank, self.size, drop_remainder)
+
     # ------------------------------------------------------------------ model
     def broadcast_model(self, model, optimizer=None, root=0):
         """Copy ``root``'s parameters, buffers, optimizer state and host RNG state to

@@ -115,3 +115,26 @@ def test_describe_reports_mpi_and_nccl():
     assert info["nccl"].startswith(("available", "unavailable"))
     if _mpi.mpi4py_available():
         assert info["mpi4py"] is not None and info["mpi_library"]
+
+
+@pytest.mark.parametrize("n,shuffle", [(40, True), (43, True), (43, False)])
+def test_sharded_loaders_split_the_global_batches(n, shuffle):
+    from dualnn.data import DataLoader
+    from dualnn.distributed.data import ShardedLoader
+
+    X = np.arange(n, dtype=np.float64)[:, None]
+    y = np.arange(n)
+    loaders = [ShardedLoader(DataLoader(X, y, batch_size=4, shuffle=shuffle,
+                                        rng=np.random.default_rng(3)), r, 2)
+               for r in range(2)]
+    whole = DataLoader(X, y, batch_size=8, shuffle=shuffle, rng=np.random.default_rng(3))
+    assert len(loaders[0]) == len(loaders[1]) == -(-(-(-n // 2)) // 4)
+    epochs = [list(loader) for loader in loaders]
+    seen = []
+    for k, (xb, yb) in enumerate(whole):
+        together = np.concatenate([epochs[0][k][1], epochs[1][k][1]])
+        if k < n // 8:  # full global batches are exactly the single process's
+            assert sorted(together) == sorted(yb)
+        seen += together.tolist()
+        np.testing.assert_array_equal(epochs[0][k][0][:, 0], epochs[0][k][1])
+    assert set(seen) == set(range(n)) and len(seen) - n == n % 2
