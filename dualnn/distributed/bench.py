@@ -8,8 +8,8 @@
    *algorithm* bandwidth ``bytes / t`` and the *bus* bandwidth ``2 (N-1)/N * bytes / t``
    (what each rank sends and receives in a ring all-reduce; see the docs);
 2. the training step of the 784-1024-1024-1024-10 MLP (ReLU, Adam, float32) with a global
-   batch of 512: one process with 2 threads (batch 512) against 2 ranks with 1 thread
-   each (batch 256 each, gradients averaged by :class:`DistributedOptimizer`).
+   batch of 512: one process with 1 and with 2 threads (batch 512) against 2 ranks with
+   1 thread each (batch 256 each, gradients averaged by :class:`DistributedOptimizer`).
 
 Thread counts are set through ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
 ``NUMBA_NUM_THREADS`` in each job's environment.
@@ -133,24 +133,8 @@ def _run_job(args, n, threads, timeout):
     return json.loads(job.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None, out=print):
-    parser = argparse.ArgumentParser(prog="python -m dualnn.distributed.bench",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
-    parser.add_argument("--batch", type=int, default=512, help="global batch")
-    parser.add_argument("--budget", type=float, default=0.2,
-                        help="rough seconds per all-reduce size")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
-    parser.add_argument("--worker", choices=["allreduce", "step", "step-distributed"],
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker == "allreduce":
-        return worker_allreduce(args.budget)
-    if args.worker in ("step", "step-distributed"):
-        return worker_step(args.worker == "step-distributed", args.batch, args.steps)
-
-    result = _run_job(["--worker", "allreduce", "--budget", str(args.budget)], 2, 1,
-                      args.timeout)
+def report_allreduce(result, out=print):
+    """Print the all-reduce table of a ``worker_allreduce`` result."""
     out("all-reduce, float32, 2 ranks (MPICommunicator; median of repeats, slowest rank)")
     out(f"{'bytes':>10} {'polled us':>10} {'GB/s alg':>9} {'GB/s bus':>9} "
         f"{'blocking us':>12} {'GB/s alg':>9}")
@@ -159,14 +143,42 @@ def main(argv=None, out=print):
         b, tp, tb = row["bytes"], row["polled"], row["blocking"]
         out(f"{b:>10} {tp * 1e6:>10.1f} {b / tp / 1e9:>9.3f} "
             f"{2 * (n - 1) / n * b / tp / 1e9:>9.3f} {tb * 1e6:>12.1f} {b / tb / 1e9:>9.3f}")
+
+
+def main(argv=None, out=print):
+    parser = argparse.ArgumentParser(prog="python -m dualnn.distributed.bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    parser.add_argument("--batch", type=int, default=512, help="global batch")
+    parser.add_argument("--budget", type=float, default=0.2,
+                        help="rough seconds per all-reduce size")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
+    parser.add_argument("--skip-allreduce", action="store_true",
+                        help="only the training-step comparison")
+    parser.add_argument("--worker", choices=["allreduce", "step", "step-distributed"],
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker == "allreduce":
+        return worker_allreduce(args.budget)
+    if args.worker in ("step", "step-distributed"):
+        return worker_step(args.worker == "step-distributed", args.batch, args.steps)
+
+    result = None
+    if not args.skip_allreduce:
+        result = _run_job(["--worker", "allreduce", "--budget", str(args.budget)], 2, 1,
+                          args.timeout)
+        report_allreduce(result, out)
     common = ["--steps", str(args.steps), "--batch", str(args.batch)]
-    one = _run_job(["--worker", "step", *common], 1, 2, args.timeout)
-    two = _run_job(["--worker", "step-distributed", *common], 2, 1, args.timeout)
+    runs = {"1 process x 1 thread": _run_job(["--worker", "step", *common], 1, 1, args.timeout),
+            "1 process x 2 threads": _run_job(["--worker", "step", *common], 1, 2,
+                                              args.timeout),
+            "2 ranks x 1 thread": _run_job(["--worker", "step-distributed", *common], 2, 1,
+                                           args.timeout)}
     out(f"\nMLP {'-'.join(map(str, SIZES))} step, global batch {args.batch}, float32, Adam")
     out(f"{'setup':<28} {'step ms':>8} {'samples/s':>10}")
-    for label, r in (("1 process x 2 threads", one), ("2 ranks x 1 thread", two)):
+    for label, r in runs.items():
         out(f"{label:<28} {r['step_s'] * 1e3:>8.1f} {r['samples_per_s']:>10.0f}")
-    return {"allreduce": result, "one_process": one, "two_ranks": two}
+    return {"allreduce": result, "steps": runs}
 
 
 if __name__ == "__main__":
