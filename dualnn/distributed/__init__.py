@@ -34,12 +34,28 @@ def sync_batchnorm_stats(count, mean, m2):
     return context.sync_batchnorm_stats(count, mean, m2)
 
 
+def allreduce_(array, op="sum"):
+    """Reduce ``array`` (NumPy or CuPy, any backend's) over all ranks, in place.
+
+    For layers that need a global sum, e.g. the backward pass of a synchronized batch
+    norm (``sum(dy)`` and ``sum(dy * xhat)`` over the global batch, packed in one
+    buffer). Returns ``array`` unchanged when :func:`init` has not been called.
+    """
+    context = current()
+    if context is None:
+        return array
+    from ..device import backend_of
+
+    return context._allreduce_(backend_of(array, "allreduce_"), array, op)
+
+
 __all__ = [
     "Communicator",
     "DistributedOptimizer",
     "MPICommunicator",
     "NCCLCommunicator",
     "TrainingContext",
+    "allreduce_",
     "current",
     "describe",
     "errors",

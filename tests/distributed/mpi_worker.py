@@ -82,6 +82,7 @@ def suite(out):
     comm = dist.runtime.communicator("cpu")
     values = np.full(5, r + 1, dtype=np.float32)
     saved["allreduce_sum"] = comm.allreduce_(values.copy(), "sum")
+    saved["allreduce_any_array"] = dist.allreduce_(np.arange(3.0) * (r + 1), "sum")
     saved["allreduce_max"] = comm.allreduce_(values.copy(), "max")
     saved["allgather"] = np.array(comm.allgather(("rank", r))[1 - r][1])
     saved["broadcast_object"] = np.array(comm.broadcast_object(r + 10, root=1))

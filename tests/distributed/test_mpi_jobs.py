@@ -93,6 +93,7 @@ def test_metrics_and_host_collectives(suite):
         assert float(suite[r]["metric_accuracy"]) == 1.0
         np.testing.assert_array_equal(suite[r]["allreduce_sum"], np.full(5, 3.0))
         np.testing.assert_array_equal(suite[r]["allreduce_max"], np.full(5, 2.0))
+        np.testing.assert_array_equal(suite[r]["allreduce_any_array"], np.arange(3.0) * 3)
         assert int(suite[r]["allgather"]) == 1 - r
         assert int(suite[r]["broadcast_object"]) == 11
         assert int(suite[r]["size"]) == 2
