@@ -64,9 +64,13 @@ def resolve_timeout(timeout=None):
     return None if timeout <= 0 or math.isinf(timeout) else float(timeout)
 
 
-def check_op(op):
+def check_op(op, buffer=None):
+    """``op`` if it is a known reduction (``"mean"`` only for floating buffers)."""
     if op not in OPS:
         raise ConfigurationError(f"reduction op must be one of {OPS}, got {op!r}")
+    if op == "mean" and buffer is not None and buffer.dtype.kind not in "fc":
+        raise ShapeError(f"allreduce_(op='mean') needs a floating buffer, got {buffer.dtype}; "
+                         "reduce with op='sum' and divide")
     return op
 
 
@@ -220,7 +224,7 @@ class MPICommunicator(Communicator):
 
     def allreduce_(self, buffer, op="sum"):
         self._check(buffer, "allreduce_")
-        check_op(op)
+        check_op(op, buffer)
         if self.size > 1:
             mpi_op = self._ops[op]
             if self.timeout is None:

@@ -118,7 +118,7 @@ class NCCLCommunicator(Communicator):
 
     # ------------------------------------------------------------------ collectives
     def allreduce_(self, buffer, op="sum"):
-        check_op(op)
+        check_op(op, buffer)
         datatype = self._dtype(buffer, "allreduce_")
         if self.size > 1:
             stream = self.stream()

@@ -65,6 +65,8 @@ def suite(out):
         saved[f"param.{name}"] = p.data
         saved[f"momentum.{name}"] = p.state["momentum_buffer"]
     saved["lr_through_wrapper"] = np.array(dopt.lr)
+    dopt.lr = 0.05
+    saved["lr_set_through_wrapper"] = np.array(opt.lr)
 
     # Batch-norm statistics merged over ranks.
     rows = problem.bn_rows(r)

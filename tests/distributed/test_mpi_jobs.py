@@ -98,6 +98,7 @@ def test_metrics_and_host_collectives(suite):
         assert int(suite[r]["broadcast_object"]) == 11
         assert int(suite[r]["size"]) == 2
         assert float(suite[r]["lr_through_wrapper"]) == problem.LR
+        assert float(suite[r]["lr_set_through_wrapper"]) == 0.05
     np.testing.assert_array_equal(suite[0]["init_again"], [0, 2, 0])
     np.testing.assert_array_equal(suite[1]["init_again"], [1, 2, 1])
 

@@ -134,9 +134,13 @@ def test_broadcast_and_allgather_between_three_ranks():
 def test_rejects_strided_and_unknown_dtypes():
     _groups[1] = double.ThreadGroup(1)
     comm = _communicators(1, 0)
-    from dualnn.errors import ShapeError
+    from dualnn.errors import ConfigurationError, ShapeError
     with pytest.raises(ShapeError, match="C-contiguous"):
         comm.allreduce_(np.zeros((4, 4))[:, 0])
+    with pytest.raises(ShapeError, match="floating buffer, got int64"):
+        comm.allreduce_(np.zeros(3, dtype=np.int64), "mean")
+    with pytest.raises(ConfigurationError, match="'avg'"):
+        comm.allreduce_(np.zeros(3), "avg")
     with pytest.raises(ShapeError, match="complex128"):
         comm.allreduce_(np.zeros(3, dtype=np.complex128))
 
