@@ -69,7 +69,7 @@ def _via_host(array, backend, first_error):
 
     try:
         host = np.from_dlpack(array, device="cpu", copy=None)
-    except Exception:
+    except (BufferError, RuntimeError, TypeError, ValueError):
         raise ConfigurationError(f"from_dlpack: cannot import a {type(array).__name__} into "
                                  f"{backend.name} ({first_error})") from None
     return backend.asarray(host)

@@ -65,6 +65,20 @@ def _check_number(name, value, low=None, high=None, integer=False, low_open=Fals
                                  f"got {value!r}")
 
 
+def _print_loss_callback():
+    """A callback printing scikit-learn's verbose line, ``Iteration n, loss = ...``."""
+    import dualnn as dn
+
+    class PrintLoss(dn.callbacks.Callback):
+        def on_epoch_end(self, run, epoch, logs):
+            line = f"Iteration {epoch}, loss = {logs['loss']:.8f}"
+            if "val_loss" in logs:
+                line += f", validation loss = {logs['val_loss']:.8f}"
+            print(line, flush=True)
+
+    return PrintLoss()
+
+
 class _BaseMLP(BaseEstimator):
     """Shared fitting logic; see :class:`MLPClassifier` for the parameters."""
 
@@ -209,12 +223,12 @@ class _BaseMLP(BaseEstimator):
             stopper = dn.callbacks.EarlyStopping(
                 monitor=monitor, patience=int(self.n_iter_no_change), min_delta=float(self.tol),
                 restore_best_weights=bool(self.early_stopping))
+            callbacks = [stopper] + ([_print_loss_callback()] if self.verbose else [])
             history = dn.fit(
                 self.model_, self._loss(), self.optimizer_, X, y_train,
                 epochs=int(self.max_iter), batch_size=batch, shuffle=bool(self.shuffle),
-                progress=bool(self.verbose),
-                validation_data=None if X_val is None else (X_val, y_val),
-                callbacks=[stopper])
+                progress=False, validation_data=None if X_val is None else (X_val, y_val),
+                callbacks=callbacks)
         epochs = len(history)
         self.loss_curve_ = list(self.loss_curve_) + list(history["loss"])
         self.loss_ = float(self.loss_curve_[-1])
@@ -311,7 +325,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Training stops when the monitored loss has not improved by ``tol`` for
         ``n_iter_no_change`` epochs.
     verbose : bool, default False
-        Show dualnn's progress bar (needs a terminal).
+        Print the loss after every epoch, as scikit-learn does.
     warm_start : bool, default False
         Continue training the fitted network (and optimizer) on the next ``fit``.
     momentum : float, default 0.9

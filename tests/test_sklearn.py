@@ -8,16 +8,16 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn.base import clone  # noqa: E402
-from sklearn.datasets import load_iris, make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.base import clone
+from sklearn.datasets import load_iris, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from dualnn.errors import ConfigurationError  # noqa: E402
-from dualnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from dualnn.errors import ConfigurationError
+from dualnn.sklearn import MLPClassifier, MLPRegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -50,8 +50,8 @@ def iris():
 
 
 def _clf(**kw):
-    params = dict(hidden_layer_sizes=(16,), max_iter=40, learning_rate_init=0.02,
-                  random_state=0)
+    params = {"hidden_layer_sizes": (16,), "max_iter": 40, "learning_rate_init": 0.02,
+                  "random_state": 0}
     params.update(kw)
     return MLPClassifier(**params)
 
@@ -153,10 +153,10 @@ def test_regressor_1d_and_2d_targets():
     assert [c.shape for c in reg.coefs_] == [(5, 32), (32, 1)]
 
 
-@pytest.mark.parametrize("bad", [dict(activation="softplus"), dict(solver="lbfgs"),
-                                 dict(hidden_layer_sizes=(0,)), dict(batch_size=0),
-                                 dict(learning_rate_init=0.0), dict(dtype="float16"),
-                                 dict(dropout=1.0), dict(validation_fraction=1.0)])
+@pytest.mark.parametrize("bad", [{"activation": "softplus"}, {"solver": "lbfgs"},
+                                 {"hidden_layer_sizes": (0,)}, {"batch_size": 0},
+                                 {"learning_rate_init": 0.0}, {"dtype": "float16"},
+                                 {"dropout": 1.0}, {"validation_fraction": 1.0}])
 def test_bad_parameters_raise_configuration_error(bad, iris):
     X, y = iris
     with pytest.raises(ConfigurationError, match=next(iter(bad))):
@@ -167,3 +167,11 @@ def test_sgd_solver_learns(iris):
     X, y = iris
     clf = _clf(solver="sgd", learning_rate_init=0.1, max_iter=60).fit(X, y)
     assert clf.score(X, y) > 0.85
+
+
+def test_verbose_prints_the_loss_per_epoch(iris, capsys):
+    X, y = iris
+    clf = _clf(max_iter=3, tol=0.0, verbose=True).fit(X, y)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("Iteration 1, loss = ")
+    assert float(lines[-1].rsplit("= ", 1)[1]) == pytest.approx(clf.loss_curve_[-1], rel=1e-6)

@@ -9,14 +9,14 @@ learning rate, max_iter, tol, random_state) on scikit-learn's digits data (1797 
 fit runs first); accuracy is on the held-out quarter.
 """
 
+# ruff: noqa: I001  (dualnn is imported first on purpose)
 from __future__ import annotations
 
 import argparse
 import time
 import warnings
 
-import dualnn as dn  # noqa: F401  (first: thread policy before NumPy's BLAS starts)
-
+import dualnn  # noqa: F401  (first: thread policy before NumPy's BLAS starts)
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -33,9 +33,9 @@ def compare(hidden=(128, 64), max_iter=100, repeats=3, random_state=0, dtype="fl
         X, y, test_size=0.25, stratify=y, random_state=random_state)
     scaler = StandardScaler().fit(X_train)
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    settings = dict(hidden_layer_sizes=tuple(hidden), activation="relu", solver="adam",
-                    alpha=1e-4, batch_size=200, learning_rate_init=1e-3, max_iter=max_iter,
-                    tol=1e-4, random_state=random_state)
+    settings = {"hidden_layer_sizes": tuple(hidden), "activation": "relu", "solver": "adam",
+                    "alpha": 1e-4, "batch_size": 200, "learning_rate_init": 1e-3, "max_iter": max_iter,
+                    "tol": 1e-4, "random_state": random_state}
     makers = {"sklearn": lambda: SkMLP(**settings),
               f"dualnn ({dtype})": lambda: DnMLP(dtype=dtype, **settings)}
     results = {}

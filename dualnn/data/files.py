@@ -193,7 +193,7 @@ def _check_pair(path, X, y, x_name, y_name):
 
 def _split(path, X, y, test_split, seed):
     n = X.shape[0]
-    n_test = int(round(n * test_split))
+    n_test = round(n * test_split)
     if n_test == 0 or n_test == n:
         raise ShapeError(f"{path}: {n} rows are too few for test_split={test_split} (it would "
                          f"leave {n_test} test and {n - n_test} training rows)")
