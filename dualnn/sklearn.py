@@ -320,7 +320,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Maximum number of epochs.
     shuffle : bool, default True
     random_state : int, RandomState or None
-        Seeds initialization, shuffling, dropout and the validation split.
+        Seeds initialization, shuffling, dropout and the validation split; applied with
+        :func:`dualnn.seed`, so fitting reseeds dualnn's global generators.
     tol : float, default 1e-4
         Training stops when the monitored loss has not improved by ``tol`` for
         ``n_iter_no_change`` epochs.
