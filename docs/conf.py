@@ -21,6 +21,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax served from _static/mathjax: math renders offline
     "sphinx.ext.viewcode",
     "numpydoc",
     "myst_parser",
@@ -35,6 +36,10 @@ autosummary_generate = False
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"  # numpydoc sections carry the types
 autodoc_mock_imports = ["cupy"]  # the GPU backend documents without CuPy installed
+
+# --- math: the sphinx-mathjax-offline package copies its bundled MathJax 3 into
+# _build/html/_static/mathjax; pointing mathjax_path there keeps pages free of CDN scripts
+mathjax_path = "mathjax/tex-chtml.js"
 
 # --- numpydoc: keep the build green on docstring style, fail on real errors
 numpydoc_show_class_members = False  # members are documented by autodoc, not listed twice
