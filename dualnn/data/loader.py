@@ -17,7 +17,13 @@ import os
 
 import numpy as np
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import (
+    ConfigurationError,
+    DataFileError,
+    DataFileNotFoundError,
+    NonFiniteInputError,
+    ShapeError,
+)
 
 CHUNK_BYTES = 1 << 24
 """Bytes read at a time by the whole-array checks (:func:`check_finite_rows`)."""
@@ -33,17 +39,21 @@ def open_array(data, what="X"):
 
     Raises
     ------
-    ShapeError
+    DataFileNotFoundError
+        When a path names no file.
+    DataFileError
         When a path does not hold a readable ``.npy`` array.
+    ShapeError
+        When an array-like cannot be converted (e.g. ragged lists).
     """
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
-            raise ShapeError(f"{what}: no such file {path!r}") from None
+            raise DataFileNotFoundError(f"{what}: no such file {path!r}") from None
         except (OSError, ValueError) as exc:
-            raise ShapeError(f"{what}: cannot read {path!r} as a .npy array ({exc})") from None
+            raise DataFileError(f"{what}: cannot read {path!r} as a .npy array ({exc})") from None
     if isinstance(data, np.ndarray):
         return data
     if all(hasattr(data, attr) for attr in ("shape", "dtype", "__getitem__")) \
@@ -56,7 +66,8 @@ def open_array(data, what="X"):
 
 
 def check_finite_rows(a, what="X"):
-    """Raise :class:`ShapeError` if a float array holds NaN or inf, reading it in chunks.
+    """Raise :class:`~dualnn.errors.NonFiniteInputError` if a float array holds NaN or inf,
+    reading it in chunks.
 
     Works on memory-mapped arrays without loading them whole (at most ``CHUNK_BYTES`` at a
     time). Integer and boolean arrays are finite by construction and are not read.
@@ -71,8 +82,8 @@ def check_finite_rows(a, what="X"):
         chunk = np.asarray(a[start:start + step])
         if not np.isfinite(chunk).all():
             bad = np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
-            raise ShapeError(f"{what} contains NaN or infinite values (first in row "
-                             f"{start + int(bad[0])})")
+            raise NonFiniteInputError(f"{what} contains NaN or infinite values (first in row "
+                                      f"{start + int(bad[0])})")
 
 
 class DataLoader:
