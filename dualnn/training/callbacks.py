@@ -50,7 +50,12 @@ class Callback:
         """After epoch ``epoch``; ``logs`` holds its metrics (``loss``, ``val_loss``...)."""
 
     def on_train_end(self, run):
-        """After the last epoch (also after an early stop); not called when fit raises."""
+        """After the last epoch (also after an early stop); not called when fit raises or
+        is interrupted."""
+
+    def on_train_interrupted(self, run):
+        """After Ctrl-C stopped training at a completed step (``run.history.stopped``);
+        ``fit`` then returns the partial History."""
 
 
 class CallbackList(Callback):
@@ -80,6 +85,10 @@ class CallbackList(Callback):
     def on_train_end(self, run):
         for cb in self.callbacks:
             cb.on_train_end(run)
+
+    def on_train_interrupted(self, run):
+        for cb in self.callbacks:
+            cb.on_train_interrupted(run)
 
 
 def _resolve_mode(owner, mode, monitor):
@@ -198,14 +207,22 @@ class ModelCheckpoint(Callback):
     save_best_only : bool
         Only save when ``monitor`` improves (otherwise after every epoch).
     mode : {"auto", "min", "max"}
+    interrupted_path : str, optional
+        Where to save when Ctrl-C stops :func:`~dualnn.fit` (at a completed step, epoch
+        counter = completed epochs). Default ``interrupted.npz`` in the directory of
+        ``path``; the regular checkpoints are not overwritten.
     """
 
-    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
+                 interrupted_path=None):
         self.path = os.fspath(path)
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)
         self._tracker = _Monitor("ModelCheckpoint", monitor, mode)
         self.last_saved = None
+        if interrupted_path is None:
+            interrupted_path = os.path.join(os.path.dirname(self.path), "interrupted.npz")
+        self.interrupted_path = os.fspath(interrupted_path)
 
     def on_train_begin(self, run):
         self._tracker.best = None
@@ -220,6 +237,11 @@ class ModelCheckpoint(Callback):
         path = self.path.format(epoch=epoch, **logs)
         save(path, run.model, run.optimizer, epoch=epoch)
         self.last_saved = path
+
+    def on_train_interrupted(self, run):
+        from .checkpoint import save
+        save(self.interrupted_path, run.model, run.optimizer)
+        self.last_saved = self.interrupted_path
 
 
 # ---------------------------------------------------------------------------------- schedules

@@ -26,12 +26,21 @@ class History:
         - ``"lr"``: the optimizer's learning rate during the epoch.
     stopped_early : bool
         True when a callback (e.g. EarlyStopping) ended training before ``epochs``.
+    stopped : dict or None
+        None when training ran to its end (or stopped early by a callback). Otherwise
+        where and why it stopped: ``{"epoch": e, "step": s, "reason": r}``, the model,
+        optimizer and batch-norm statistics being those after step ``s`` of epoch ``e``
+        (``s`` completed steps; epoch ``e`` is in :attr:`epoch` only if it completed).
+        ``reason`` is ``"interrupted"`` (Ctrl-C: ``fit`` returns this History) or
+        ``"<ExceptionType>: <message>"`` (``fit`` raised; the exception carries this
+        History as ``exc.history``).
     """
 
     def __init__(self):
         self.epoch = []
         self.history = {}
         self.stopped_early = False
+        self.stopped = None
 
     def append(self, epoch, logs):
         self.epoch.append(int(epoch))
@@ -74,6 +83,8 @@ class TrainingRun:
         The current (absolute) epoch number.
     first_epoch, last_epoch : int
         The epoch numbers this ``fit`` call runs from and to.
+    step : int
+        Steps completed in the current epoch.
     stop_training : bool
         Set to True (e.g. by EarlyStopping) to end training after the current epoch.
     """
@@ -86,4 +97,5 @@ class TrainingRun:
         self.first_epoch = first_epoch
         self.last_epoch = last_epoch
         self.epoch = first_epoch - 1
+        self.step = 0
         self.stop_training = False

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from ..data.loader import DataLoader
-from ..errors import ConfigurationError, NonFiniteError
+from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from .checks import (
     check_data,
     has_batchnorm,
@@ -47,6 +47,7 @@ from .checks import (
     to_device,
 )
 from .history import History, TrainingRun
+from .interrupt import DeferredInterrupt
 from .progress import make_bar, progress_enabled, write_line
 
 __all__ = ["History", "TrainingRun", "evaluate", "fit", "predict", "progress_enabled"]
@@ -135,13 +136,25 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
         Steps between progress updates and device reads on a GPU (default: about 20 per
         epoch).
 
+    Returns
+    -------
+    History
+        Also when Ctrl-C stopped training: then ``history.stopped`` says where (the state is
+        that of a completed step).
+
     Raises
     ------
-    ShapeError
-        Bad X/y (rank, dtype, non-finite values, lengths, feature count, label range),
-        checked once before training.
+    ShapeError, NonFiniteInputError, LabelError, DataFileError, ConfigurationError
+        Bad arguments, all checked before anything changes (see :mod:`dualnn.training.checks`
+        and the "Errors and guarantees" page): ranks, dtypes, lengths, feature count,
+        finiteness after the cast to the model's dtype, labels, rows enough for the
+        model's batch norm, the optimizer's parameters, monitored metrics.
     NonFiniteError
         The loss or a gradient became NaN/inf (``.epoch``, ``.step``, ``.layer``).
+
+    Any exception during training (also from a callback) leaves the model, the optimizer
+    and batch-norm statistics as they were after the last completed step, and carries the
+    partial History as ``exc.history`` (``exc.history.stopped`` says where).
     """
     from .callbacks import CallbackList
 
@@ -169,7 +182,17 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
         except (TypeError, ValueError):
             raise ConfigurationError("fit: validation_data must be a pair (X_val, y_val)") \
                 from None
-        X_val, y_val = check_data(model, loss_fn, X_val, y_val, "fit: validation_data")
+        X_val, y_val = check_data(model, loss_fn, X_val, y_val, "fit",
+                                  names=("validation_data[0]", "validation_data[1]"))
+    if len(loader) == 0 and epochs > 0:
+        need = f"at least {loader.min_batch_size} rows per batch" + (
+            " (the model has a BatchNorm, whose training forward cannot normalize one row)"
+            if has_bn else "")
+        raise ShapeError(f"fit: X has {loader.n} row(s); with batch_size={loader.batch_size}"
+                         f"{', drop_last=True' if loader.drop_last else ''} and {need}, an "
+                         "epoch would have no batch to train on")
+    _check_optimizer(model, optimizer)
+    _check_monitors(callbacks, validation_data is not None)
     cpu = backend.device == "cpu"
     guard_each_step = cpu if check_finite is None else bool(check_finite)
     steps_per_epoch = len(loader)
@@ -192,38 +215,95 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
                        validation_batch_size)
 
 
-def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, labels, guard_each_step,
-                log_interval, show, callbacks, validation_data, X_val, y_val,
+def _check_optimizer(model, optimizer):
+    mine = {id(p) for p in model.parameters()}
+    params = getattr(optimizer, "params", None)
+    if params is None:
+        raise ConfigurationError(f"fit: optimizer must be a dualnn optimizer, got "
+                                 f"{type(optimizer).__name__}")
+    foreign = [getattr(p, "name", "?") for p in params if id(p) not in mine]
+    if foreign:
+        raise ConfigurationError(f"fit: the optimizer trains parameters that are not the "
+                                 f"model's ({foreign}); build it on model.parameters()")
+
+
+def _check_monitors(callbacks, has_validation):
+    """A callback watching a ``val_*`` metric needs validation data: said before training."""
+    if has_validation:
+        return
+    for cb in callbacks.callbacks:
+        monitor = getattr(cb, "monitor", None)
+        if not isinstance(monitor, str) or not monitor.startswith("val_"):
+            continue
+        if getattr(cb, "save_best_only", True) is False:
+            continue  # ModelCheckpoint saving every epoch does not read the metric
+        raise ConfigurationError(f"fit: {type(cb).__name__} monitors {monitor!r}, which needs "
+                                 "validation_data (pass validation_data to fit, or monitor "
+                                 "'loss')")
+
+
+def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, labels,
+                guard_each_step, log_interval, show, callbacks, validation_data, X_val, y_val,
                 validation_batch_size):
     start = int(model.epochs_trained)
     history = History()
     run = TrainingRun(model, optimizer, loss_fn, history, start + 1, start + int(epochs))
-    optimizer.zero_grad()
-    callbacks.on_train_begin(run)
-    for epoch in range(start + 1, start + int(epochs) + 1):
-        run.epoch = epoch
-        callbacks.on_epoch_begin(run, epoch)
-        logs = {"lr": optimizer.lr}
-        logs.update(_train_epoch(model, train_loss, optimizer, loader, epoch, dtype, labels,
-                                 guard_each_step, log_interval, show, run.last_epoch))
-        model.epochs_trained = epoch
-        if validation_data is not None:
-            scores = _evaluate_checked(model, loss_fn, X_val, y_val, validation_batch_size)
-            logs.update({f"val_{key}": value for key, value in scores.items()})
-        history.append(epoch, logs)
-        callbacks.on_epoch_end(run, epoch, logs)
-        if show and validation_data is not None:
-            shown = ", ".join(f"{k}={logs[k]:.4g}" for k in logs if k.startswith("val_"))
-            write_line(f"epoch {epoch}: {shown}")
-        if run.stop_training:
-            history.stopped_early = epoch < run.last_epoch
-            break
-    callbacks.on_train_end(run)
+    with DeferredInterrupt() as interrupt:
+        try:
+            optimizer.zero_grad()
+            callbacks.on_train_begin(run)
+            for epoch in range(start + 1, start + int(epochs) + 1):
+                run.epoch = epoch
+                run.step = 0
+                callbacks.on_epoch_begin(run, epoch)
+                logs = {"lr": optimizer.lr}
+                logs.update(_train_epoch(model, train_loss, optimizer, loader, epoch, dtype,
+                                         labels, guard_each_step, log_interval, show, run,
+                                         interrupt))
+                model.epochs_trained = epoch
+                if validation_data is not None:
+                    scores = _evaluate_checked(model, loss_fn, X_val, y_val,
+                                               validation_batch_size)
+                    logs.update({f"val_{key}": value for key, value in scores.items()})
+                history.append(epoch, logs)
+                callbacks.on_epoch_end(run, epoch, logs)
+                if show and validation_data is not None:
+                    shown = ", ".join(f"{k}={logs[k]:.4g}" for k in logs if k.startswith("val_"))
+                    write_line(f"epoch {epoch}: {shown}")
+                _raise_if_interrupted(interrupt)
+                if run.stop_training:
+                    history.stopped_early = epoch < run.last_epoch
+                    break
+            callbacks.on_train_end(run)
+        except KeyboardInterrupt:
+            history.stopped = {"epoch": run.epoch, "step": run.step, "reason": "interrupted"}
+            if interrupt.forced:
+                raise
+            optimizer.zero_grad()
+            callbacks.on_train_interrupted(run)
+            if show:
+                write_line(f"interrupted: stopped after step {run.step} of epoch {run.epoch}")
+            return history
+        except BaseException as exc:
+            history.stopped = {"epoch": run.epoch, "step": run.step,
+                               "reason": f"{type(exc).__name__}: {exc}"}
+            try:
+                exc.history = history
+            except AttributeError:  # exceptions without a __dict__
+                pass
+            raise
     return history
 
 
+def _raise_if_interrupted(interrupt):
+    """A Ctrl-C deferred by :class:`DeferredInterrupt` takes effect here, between steps."""
+    if interrupt.pending:
+        interrupt.pending = False
+        raise KeyboardInterrupt
+
+
 def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_each_step,
-                 log_interval, show, last_epoch):
+                 log_interval, show, run, interrupt):
     backend = model.backend
     xp = backend.xp
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
@@ -234,7 +314,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     read_correct_on_host = backend.device == "cpu"
     seen = 0
     classify = None
-    bar = make_bar(loader.samples_per_epoch, epoch, last_epoch) if show else None
+    bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
     started = time.perf_counter()
     step = 0
     last_read_step = 0
@@ -242,48 +322,58 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
         for xb, yb in loader:
             step += 1
             nb = len(xb)
-            xd = backend.asarray(xb, dtype)
-            yd = to_device(backend, yb, labels, dtype)
-            snapshot = _snapshot_buffers(model) if guard_each_step else None
-            out = model.forward(xd, training=True)
-            loss = loss_fn.forward(out, yd)
-            weight = nb if per_sample else 1
-            if guard_each_step:
-                value = backend.item(loss)
-                if not math.isfinite(value):
-                    _restore_buffers(model, snapshot)
-                    layer = _first_nonfinite_output(model, xd)
-                    where = f"; first non-finite output: layer {layer}" if layer else ""
+            # Batch norm's running statistics move in the training forward: copied here
+            # (a few small arrays, no host sync), put back if the step does not complete.
+            snapshot = _snapshot_buffers(model)
+            try:
+                xd = backend.asarray(xb, dtype)
+                yd = to_device(backend, yb, labels, dtype)
+                out = model.forward(xd, training=True)
+                loss = loss_fn.forward(out, yd)
+                weight = nb if per_sample else 1
+                if guard_each_step:
+                    value = backend.item(loss)
+                    if not math.isfinite(value):
+                        _restore_buffers(model, snapshot)
+                        layer = _first_nonfinite_output(model, xd)
+                        where = f"; first non-finite output: layer {layer}" if layer else ""
+                        raise NonFiniteError(
+                            f"non-finite loss ({value}) at epoch {epoch}, step {step}{where}; "
+                            "training stopped before backward, the model keeps the weights "
+                            "of the last good step. Lower the learning rate, check the data, "
+                            "or clip gradients (clip_grad_norm=...)",
+                            epoch=epoch, step=step, layer=layer)
+                else:
+                    term = loss * weight
+                if classify is None:
+                    classify = labels and len(out.shape) == 2 and out.shape[1] > 1
+                if classify:
+                    hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
+                backward_without_input_grad(model, loss_fn.backward())
+                try:
+                    optimizer.step(check_finite=guard_each_step)
+                except NonFiniteError as exc:
+                    label = _layer_label(model, exc.layer)
                     raise NonFiniteError(
-                        f"non-finite loss ({value}) at epoch {epoch}, step {step}{where}; "
-                        "training stopped before backward, the model keeps the weights of "
-                        "the last good step. Lower the learning rate, check the data, or "
-                        "clip gradients (clip_grad_norm=...)",
-                        epoch=epoch, step=step, layer=layer)
+                        f"non-finite gradient at epoch {epoch}, step {step}, first in layer "
+                        f"{label}: {exc}. The model keeps the weights of the last good step",
+                        epoch=epoch, step=step, layer=label) from None
+            except BaseException:
+                _restore_buffers(model, snapshot)
+                optimizer.zero_grad()
+                raise
+            optimizer.zero_grad()
+            run.step = step
+            # the step is complete: only now does it count
+            if guard_each_step:
                 loss_total += value * weight
             else:
-                term = loss * weight
                 loss_device = term if loss_device is None else loss_device + term
-            if classify is None:
-                classify = labels and len(out.shape) == 2 and out.shape[1] > 1
             if classify:
-                hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
                 if read_correct_on_host:
                     correct_total += int(hits)
                 else:
                     correct_device = hits if correct_device is None else correct_device + hits
-            backward_without_input_grad(model, loss_fn.backward())
-            try:
-                optimizer.step(check_finite=guard_each_step)
-            except NonFiniteError as exc:
-                _restore_buffers(model, snapshot)
-                optimizer.zero_grad()
-                label = _layer_label(model, exc.layer)
-                raise NonFiniteError(
-                    f"non-finite gradient at epoch {epoch}, step {step}, first in layer "
-                    f"{label}: {exc}. The model keeps the weights of the last good step",
-                    epoch=epoch, step=step, layer=label) from None
-            optimizer.zero_grad()
             seen += nb
             if not guard_each_step and (step % log_interval == 0):
                 loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
@@ -294,6 +384,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                     elapsed = max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss_total / max(seen if per_sample else step, 1):.4f}",
                                     samples_s=f"{seen / elapsed:.0f}", refresh=False)
+            _raise_if_interrupted(interrupt)
         if not guard_each_step and loss_device is not None:
             loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
         backend.synchronize()
