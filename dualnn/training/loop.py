@@ -26,6 +26,11 @@ Decisions users can rely on
   device and is read once per log interval: the error then names the
   interval, and the weights may include the bad steps of that interval; pass
   ``check_finite=True`` to check every step there too (one host sync per parameter).
+- **Validate first, all-or-nothing steps.** Arguments are checked before any state changes
+  (:func:`dualnn.training.checks.check_data`); a step that does not complete is rolled
+  back, Ctrl-C stops after the current step and returns the partial :class:`History`
+  (``history.stopped``). The "Errors and guarantees" page of the documentation has the
+  details.
 """
 
 from __future__ import annotations
