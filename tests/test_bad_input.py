@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import dualnn as dn
-from dualnn.errors import ConfigurationError, DeviceMismatchError, DualnnError, ShapeError
+from dualnn.errors import (
+    ConfigurationError,
+    DeviceMismatchError,
+    DualnnError,
+    NonFiniteInputError,
+    ShapeError,
+)
 
 
 @pytest.fixture
@@ -60,7 +66,8 @@ def _step(model, opt, loss, x, y):
     ("features", ShapeError, r"expected 4 input features, got shape \(6, 3\)"),
     ("1d", ShapeError, r"2-D batch.*shape \(4,\)"),
     ("int", ShapeError, r"floating-point.*int64"),
-    ("nan", ShapeError, "NaN"),
+    # Sequential's own input check: a NonFiniteInputError once it stops using ShapeError
+    ("nan", (ShapeError, NonFiniteInputError), "NaN"),
     ("labels_range", ShapeError, r"\[0, 3\)"),
     ("labels_shape", ShapeError, r"shape \(6,\)"),
     ("float64", ShapeError, "float32 input"),
