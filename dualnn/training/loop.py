@@ -189,6 +189,9 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
                 from None
         X_val, y_val = check_data(model, loss_fn, X_val, y_val, "fit",
                                   names=("validation_data[0]", "validation_data[1]"))
+    if has_bn and loader.batch_size < 2:
+        raise ShapeError(f"fit: batch_size={loader.batch_size} gives 1-row batches, which the "
+                         "model's BatchNorm cannot normalize in training; use batch_size >= 2")
     if len(loader) == 0 and epochs > 0:
         need = f"at least {loader.min_batch_size} rows per batch" + (
             " (the model has a BatchNorm, whose training forward cannot normalize one row)"
@@ -196,6 +199,12 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
         raise ShapeError(f"fit: X has {loader.n} row(s); with batch_size={loader.batch_size}"
                          f"{', drop_last=True' if loader.drop_last else ''} and {need}, an "
                          "epoch would have no batch to train on")
+    for name, value in (("validation_batch_size", validation_batch_size),
+                        ("log_interval", log_interval)):
+        if value is None and name == "log_interval":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigurationError(f"fit: {name} must be a positive int, got {value!r}")
     _check_optimizer(model, optimizer)
     _check_monitors(callbacks, validation_data is not None)
     cpu = backend.device == "cpu"

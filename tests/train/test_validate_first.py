@@ -32,8 +32,8 @@ def fit_fails(error, match, X, y, loss=None, model=None, **kwargs):
     opt = dn.optim.Adam(model.parameters())
     loss = loss or dn.losses.SoftmaxCrossEntropy()
     kwargs.setdefault("progress", False)
-    outcome = check_call(lambda: dn.fit(model, loss, opt, X, y, epochs=2, batch_size=8,
-                                        **kwargs), model, opt)
+    kwargs.setdefault("batch_size", 8)
+    outcome = check_call(lambda: dn.fit(model, loss, opt, X, y, epochs=2, **kwargs), model, opt)
     assert isinstance(outcome.error, error), outcome.error
     assert re.search(match, str(outcome.error)), str(outcome.error)
     return outcome.error
@@ -86,6 +86,17 @@ def test_regression_target_shape_is_checked_before_training():
 def test_one_row_dataset_with_batchnorm_is_an_error_not_a_zero_loss():
     X, y = data(n=1)
     fit_fails(ShapeError, r"X has 1 row.*BatchNorm.*no batch", X, y)
+
+
+def test_one_row_batches_with_batchnorm_are_refused_up_front():
+    X, y = data()
+    fit_fails(ShapeError, r"batch_size=1 gives 1-row batches", X, y, batch_size=1)
+
+
+@pytest.mark.parametrize("name", ["validation_batch_size", "log_interval"])
+def test_loop_settings_are_checked_before_the_first_epoch(name):
+    X, y = data()
+    fit_fails(ConfigurationError, name, X, y, validation_data=data(n=10, seed=1), **{name: 0})
 
 
 def test_drop_last_loader_without_a_full_batch_is_an_error():
