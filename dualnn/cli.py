@@ -192,8 +192,14 @@ def cmd_train(args, out):
                      epochs=args.epochs, batch_size=args.batch_size,
                      progress=not args.no_progress)
     elapsed = time.perf_counter() - started
-    scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
     path = args.output or f"dualnn-{dataset.name}.npz"
+    if history.stopped is not None:  # Ctrl-C: fit stopped at a completed step
+        dn.save(path, model, optimizer)
+        print(f"interrupted after step {history.stopped['step']} of epoch "
+              f"{history.stopped['epoch']} ({len(history)} epoch(s) completed); saved "
+              f"checkpoint to {os.path.abspath(path)}", file=out)
+        return 130
+    scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
     dn.save(path, model, optimizer)
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy "
           f"{100 * history['accuracy'][-1]:.2f}%", file=out)
