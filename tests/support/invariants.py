@@ -118,6 +118,6 @@ def check_call(call, model=None, optimizer=None, paths=()):
         changed = _differences(before, after)
         assert not changed, f"{type(exc).__name__}({exc}) but changed: {changed}"
         return Outcome(error=exc)
-    except Exception as exc:  # noqa: BLE001 - the point: anything else is a failure
+    except Exception as exc:  # the point: anything else is a failure
         raise AssertionError(f"not a dualnn error: {type(exc).__name__}: {exc}") from exc
     return Outcome(result=result)
