@@ -30,8 +30,7 @@ __all__ = [
     "use_backend", "use_device",
 ]
 
-from . import callbacks, data, datasets  # noqa: E402
-from .checkpoint import load, save  # noqa: E402
-from .train import History, evaluate, fit, predict  # noqa: E402
+from . import callbacks, data, datasets, training  # noqa: E402, F401
+from .training import History, evaluate, fit, load, predict, save  # noqa: E402
 __all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load", "predict",
-            "save"]
+            "save", "training"]

@@ -192,8 +192,14 @@ def cmd_train(args, out):
                      epochs=args.epochs, batch_size=args.batch_size,
                      progress=not args.no_progress)
     elapsed = time.perf_counter() - started
-    scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
     path = args.output or f"dualnn-{dataset.name}.npz"
+    if history.stopped is not None:  # Ctrl-C: fit stopped at a completed step
+        dn.save(path, model, optimizer)
+        print(f"interrupted after step {history.stopped['step']} of epoch "
+              f"{history.stopped['epoch']} ({len(history)} epoch(s) completed); saved "
+              f"checkpoint to {os.path.abspath(path)}", file=out)
+        return 130
+    scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
     dn.save(path, model, optimizer)
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy "
           f"{100 * history['accuracy'][-1]:.2f}%", file=out)
@@ -223,23 +229,23 @@ def cmd_evaluate(args, out):
 def _read_rows(path):
     import numpy as np
 
-    from dualnn.errors import ShapeError
+    from dualnn.errors import DataFileError, DataFileNotFoundError
 
     if not os.path.isfile(path):
-        raise ShapeError(f"no such file {path!r}")
+        raise DataFileNotFoundError(f"no such file {path!r}")
     if path.lower().endswith(".npy"):
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise ShapeError(f"cannot read {path!r} as .npy ({exc})") from None
+            raise DataFileError(f"cannot read {path!r} as .npy ({exc})") from None
     if path.lower().endswith(".csv"):
         for skip in (0, 1):
             try:
                 return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
             except ValueError as exc:
                 error = exc
-        raise ShapeError(f"cannot read {path!r} as numeric CSV ({error})")
-    raise ShapeError(f"{path!r}: expected a .npy or .csv file")
+        raise DataFileError(f"cannot read {path!r} as numeric CSV ({error})")
+    raise DataFileError(f"{path!r}: expected a .npy or .csv file")
 
 
 def cmd_predict(args, out):
@@ -365,7 +371,7 @@ def main(argv=None):
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
     if argv[:1] == ["bench"]:  # its own option parser, shared with python -m dualnn.bench
-        from dualnn.bench import main as bench_main
+        from dualnn.benchmarks import main as bench_main
         return bench_main(argv[1:], prog="dualnn bench")
     try:
         parser = build_parser()

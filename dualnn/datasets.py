@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigurationError, DualnnError, ShapeError
+from .errors import ConfigurationError, DataFileError, ShapeError
 
 __all__ = ["MNIST_FILES", "NAMES", "Dataset", "Standardizer", "load"]
 
@@ -50,7 +50,7 @@ _SOURCES = {
 _EXPECTED_COUNTS = {"train": 60000, "test": 10000}
 
 
-class DatasetError(DualnnError, OSError):
+class DatasetError(DataFileError):
     """A dataset's files are missing, malformed, or a needed package is not installed."""
 
 

@@ -118,8 +118,8 @@ def _process_default():
             env = os.environ.get(ENV_DEVICE, "").strip()
             try:
                 _default_device = canonical_device(env) if env else "cpu"
-            except DeviceUnavailableError as exc:
-                raise DeviceUnavailableError(f"{ENV_DEVICE}={env!r}: {exc}") from None
+            except (ConfigurationError, DeviceUnavailableError) as exc:
+                raise type(exc)(f"environment variable {ENV_DEVICE}={env!r}: {exc}") from None
         return _default_device
 
 

@@ -16,6 +16,23 @@ class ShapeError(DualnnError, ValueError):
     """An array has the wrong shape, rank or dtype for the layer or function it was given to."""
 
 
+class NonFiniteInputError(DualnnError, ValueError):
+    """Input data (X, y or validation data) holds NaN or infinite values, possibly only after
+    the cast to the model's dtype (float64 ``1e300`` overflows float32 to ``inf``)."""
+
+
+class LabelError(DualnnError, ValueError):
+    """Targets do not suit the loss: class labels out of range, or not integer labels."""
+
+
+class DataFileError(DualnnError, OSError):
+    """A data file (``.npy``, ``.csv``, dataset archive) is missing or cannot be read."""
+
+
+class DataFileNotFoundError(DataFileError, FileNotFoundError):
+    """A data file does not exist."""
+
+
 class DeviceMismatchError(DualnnError, ValueError):
     """An array lives on another device (or array library) than the model that received it."""
 
@@ -53,6 +70,10 @@ class ConfigurationError(DualnnError, ValueError):
 __all__ = [
     "DualnnError",
     "ShapeError",
+    "NonFiniteInputError",
+    "LabelError",
+    "DataFileError",
+    "DataFileNotFoundError",
     "DeviceMismatchError",
     "DeviceUnavailableError",
     "NonFiniteError",

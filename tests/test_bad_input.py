@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import dualnn as dn
-from dualnn.errors import ConfigurationError, DeviceMismatchError, DualnnError, ShapeError
+from dualnn.errors import (
+    ConfigurationError,
+    DeviceMismatchError,
+    DualnnError,
+    NonFiniteInputError,
+    ShapeError,
+)
 
 
 @pytest.fixture
@@ -60,7 +66,8 @@ def _step(model, opt, loss, x, y):
     ("features", ShapeError, r"expected 4 input features, got shape \(6, 3\)"),
     ("1d", ShapeError, r"2-D batch.*shape \(4,\)"),
     ("int", ShapeError, r"floating-point.*int64"),
-    ("nan", ShapeError, "NaN"),
+    # Sequential's own input check: a NonFiniteInputError once it stops using ShapeError
+    ("nan", (ShapeError, NonFiniteInputError), "NaN"),
     ("labels_range", ShapeError, r"\[0, 3\)"),
     ("labels_shape", ShapeError, r"shape \(6,\)"),
     ("float64", ShapeError, "float32 input"),
@@ -151,3 +158,34 @@ def test_load_state_dict_checks_everything_before_changing_anything(backend):
     zeroed = {k: np.zeros_like(v) for k, v in good.items()}
     model.load_state_dict(zeroed)
     assert not model.state_dict()["0.weight"].any()
+
+
+def test_error_classes_say_what_they_are():
+    """Non-finite data and unreadable files have their own errors; ``except ValueError`` /
+    ``except OSError`` code keeps catching them, ShapeError is left to shapes."""
+    from dualnn import errors
+
+    for cls, builtin in [(errors.NonFiniteInputError, ValueError),
+                         (errors.LabelError, ValueError),
+                         (errors.DataFileError, OSError),
+                         (errors.DataFileNotFoundError, FileNotFoundError)]:
+        assert issubclass(cls, DualnnError) and issubclass(cls, builtin)
+        assert not issubclass(cls, ShapeError)
+    assert issubclass(errors.DataFileNotFoundError, errors.DataFileError)
+
+
+def test_nonfinite_data_is_not_a_shape_error(rng):
+    X = rng.standard_normal((5, 4)).astype(np.float32)
+    X[3, 2] = np.inf
+    model = dn.Sequential(dn.layers.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"predict: X contains NaN or infinite values \(first "
+                                         r"in row 3, column 2: inf\)") as info:
+        dn.predict(model, X)
+    assert type(info.value).__name__ == "NonFiniteInputError"
+
+
+def test_missing_data_file_is_a_file_not_found_error(tmp_path):
+    model = dn.Sequential(dn.layers.Linear(4, 2))
+    with pytest.raises(FileNotFoundError, match="predict: X: no such file") as info:
+        dn.predict(model, str(tmp_path / "missing.npy"))
+    assert isinstance(info.value, DualnnError)

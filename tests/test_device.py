@@ -34,6 +34,12 @@ def test_environment_variable_asking_for_missing_gpu_raises_at_first_use(monkeyp
         dn.get_backend()
 
 
+def test_environment_variable_with_unknown_device_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DUALNN_DEVICE", "garbage")
+    with pytest.raises(ConfigurationError, match=r"DUALNN_DEVICE='garbage'.*unknown device"):
+        dn.get_backend()
+
+
 def test_use_device_nests_and_restores():
     strict = pytest.importorskip("array_api_strict")
     other = dn.backend.ArrayAPIBackend(strict)

@@ -17,7 +17,13 @@ import os
 
 import numpy as np
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import (
+    ConfigurationError,
+    DataFileError,
+    DataFileNotFoundError,
+    NonFiniteInputError,
+    ShapeError,
+)
 
 CHUNK_BYTES = 1 << 24
 """Bytes read at a time by the whole-array checks (:func:`check_finite_rows`)."""
@@ -33,17 +39,21 @@ def open_array(data, what="X"):
 
     Raises
     ------
-    ShapeError
+    DataFileNotFoundError
+        When a path names no file.
+    DataFileError
         When a path does not hold a readable ``.npy`` array.
+    ShapeError
+        When an array-like cannot be converted (e.g. ragged lists).
     """
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
-            raise ShapeError(f"{what}: no such file {path!r}") from None
+            raise DataFileNotFoundError(f"{what}: no such file {path!r}") from None
         except (OSError, ValueError) as exc:
-            raise ShapeError(f"{what}: cannot read {path!r} as a .npy array ({exc})") from None
+            raise DataFileError(f"{what}: cannot read {path!r} as a .npy array ({exc})") from None
     if isinstance(data, np.ndarray):
         return data
     if all(hasattr(data, attr) for attr in ("shape", "dtype", "__getitem__")) \
@@ -55,24 +65,41 @@ def open_array(data, what="X"):
         raise ShapeError(f"{what}: cannot be converted to an array ({exc})") from None
 
 
-def check_finite_rows(a, what="X"):
-    """Raise :class:`ShapeError` if a float array holds NaN or inf, reading it in chunks.
+def check_finite_rows(a, what="X", dtype=None):
+    """Raise :class:`~dualnn.errors.NonFiniteInputError` if a float array holds NaN or inf,
+    reading it in chunks.
 
     Works on memory-mapped arrays without loading them whole (at most ``CHUNK_BYTES`` at a
-    time). Integer and boolean arrays are finite by construction and are not read.
+    time). Integer and boolean arrays are finite by construction and are not read. With
+    ``dtype`` (e.g. the model's ``"float32"``), values are checked *after* the cast to it,
+    so a float64 ``1e300`` that overflows float32 to ``inf`` is caught too. The message
+    names the first bad row and column and the value found there.
     """
     kind = np.dtype(a.dtype).kind
     if kind not in "fc":
         return
     n = a.shape[0] if len(a.shape) else 1
     row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize)
-    step = max(1, CHUNK_BYTES // row_bytes)
+    cast_needed = dtype is not None and np.dtype(a.dtype) != np.dtype(dtype)
+    # a cast copies the chunk (in RAM, unlike a memory map): smaller chunks then
+    step = max(1, (CHUNK_BYTES // (8 if cast_needed else 1)) // row_bytes)
     for start in range(0, n, step):
         chunk = np.asarray(a[start:start + step])
-        if not np.isfinite(chunk).all():
-            bad = np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
-            raise ShapeError(f"{what} contains NaN or infinite values (first in row "
-                             f"{start + int(bad[0])})")
+        cast = chunk
+        if cast_needed:
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = chunk.astype(dtype)
+        finite = np.isfinite(cast).reshape(len(cast), -1)
+        if not finite.all():
+            row, column = (int(i[0]) for i in np.nonzero(~finite))
+            value = chunk.reshape(len(chunk), -1)[row, column].item()
+            got = cast.reshape(len(cast), -1)[row, column].item()
+            where = f"row {start + row}" + (f", column {column}" if len(a.shape) > 1 else "")
+            how = repr(value)
+            if np.isfinite(value):
+                how += f", which overflows to {got} as {np.dtype(dtype).name} (the model's dtype)"
+            raise NonFiniteInputError(f"{what} contains NaN or infinite values (first in "
+                                      f"{where}: {how})")
 
 
 class DataLoader:

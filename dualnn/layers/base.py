@@ -58,7 +58,12 @@ class Layer:
     backend : Backend
         The backend the layer was built on (the current device at construction) until
         :meth:`to` moves it.
+    epochs_trained : int
+        Epochs :func:`dualnn.fit` has trained this model for (0 for a new model); set by
+        ``fit`` and restored by :func:`dualnn.load`.
     """
+
+    epochs_trained = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -190,6 +191,52 @@ def test_save_is_atomic_and_cleans_up_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ck.npz"]
     with pytest.raises(CheckpointError, match="does not exist"):
         dn.save(tmp_path / "no" / "such" / "dir.npz", model)
+
+
+def test_full_disk_during_save_leaves_the_previous_checkpoint_byte_identical(tmp_path,
+                                                                             monkeypatch):
+    path = _saved(tmp_path)
+    good = path.read_bytes()
+    model, opt = _build()
+    _train(model, opt, 1, noise=0.2)  # different weights: a real overwrite was attempted
+    real_savez = np.savez
+
+    def half_then_full(fh, **arrays):
+        real_savez(fh, **{k: v for i, (k, v) in enumerate(arrays.items()) if i < 2})
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", half_then_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*unchanged") as info:
+        dn.save(path, model, opt)
+    assert isinstance(info.value, OSError)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["ck.npz"]  # no temporary file left behind
+    monkeypatch.undo()
+    restored, restored_opt = _build()
+    dn.load(path, model=restored, optimizer=restored_opt)
+
+
+def test_json_history_log_is_written_atomically(tmp_path, monkeypatch):
+    """The JSON logger and checkpoints share one atomic writer: a failing write keeps the
+    previous log whole."""
+    from dualnn.training import atomic
+
+    log = tmp_path / "log.json"
+    model, opt = _build()
+    data = digits()
+    dn.fit(model, LOSS, opt, data.X_train[:200], data.y_train[:200], epochs=1, progress=False,
+           callbacks=[dn.callbacks.JSONLogger(log)])
+    good = log.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "full")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    logger = dn.callbacks.JSONLogger(log, append=True)
+    with pytest.raises(OSError, match="full"):
+        dn.fit(model, LOSS, opt, data.X_train[:200], data.y_train[:200], epochs=1,
+               progress=False, callbacks=[logger])
+    assert log.read_bytes() == good and os.listdir(tmp_path) == ["log.json"]
 
 
 _KILL_SCRIPT = textwrap.dedent("""

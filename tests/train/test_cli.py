@@ -162,3 +162,30 @@ def test_cli_module_imports_only_stdlib_before_thread_policy():
             assert module in ("os", "sys", "dualnn._threads", "__future__"), module
     else:
         pytest.fail("cli.py never calls apply_thread_policy_env() at module level")
+
+
+def test_train_interrupted_saves_and_says_where(tmp_path, capsys, monkeypatch):
+    import signal
+
+    real_fit = dn.fit
+
+    class CtrlC(dn.callbacks.Callback):
+        def on_epoch_begin(self, run, epoch):
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def fit_with_ctrl_c(*args, **kwargs):
+        kwargs["callbacks"] = [CtrlC()]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(dn, "fit", fit_with_ctrl_c)
+    path = tmp_path / "i.npz"
+    try:
+        code = main(["train", "--epochs", "3", "--hidden", "16", "--no-progress",
+                     "--output", str(path)])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped dualnn train")
+    assert code == 130
+    out = capsys.readouterr().out
+    assert "interrupted after step 1 of epoch 2 (1 epoch(s) completed)" in out
+    assert dn.load(path).epoch == 1

@@ -13,7 +13,13 @@ import pytest
 
 import dualnn as dn
 from dualnn.datasets import DatasetError, Standardizer
-from dualnn.errors import ConfigurationError, ShapeError
+from dualnn.errors import (
+    ConfigurationError,
+    DataFileError,
+    DataFileNotFoundError,
+    DualnnError,
+    ShapeError,
+)
 
 # ---------------------------------------------------------------------------------- DataLoader
 
@@ -66,8 +72,21 @@ def test_loader_argument_errors():
         dn.data.DataLoader(X, None, batch_size=0)
     with pytest.raises(ConfigurationError, match="input_noise"):
         dn.data.DataLoader(X, None, input_noise=-1)
-    with pytest.raises(ShapeError, match="no such file"):
+    with pytest.raises(DataFileNotFoundError, match="no such file") as info:
         dn.data.DataLoader("/nonexistent/x.npy")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DualnnError)
+
+
+def test_unreadable_data_file_is_a_data_file_error(tmp_path):
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"not an npy file")
+    with pytest.raises(DataFileError, match="cannot read") as info:
+        dn.data.DataLoader(path)
+    assert isinstance(info.value, OSError) and not isinstance(info.value, FileNotFoundError)
+
+
+def test_dataset_errors_are_data_file_errors():
+    assert issubclass(DatasetError, DataFileError) and issubclass(DatasetError, OSError)
 
 
 class CountingArray:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import dualnn as dn
-from dualnn.errors import ConfigurationError, NonFiniteError, ShapeError
+from dualnn.errors import (
+    ConfigurationError,
+    LabelError,
+    NonFiniteError,
+    NonFiniteInputError,
+    ShapeError,
+)
 
 from .helpers import digits, mlp, states_equal
 
@@ -134,16 +140,16 @@ def test_fit_accepts_a_dataloader_and_float64_models():
     assert dn.predict(model, data.X_test[:7]).dtype == np.float64
 
 
-@pytest.mark.parametrize("case, match", [
-    ("1d", "2-D"),
-    ("nan", "NaN"),
-    ("length", "differ in length"),
-    ("features", "expects 64 features"),
-    ("labels", r"\[0, 10\)"),
-    ("strings", "castable to float"),
-    ("empty", "no rows"),
+@pytest.mark.parametrize("case, error, match", [
+    ("1d", ShapeError, "2-D"),
+    ("nan", NonFiniteInputError, "NaN"),
+    ("length", ShapeError, "differ in length"),
+    ("features", ShapeError, "expects 64 features"),
+    ("labels", LabelError, r"\[0, 10\)"),
+    ("strings", ShapeError, "castable to float"),
+    ("empty", ShapeError, "no rows"),
 ])
-def test_bad_data_is_rejected_up_front(case, match):
+def test_bad_data_is_rejected_up_front(case, error, match):
     data = digits()
     X, y = data.X_train[:100].copy(), data.y_train[:100].copy()
     if case == "1d":
@@ -164,11 +170,12 @@ def test_bad_data_is_rejected_up_front(case, match):
     model = mlp()
     before = model.state_dict()
     opt = dn.optim.Adam(model.parameters())
-    with pytest.raises(ShapeError, match=match):
+    with pytest.raises(error, match=match) as info:
         dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, X, y, epochs=1, batch_size=32,
                progress=False)
+    assert isinstance(info.value, ValueError)  # every one of them: bad values of an argument
     assert states_equal(before, model.state_dict())
-    assert getattr(model, "epochs_trained", 0) == 0
+    assert model.epochs_trained == 0
 
 
 def test_bad_fit_arguments():
