@@ -126,8 +126,11 @@ def test_memory_mapped_data_trains_batch_by_batch(tmp_path):
                           dn.layers.Linear(16, 4))
     opt = dn.optim.Adam(model.parameters(), lr=1e-2)
     loss = dn.losses.SoftmaxCrossEntropy()
-    dn.fit(model, loss, opt, X[:512], labels[:512], epochs=1, batch_size=256,
-           progress=False)                              # warm up kernels and caches
+    # warm up kernels and caches with the same kinds of arrays (read-only labels compile
+    # their own kernel signature)
+    dn.fit(model, loss, opt, X[:512], np.load(y_path, mmap_mode="r")[:512], epochs=1,
+           batch_size=256, progress=False)
+    dn.evaluate(model, loss, str(X_path), labels, batch_size=1024)
     tracemalloc.start()
     try:
         history = dn.fit(model, loss, opt, X, np.load(y_path, mmap_mode="r"), epochs=1,
