@@ -17,8 +17,9 @@ class Sequential(Layer):
     Sequential knows no concrete layer class; it runs *steps* through the optional
     protocol of :class:`Layer`. Each layer is asked :meth:`Layer.fuse_next` about the
     layer after it; a returned :class:`~dualnn.layers.fusion.FusedBlock` runs both as one
-    step (for instance a BatchNorm applies a following ReLU inside its own passes, and a
-    Linear applies the bias and a following activation in one pass after its GEMM). Both
+    step (for instance batch norm applies a following rectifier inside its own passes, and
+    a fully connected layer applies its bias and a following activation in one pass after
+    its GEMM; see each layer's ``fuse_next``). Both
     layers stay in the model with their names and parameters. Steps that declare
     ``"out"`` in ``forward_options`` write inner outputs into scratch buffers the model
     owns and reuses; in backward, steps declaring ``"overwrite"`` work in place on
@@ -162,9 +163,9 @@ class Sequential(Layer):
             Never modified.
         input_grad : bool
             Compute and return ``dL/dx`` of the model's input (default). ``False`` lets
-            the first step skip its input gradient (for a Linear, the input-gradient
-            GEMM), as frameworks do for data that needs no gradient, and returns
-            ``None``; ``fit`` uses it.
+            the first step skip its input gradient (for a fully connected layer, the
+            input-gradient GEMM), as frameworks do for data that needs no gradient, and
+            returns ``None``; ``fit`` uses it.
         """
         original = dy  # the caller's array is never overwritten
         steps = self.plan()
