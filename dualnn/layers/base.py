@@ -308,8 +308,9 @@ class Layer:
     def _check_grad(self, dy, expected, dtype=None):
         """Check ``dy`` against ``expected`` (the forward output, or its shape).
 
-        ``dtype`` is the expected gradient dtype; by default the dtype of ``expected``
-        when it is an array, else the layer's dtype. In any case it must be a float dtype.
+        ``dy`` must be a floating-point array (either precision is accepted); ``dtype``,
+        the dtype named in the error, defaults to the dtype of ``expected`` when it is an
+        array, else the layer's dtype.
         """
         if expected is None:
             raise ShapeError(f"{self.name}: backward called before forward")
@@ -324,13 +325,14 @@ class Layer:
                 f"(the forward output), got {tuple(dy.shape)}")
         if dtype is None:
             dtype = self._dtype if isinstance(expected, tuple) else expected.dtype
-        dtype = None if dtype is None else dtype_name(dtype)
+        if dtype is not None and dy.dtype == dtype:
+            return
         got = dtype_name(dy.dtype)
-        if got != dtype and (dtype is not None or got not in FLOAT_DTYPES):
-            want = dtype or " or ".join(FLOAT_DTYPES)
+        if got not in FLOAT_DTYPES:
+            want = " or ".join(FLOAT_DTYPES) if dtype is None else dtype_name(dtype)
             raise ShapeError(
                 f"{self.name}.backward: expected a {want} gradient (the forward output's "
-                f"dtype), got {got}; convert it, e.g. dy.astype('{dtype or 'float32'}')")
+                f"dtype), got {got}; convert it, e.g. dy.astype('{want.split()[0]}')")
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

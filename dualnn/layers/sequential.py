@@ -146,7 +146,7 @@ class Sequential(Layer):
         last = len(steps) - 1
         shapes = self._input_shapes = []
         for position, (i, step) in enumerate(steps):
-            shapes.append(tuple(x.shape))
+            shapes.append(x.shape)
             if position < last and "out" in step.forward_options:
                 out = self._buffer(("forward", i), step.output_shape(x.shape), x.dtype)
                 x = step.forward(x, training, out=out)

@@ -243,7 +243,7 @@ LAYERS = [
 
 
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
-@pytest.mark.parametrize("bad", ["complex128", "int64", "float32"])
+@pytest.mark.parametrize("bad", ["complex128", "int64", "bool"])
 def test_backward_rejects_a_gradient_of_the_wrong_dtype(rng, name, make, bad):
     layer = make()
     x = rng.standard_normal((5, 4))
@@ -253,6 +253,14 @@ def test_backward_rejects_a_gradient_of_the_wrong_dtype(rng, name, make, bad):
         layer.backward(dy)
     message = str(info.value)
     assert name in message and "float64" in message and bad in message
+
+
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_backward_accepts_the_other_float_precision(rng, name, make):
+    layer = make()
+    layer.forward(rng.standard_normal((5, 4)), training=True)
+    dx = layer.backward(np.ones((5, 4), dtype="float32"))
+    assert dx.shape == (5, 4)
 
 
 def test_model_backward_rejects_complex_gradient(rng):
