@@ -18,10 +18,10 @@ Example
 ...         self.s.grad[...] += self.xp.sum(dy * self.x, axis=0)
 ...         return dy * self.s.data
 
-A layer may also declare optional capabilities that :class:`Sequential` uses to save
-memory traffic — writing into scratch buffers the model owns, working in place during
-backward, skipping the input gradient of the first layer, and fusing with the next layer
-(:meth:`Layer.fuse_next`). See the "Writing a layer" page of the documentation.
+A layer may also declare optional capabilities that :class:`~dualnn.layers.Sequential`
+uses to save memory traffic — writing into scratch buffers the model owns, working in
+place during backward, skipping the input gradient of the first layer, and fusing with
+the next layer (:meth:`Layer.fuse_next`). See the "Writing a layer" page of the documentation.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ class Layer:
     :meth:`add_parameter` and :meth:`add_buffer`, and implement :meth:`forward` and
     :meth:`backward`. A subclass that takes constructor arguments should implement
     :meth:`get_config` returning them, so checkpoints can rebuild it.
+
+    Optionally, a layer declares what else its ``forward``/``backward`` accept
+    (:attr:`forward_options`, :attr:`backward_options`) and offers to run together with
+    the next layer (:meth:`fuse_next`); :class:`~dualnn.layers.Sequential` uses only what
+    is declared.
 
     Parameters
     ----------
@@ -83,8 +88,7 @@ class Layer:
     - ``input_grad``: when false, only the parameter gradients are needed; the layer may
       skip ``dL/dx`` and return ``None``.
 
-    A layer ignores none of the keywords it declares except as documented above: each
-    only permits a cheaper way to the same result.
+    Each keyword only permits a cheaper way to the same result.
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -158,12 +162,11 @@ class Layer:
     def fuse_next(self, next_layer):
         """A block running this layer and ``next_layer`` together, or ``None`` (default).
 
-        :class:`Sequential` asks each layer this about the layer that follows it (unless
-        built with ``fuse=False``). A returned :class:`~dualnn.layers.fusion.FusedBlock`
+        :class:`~dualnn.layers.Sequential` asks each layer this about the layer that
+        follows it (unless built with ``fuse=False``). A returned :class:`~dualnn.layers.fusion.FusedBlock`
         must give the same results as running the two layers one after the other, leave
         both layers' parameters where they are, and keep both layers' state consistent.
         """
-        return None
 
     def __call__(self, x, training=False):
         return self.forward(x, training=training)

@@ -19,7 +19,7 @@ from .adam import Adam, AdamW
 from .base import Optimizer, get
 from .constraints import clip_grad_norm_
 from .hooks import GradientClipping, L1Penalty, MaxNorm, OptimizerHook
-from .hyperparameters import Hyperparameter
+from .hyperparameters import Hyperparameter, Hyperparameters
 from .rmsprop import RMSprop
 from .sgd import SGD
 
@@ -31,11 +31,13 @@ __all__ = [
     "AdamW",
     "GradientClipping",
     "Hyperparameter",
+    "Hyperparameters",
     "L1Penalty",
     "MaxNorm",
-    "OptimizerHook",
     "Optimizer",
+    "OptimizerHook",
     "RMSprop",
     "clip_grad_norm_",
     "get",
+    "hooks",
 ]

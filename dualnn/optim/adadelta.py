@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Optimizer
-from .hyperparameters import real
+from .hyperparameters import Hyperparameters, real
 
 
 class Adadelta(Optimizer):
@@ -42,12 +42,11 @@ class Adadelta(Optimizer):
     State per parameter: ``square_avg`` (:math:`v`), ``acc_delta`` (:math:`u`), ``step``.
     """
 
-    hyperparameters = {
-        "lr": real(1.0, low=0.0),
-        "rho": real(0.9, low=0.0, high=1.0),
-        "eps": real(1e-6, low=0.0),
-        "weight_decay": real(0.0, low=0.0),
-    }
+    hyperparameters = Hyperparameters(
+        lr=real(1.0, low=0.0),
+        rho=real(0.9, low=0.0, high=1.0),
+        eps=real(1e-6, low=0.0),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("square_avg", "acc_delta")
 
     def update(self, p, grad, state):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Optimizer
-from .hyperparameters import real
+from .hyperparameters import Hyperparameters, real
 
 
 class Adagrad(Optimizer):
@@ -41,12 +41,11 @@ class Adagrad(Optimizer):
     State per parameter: ``sum`` (:math:`s`) and ``step``.
     """
 
-    hyperparameters = {
-        "lr": real(1e-2, low=0.0),
-        "lr_decay": real(0.0, low=0.0),
-        "weight_decay": real(0.0, low=0.0),
-        "eps": real(1e-10, low=0.0),
-    }
+    hyperparameters = Hyperparameters(
+        lr=real(1e-2, low=0.0),
+        lr_decay=real(0.0, low=0.0),
+        weight_decay=real(0.0, low=0.0),
+        eps=real(1e-10, low=0.0))
     state_keys = ("sum",)
 
     def update(self, p, grad, state):

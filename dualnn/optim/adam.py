@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Optimizer
-from .hyperparameters import real, real_pair
+from .hyperparameters import Hyperparameters, real, real_pair
 
 
 class Adam(Optimizer):
@@ -43,12 +43,11 @@ class Adam(Optimizer):
     State per parameter: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step``.
     """
 
-    hyperparameters = {
-        "lr": real(1e-3, low=0.0),
-        "betas": real_pair((0.9, 0.999), low=0.0, high=1.0, high_open=True),
-        "eps": real(1e-8, low=0.0),
-        "weight_decay": real(0.0, low=0.0),
-    }
+    hyperparameters = Hyperparameters(
+        lr=real(1e-3, low=0.0),
+        betas=real_pair((0.9, 0.999), low=0.0, high=1.0, high_open=True),
+        eps=real(1e-8, low=0.0),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("exp_avg", "exp_avg_sq")
     decoupled = False
 
@@ -91,6 +90,5 @@ class AdamW(Adam):
     State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``.
     """
 
-    hyperparameters = {**Adam.hyperparameters,
-                       "weight_decay": Adam.hyperparameters["weight_decay"].with_default(1e-2)}
+    hyperparameters = Adam.hyperparameters.with_defaults(weight_decay=1e-2)
     decoupled = True

@@ -18,7 +18,7 @@ from ..backend.base import dtype_name
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from ..parameter import Parameter
 from .hooks import OPTION_HOOKS, OPTION_OFF, OptimizerHook
-from .hyperparameters import check_bool, check_real, unchecked  # noqa: F401  (re-exported)
+from .hyperparameters import Hyperparameters, check_bool, check_real, unchecked  # noqa: F401  (check_* re-exported)
 
 _REGISTRY = {}
 
@@ -99,8 +99,8 @@ def _is_int(value):
 class Optimizer:
     """Base class of every optimizer.
 
-    A subclass declares its hyperparameters once, in ``hyperparameters`` (a dict
-    ``{name: Hyperparameter}`` in constructor order, ``lr`` first; see
+    A subclass declares its hyperparameters once, in ``hyperparameters`` (name ->
+    ``Hyperparameter`` in constructor order, ``lr`` first; see
     :mod:`dualnn.optim.hyperparameters`), the state arrays it may keep per parameter in
     ``state_keys``, and implements :meth:`update` for one parameter; it may override
     :meth:`check_hyperparameters` for checks that involve several values. The base class
@@ -146,8 +146,9 @@ class Optimizer:
     hooks added with :meth:`add_hook` are not (add them again after loading).
     """
 
-    hyperparameters = {}
-    """``{name: Hyperparameter}`` of the subclass, in constructor order (``lr`` first)."""
+    hyperparameters = Hyperparameters()
+    """The subclass's :class:`~dualnn.optim.hyperparameters.Hyperparameters`, in
+    constructor order (``lr`` first)."""
 
     option_names = ("l1", "max_norm", "clip_grad_norm")
     """Keyword-only options every optimizer accepts (each installs a hook)."""
@@ -160,7 +161,8 @@ class Optimizer:
         _REGISTRY.setdefault(cls.__name__.lower(), cls)
         if "hyperparameter_names" in cls.__dict__ and "hyperparameters" not in cls.__dict__:
             # a subclass written against the older API, checking in check_hyperparameters
-            cls.hyperparameters = {n: unchecked() for n in cls.hyperparameter_names}
+            cls.hyperparameters = Hyperparameters(
+                **{n: unchecked() for n in cls.hyperparameter_names})
         cls.hyperparameter_names = tuple(cls.hyperparameters)
         if "__init__" not in cls.__dict__:
             cls.__signature__ = cls._signature()

@@ -109,4 +109,4 @@ OPTION_HOOKS = {"clip_grad_norm": GradientClipping, "l1": L1Penalty, "max_norm":
 OPTION_OFF = {"clip_grad_norm": None, "l1": 0.0, "max_norm": None}
 """Each option's default value, which installs no hook."""
 
-__all__ = ["OptimizerHook", "GradientClipping", "L1Penalty", "MaxNorm"]
+__all__ = ["GradientClipping", "L1Penalty", "MaxNorm", "OptimizerHook"]

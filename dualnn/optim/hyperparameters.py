@@ -1,20 +1,23 @@
 """Declared hyperparameters: each optimizer lists its own once, with default and check.
 
-An optimizer class sets ``hyperparameters`` to a dict ``{name: Hyperparameter}`` in
-constructor order; the base :class:`~dualnn.optim.Optimizer` builds the constructor,
-validation, ``get_config`` and ``load_state_dict`` from it.
+An optimizer class sets ``hyperparameters`` to :class:`Hyperparameters` (name ->
+:class:`Hyperparameter`, in constructor order); the base
+:class:`~dualnn.optim.Optimizer` builds the constructor, validation, ``get_config`` and
+``load_state_dict`` from it. A subclass changing only defaults says so with
+:meth:`Hyperparameters.with_defaults`.
 
 >>> class Lion(Optimizer):                                        # doctest: +SKIP
-...     hyperparameters = {"lr": real(1e-4, low=0.0),
-...                        "betas": real_pair((0.9, 0.99), low=0.0, high=1.0),
-...                        "weight_decay": real(0.0, low=0.0)}
+...     hyperparameters = Hyperparameters(
+...         lr=real(1e-4, low=0.0),
+...         betas=real_pair((0.9, 0.99), low=0.0, high=1.0),
+...         weight_decay=real(0.0, low=0.0))
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigurationError
 
@@ -60,7 +63,7 @@ class Hyperparameter:
         :class:`ConfigurationError` naming ``owner`` and ``name``.
     """
 
-    __slots__ = ("default", "check")
+    __slots__ = ("check", "default")
 
     def __init__(self, default, check):
         self.default = default
@@ -100,3 +103,41 @@ def real_pair(default, **bounds):
 def unchecked(default=None):
     """A hyperparameter taken as given (a subclass checks it in ``check_hyperparameters``)."""
     return Hyperparameter(default, lambda owner, name, value: value)
+
+
+class Hyperparameters(Mapping):
+    """An optimizer's declared hyperparameters: an immutable, ordered name -> spec map.
+
+    Parameters
+    ----------
+    **specs : Hyperparameter
+        In constructor order (``lr`` first).
+    """
+
+    def __init__(self, **specs):
+        for name, spec in specs.items():
+            if not isinstance(spec, Hyperparameter):
+                raise ConfigurationError(
+                    f"hyperparameter {name!r} must be declared with a Hyperparameter (e.g. "
+                    f"real(1e-3, low=0.0)), got {type(spec).__name__}")
+        self._specs = dict(specs)
+
+    def __getitem__(self, name):
+        return self._specs[name]
+
+    def __iter__(self):
+        return iter(self._specs)
+
+    def __len__(self):
+        return len(self._specs)
+
+    def with_defaults(self, **defaults):
+        """The same declarations with some defaults changed (same order and checks)."""
+        unknown = sorted(set(defaults) - set(self._specs))
+        if unknown:
+            raise ConfigurationError(f"with_defaults: no hyperparameter(s) {unknown} declared")
+        return Hyperparameters(**{n: spec.with_default(defaults[n]) if n in defaults else spec
+                                  for n, spec in self._specs.items()})
+
+    def __repr__(self):
+        return f"Hyperparameters({', '.join(f'{n}={s!r}' for n, s in self.items())})"

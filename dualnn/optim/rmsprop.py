@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Optimizer
-from .hyperparameters import flag, real
+from .hyperparameters import Hyperparameters, flag, real
 
 
 class RMSprop(Optimizer):
@@ -51,14 +51,13 @@ class RMSprop(Optimizer):
     ``momentum > 0``), ``grad_avg`` (:math:`\bar g`, when centered) and ``step``.
     """
 
-    hyperparameters = {
-        "lr": real(1e-2, low=0.0),
-        "alpha": real(0.99, low=0.0),
-        "eps": real(1e-8, low=0.0),
-        "weight_decay": real(0.0, low=0.0),
-        "momentum": real(0.0, low=0.0),
-        "centered": flag(False),
-    }
+    hyperparameters = Hyperparameters(
+        lr=real(1e-2, low=0.0),
+        alpha=real(0.99, low=0.0),
+        eps=real(1e-8, low=0.0),
+        weight_decay=real(0.0, low=0.0),
+        momentum=real(0.0, low=0.0),
+        centered=flag(False))
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")
 
     def update(self, p, grad, state):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError
 from .base import Optimizer
-from .hyperparameters import flag, real
+from .hyperparameters import Hyperparameters, flag, real
 
 
 class SGD(Optimizer):
@@ -53,13 +53,12 @@ class SGD(Optimizer):
     State per parameter: ``momentum_buffer`` (when ``momentum > 0``) and ``step``.
     """
 
-    hyperparameters = {
-        "lr": real(1e-3, low=0.0),
-        "momentum": real(0.0, low=0.0),
-        "dampening": real(0.0),
-        "nesterov": flag(False),
-        "weight_decay": real(0.0, low=0.0),
-    }
+    hyperparameters = Hyperparameters(
+        lr=real(1e-3, low=0.0),
+        momentum=real(0.0, low=0.0),
+        dampening=real(0.0),
+        nesterov=flag(False),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("momentum_buffer",)
 
     def check_hyperparameters(self, hyper):

@@ -12,7 +12,7 @@ from dualnn import optim
 from dualnn.backend import NumpyBackend
 from dualnn.errors import ConfigurationError
 from dualnn.optim.hooks import GradientClipping, L1Penalty, MaxNorm, OptimizerHook
-from dualnn.optim.hyperparameters import real
+from dualnn.optim.hyperparameters import Hyperparameters, real
 from dualnn.parameter import Parameter
 
 SHAPES = {"0.weight": (4, 3), "0.bias": (4,)}
@@ -174,7 +174,8 @@ def test_positional_hyperparameters_follow_the_declaration(backend):
 class SignSGD(optim.Optimizer):
     """A user optimizer declaring its hyperparameters: ``p -= lr * sign(g)``."""
 
-    hyperparameters = {"lr": real(0.01, low=0.0), "scale": real(1.0, low=0.0, low_open=True)}
+    hyperparameters = Hyperparameters(lr=real(0.01, low=0.0),
+                                      scale=real(1.0, low=0.0, low_open=True))
     state_keys = ()
 
     def update(self, p, grad, state):
