@@ -16,6 +16,7 @@ class _Elementwise(Layer):
 
     kind = "identity"
     saves_output = False
+    backward_options = frozenset({"overwrite"})
 
     def __init__(self):
         super().__init__()
@@ -27,8 +28,6 @@ class _Elementwise(Layer):
         y = self.backend.activation_forward(self.kind, x, self.alpha)
         self._saved = y if self.saves_output else x
         return y
-
-    backward_options = frozenset({"overwrite"})
 
     def output_activation(self):
         """``(kind, alpha)`` when a preceding layer may compute this activation itself.

@@ -28,6 +28,9 @@ class Linear(Layer):
     bias : Parameter, shape (out_features,), or None
     """
 
+    forward_options = frozenset({"out"})
+    backward_options = frozenset({"out", "input_grad"})
+
     def __init__(self, in_features, out_features, bias=True, init="xavier", dtype="float32"):
         super().__init__(dtype=dtype)
         for label, value in (("in_features", in_features), ("out_features", out_features)):
@@ -48,9 +51,6 @@ class Linear(Layer):
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "init": self.init, "dtype": self.dtype}
-
-    forward_options = frozenset({"out"})
-    backward_options = frozenset({"out", "input_grad"})
 
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)
