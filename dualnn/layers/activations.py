@@ -16,6 +16,7 @@ class _Elementwise(Layer):
 
     kind = "identity"
     saves_output = False
+    backward_options = frozenset({"overwrite"})
 
     def __init__(self):
         super().__init__()
@@ -28,24 +29,32 @@ class _Elementwise(Layer):
         self._saved = y if self.saves_output else x
         return y
 
-    def fusable_after_linear(self):
-        """Whether a preceding Linear may apply this activation itself (the derivative can
-        then be taken from the output: ``y > 0`` exactly where ``z > 0``)."""
-        return self.kind in ("relu", "sigmoid", "tanh") or (
-            self.kind == "leaky_relu" and self.alpha > 0)
+    def output_activation(self):
+        """``(kind, alpha)`` when a preceding layer may compute this activation itself.
+
+        That is the case when the derivative can be taken from the output (``y > 0``
+        exactly where ``x > 0``) and the subclass keeps this class's forward and
+        backward; ``None`` otherwise. See :meth:`adopt_output`.
+        """
+        cls = type(self)
+        if cls.forward is not _Elementwise.forward or cls.backward is not _Elementwise.backward:
+            return None
+        if self.kind in ("relu", "sigmoid", "tanh") or (
+                self.kind == "leaky_relu" and self.alpha > 0):
+            return (self.kind, self.alpha)
+        return None
 
     def adopt_output(self, y):
-        """Record ``y``, computed by a fused Linear, as this layer's forward output."""
+        """Record ``y``, computed by a fused preceding layer, as this layer's forward
+        output; returns ``y``."""
         self._saved = y
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, *, overwrite=False):
+        """``dy * act'``; with ``overwrite`` the result is written into ``dy``."""
         self._check_grad(dy, self._saved)
-        return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha)
-
-    def backward_overwrite(self, dy):
-        self._check_grad(dy, self._saved)
-        return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha, out=dy)
+        return self.backend.activation_backward(self.kind, dy, self._saved, self.alpha,
+                                                out=dy if overwrite else None)
 
     def _clear_cache(self):
         self._saved = None
@@ -62,11 +71,9 @@ class Identity(_Elementwise):
         self._saved = x
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, *, overwrite=False):
         self._check_grad(dy, self._saved)
         return dy
-
-    backward_overwrite = backward
 
 
 class ReLU(_Elementwise):

@@ -17,6 +17,11 @@ Example
 ...     def backward(self, dy):
 ...         self.s.grad[...] += self.xp.sum(dy * self.x, axis=0)
 ...         return dy * self.s.data
+
+A layer may also declare optional capabilities that :class:`~dualnn.layers.Sequential`
+uses to save memory traffic — writing into scratch buffers the model owns, working in
+place during backward, skipping the input gradient of the first layer, and fusing with
+the next layer (:meth:`Layer.fuse_next`). See the "Writing a layer" page of the documentation.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class Layer:
     :meth:`backward`. A subclass that takes constructor arguments should implement
     :meth:`get_config` returning them, so checkpoints can rebuild it.
 
+    Optionally, a layer declares what else its ``forward``/``backward`` accept
+    (:attr:`forward_options`, :attr:`backward_options`) and offers to run together with
+    the next layer (:meth:`fuse_next`); :class:`~dualnn.layers.Sequential` uses only what
+    is declared.
+
     Parameters
     ----------
     dtype : {"float32", "float64"} or None
@@ -64,6 +74,22 @@ class Layer:
     """
 
     epochs_trained = 0
+    forward_options = frozenset()
+    """Optional keywords :meth:`forward` accepts: a subset of ``{"out"}``.
+
+    With ``"out"``, ``forward(x, training, out=buf)`` may be given a preallocated array of
+    shape :meth:`output_shape` ``(x.shape)`` and ``x``'s dtype, and must return its output
+    written into it.
+    """
+    backward_options = frozenset()
+    """Optional keywords :meth:`backward` accepts: a subset of
+    ``{"out", "overwrite", "input_grad"}``.
+    - ``out``: a preallocated array shaped like the forward input, to write ``dL/dx`` into;
+    - ``overwrite``: when true, ``dy`` is scratch the caller does not need again, so the
+      layer may compute ``dL/dx`` in it and return it;
+    - ``input_grad``: when false, only the parameter gradients are needed; the layer may
+      skip ``dL/dx`` and return ``None``.
+    Each keyword only permits a cheaper way to the same result.
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -126,14 +152,21 @@ class Layer:
         ``p.grad`` and return ``dL/dx``."""
         raise NotImplementedError(f"{self.name} does not implement backward")
 
-    def backward_overwrite(self, dy):
-        """Like :meth:`backward`, but the layer may overwrite ``dy`` and return it as ``dx``.
+    def output_shape(self, input_shape):
+        """Shape of the output for an input of shape ``input_shape`` (default: the same).
 
-        :class:`Sequential` calls this with gradients it produced itself, so elementwise
-        layers and batch norm work in place instead of allocating. The default simply
-        calls :meth:`backward`.
+        Only consulted when ``"out"`` is in :attr:`forward_options`.
         """
-        return self.backward(dy)
+        return tuple(input_shape)
+
+    def fuse_next(self, next_layer):
+        """A block running this layer and ``next_layer`` together, or ``None`` (default).
+
+        :class:`~dualnn.layers.Sequential` asks each layer this about the layer that
+        follows it (unless built with ``fuse=False``). A returned :class:`~dualnn.layers.fusion.FusedBlock`
+        must give the same results as running the two layers one after the other, leave
+        both layers' parameters where they are, and keep both layers' state consistent.
+        """
 
     def __call__(self, x, training=False):
         return self.forward(x, training=training)
@@ -275,8 +308,13 @@ class Layer:
                 f"{self.name}: expected {self._dtype} input (the layer's dtype), got "
                 f"{dtype_name(x.dtype)}")
 
-    def _check_grad(self, dy, expected):
-        """Check ``dy`` against ``expected`` (the forward output, or its shape)."""
+    def _check_grad(self, dy, expected, dtype=None):
+        """Check ``dy`` against ``expected`` (the forward output, or its shape).
+
+        ``dy`` must be a floating-point array (either precision is accepted); ``dtype``,
+        the dtype named in the error, defaults to the dtype of ``expected`` when it is an
+        array, else the layer's dtype.
+        """
         if expected is None:
             raise ShapeError(f"{self.name}: backward called before forward")
         shape = expected if isinstance(expected, tuple) else tuple(expected.shape)
@@ -288,6 +326,16 @@ class Layer:
             raise ShapeError(
                 f"{self.name}.backward: expected a gradient of shape {shape} "
                 f"(the forward output), got {tuple(dy.shape)}")
+        if dtype is None:
+            dtype = self._dtype if isinstance(expected, tuple) else expected.dtype
+        if dtype is not None and dy.dtype == dtype:
+            return
+        got = dtype_name(dy.dtype)
+        if got not in FLOAT_DTYPES:
+            want = " or ".join(FLOAT_DTYPES) if dtype is None else dtype_name(dtype)
+            raise ShapeError(
+                f"{self.name}.backward: expected a {want} gradient (the forward output's "
+                f"dtype), got {got}; convert it, e.g. dy.astype('{want.split()[0]}')")
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

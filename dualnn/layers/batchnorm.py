@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigurationError, ShapeError
 from .base import Layer
+from .fusion import FusedBlock
 
 
 class BatchNorm(Layer):
@@ -70,18 +71,27 @@ class BatchNorm(Layer):
         self._training = False
         self._relu = False
 
-    def forward(self, x, training=False):
-        """``x``: (batch, num_features) -> same shape."""
-        return self.forward_fused(x, training, relu=False)
+    forward_options = frozenset({"out"})
+    backward_options = frozenset({"overwrite"})
 
-    def forward_fused(self, x, training=False, relu=False, out=None):
-        """Forward, followed by ``max(., 0)`` when ``relu`` (the BatchNorm -> ReLU block).
+    def forward(self, x, training=False, out=None):
+        """``x``: (batch, num_features) -> same shape.
 
-        :class:`~dualnn.layers.Sequential` calls this for a BatchNorm directly followed by
-        a ReLU, so the ReLU costs no pass of its own; the next :meth:`backward` then
-        expects the gradient of the ReLU's output. ``out`` is an optional preallocated
-        output of ``x``'s shape and dtype.
+        ``out`` is an optional preallocated output of ``x``'s shape and dtype.
         """
+        return self._forward(x, training, False, out)
+
+    def fuse_next(self, next_layer):
+        """Fuse with a following ReLU (a layer whose ``output_activation()`` is
+        ``("relu", 0.0)``): the ReLU is applied inside batch norm's passes."""
+        offer = getattr(next_layer, "output_activation", None)
+        if offer is not None and offer() == ("relu", 0.0):
+            return BatchNormReLU(self, next_layer)
+        return None
+
+    def _forward(self, x, training, relu, out):
+        """Forward, followed by ``max(., 0)`` when ``relu``; the next backward then
+        expects the gradient of the ReLU's output."""
         self._check_input(x, self.num_features)
         b = self.backend
         self._x = x
@@ -103,14 +113,12 @@ class BatchNorm(Layer):
             self._invstd = 1 / self.xp.sqrt(self.running_var + self.eps)
         return y
 
-    def backward(self, dy):
-        r"""Adds :math:`d\gamma = \sum dy\,\hat x`, :math:`d\beta = \sum dy`; returns dx."""
-        return self._backward(dy, out=None)
+    def backward(self, dy, *, overwrite=False):
+        r"""Adds :math:`d\gamma = \sum dy\,\hat x`, :math:`d\beta = \sum dy`; returns dx.
 
-    def backward_overwrite(self, dy):
-        return self._backward(dy, out=dy)
-
-    def _backward(self, dy, out):
+        With ``overwrite``, ``dx`` is written into ``dy``.
+        """
+        out = dy if overwrite else None
         x = self._x
         self._check_grad(dy, x)
         if self._training:
@@ -128,3 +136,19 @@ class BatchNorm(Layer):
         self.gamma.grad += dgamma
         self.beta.grad += dbeta
         return dx
+
+
+class BatchNormReLU(FusedBlock):
+    """A :class:`BatchNorm` and the ReLU after it, the ReLU applied in batch norm's passes.
+
+    The ReLU layer itself does not run (it keeps no state from a fused forward).
+    """
+
+    forward_options = frozenset({"out"})
+    backward_options = frozenset({"overwrite"})
+
+    def forward(self, x, training=False, out=None):
+        return self.layers[0]._forward(x, training, True, out)
+
+    def backward(self, dy, *, overwrite=False):
+        return self.layers[0].backward(dy, overwrite=overwrite)

@@ -28,6 +28,7 @@ class Dropout(Layer):
         self.p = float(p)
         self._mask = None
         self._shape = None
+        self._dtype_seen = None
 
     def get_config(self):
         return {"p": self.p}
@@ -35,10 +36,12 @@ class Dropout(Layer):
     def _clear_cache(self):
         self._mask = None
         self._shape = None
+        self._dtype_seen = None
 
     def forward(self, x, training=False):
         self._check_input(x)
         self._shape = tuple(x.shape)
+        self._dtype_seen = x.dtype
         if not training or self.p == 0:
             self._mask = None
             return x
@@ -49,12 +52,14 @@ class Dropout(Layer):
         self._mask = self.xp.astype(keep, x.dtype) * (1 / (1 - self.p))
         return x * self._mask
 
-    def backward(self, dy):
-        self._check_grad(dy, self._shape)
-        return dy if self._mask is None else dy * self._mask
+    backward_options = frozenset({"overwrite"})
 
-    def backward_overwrite(self, dy):
-        self._check_grad(dy, self._shape)
-        if self._mask is not None:
+    def backward(self, dy, *, overwrite=False):
+        """``dy`` times the mask; with ``overwrite`` the product is written into ``dy``."""
+        self._check_grad(dy, self._shape, self._dtype_seen)
+        if self._mask is None:
+            return dy
+        if overwrite:
             dy *= self._mask
-        return dy
+            return dy
+        return dy * self._mask

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import init as initializers
 from ..errors import ConfigurationError
 from .base import Layer
+from .fusion import FusedBlock
 
 
 class Linear(Layer):
@@ -27,6 +28,9 @@ class Linear(Layer):
     bias : Parameter, shape (out_features,), or None
     """
 
+    forward_options = frozenset({"out"})
+    backward_options = frozenset({"out", "input_grad"})
+
     def __init__(self, in_features, out_features, bias=True, init="xavier", dtype="float32"):
         super().__init__(dtype=dtype)
         for label, value in (("in_features", in_features), ("out_features", out_features)):
@@ -48,18 +52,18 @@ class Linear(Layer):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "init": self.init, "dtype": self.dtype}
 
-    def forward(self, x, training=False):
-        """``x``: (batch, in_features) -> (batch, out_features)."""
-        return self.forward_fused(x, training)
+    def output_shape(self, input_shape):
+        return (input_shape[0], self.out_features)
 
-    def forward_fused(self, x, training=False, activation="identity", alpha=0.0, out=None):
-        """``act(x W^T + b)`` with the bias add and activation in one pass after the GEMM.
+    def forward(self, x, training=False, out=None):
+        """``x``: (batch, in_features) -> (batch, out_features).
 
-        :class:`~dualnn.layers.Sequential` calls this for a Linear followed by an
-        activation whose derivative can be taken from its output; the activation layer
-        then only runs its backward. ``out`` is an optional preallocated
-        ``(batch, out_features)`` output.
+        ``out`` is an optional preallocated ``(batch, out_features)`` output.
         """
+        return self._forward(x, "identity", 0.0, out)
+
+    def _forward(self, x, activation, alpha, out):
+        """``act(x W^T + b)`` with the bias add and activation in one pass after the GEMM."""
         self._check_input(x, self.in_features)
         self._x = x
         y = self.backend.matmul(x, self.weight.data.T, out=out)
@@ -68,23 +72,55 @@ class Linear(Layer):
             y = self.backend.bias_activation_forward(y, bias, activation, alpha, out=y)
         return y
 
-    def backward(self, dy):
-        r"""Adds :math:`dW = dy^\top x`, :math:`db = \sum_n dy`; returns :math:`dx = dy\,W`."""
-        return self.backward_into(dy, out=None)
+    def backward(self, dy, *, out=None, input_grad=True):
+        r"""Adds :math:`dW = dy^\top x`, :math:`db = \sum_n dy`; returns :math:`dx = dy\,W`.
 
-    def backward_into(self, dy, out=None):
-        """:meth:`backward` writing ``dx`` into the preallocated ``out`` when given."""
-        self.accumulate_parameter_gradients(dy)
-        return self.backend.matmul(dy, self.weight.data, out=out)
-
-    def accumulate_parameter_gradients(self, dy):
-        """The parameter half of :meth:`backward`: adds ``dW`` and ``db``, no ``dx``."""
+        ``out`` is an optional preallocated ``(batch, in_features)`` array for ``dx``;
+        with ``input_grad=False`` only ``dW`` and ``db`` are computed and ``None`` is
+        returned.
+        """
         x = self._x
-        self._check_grad(dy, None if x is None else (x.shape[0], self.out_features))
+        self._check_grad(dy, None if x is None else (x.shape[0], self.out_features),
+                         None if x is None else x.dtype)
         grad, overwrite = self.weight.gradient_buffer()
         self.backend.matmul_accumulate(dy.T, x, grad, overwrite)
         if self.bias is not None:
             self.bias.grad += self.xp.sum(dy, axis=0)
+        if not input_grad:
+            return None
+        return self.backend.matmul(dy, self.weight.data, out=out)
+
+    def fuse_next(self, next_layer):
+        """Fuse with a following activation whose derivative can be read from its output
+        (it offers ``output_activation()``): bias and activation then run in one pass
+        right after the GEMM."""
+        offer = getattr(next_layer, "output_activation", None)
+        spec = offer() if offer is not None else None
+        return None if spec is None else LinearActivation(self, next_layer, *spec)
 
     def _clear_cache(self):
         self._x = None
+
+
+class LinearActivation(FusedBlock):
+    """A :class:`Linear` and the activation after it: ``act(x W^T + b)`` in one pass.
+
+    The activation computes nothing in forward; it is handed the output (its derivative
+    is taken from the output) and runs its own backward as usual.
+    """
+
+    forward_options = frozenset({"out"})
+    backward_options = frozenset({"out", "overwrite", "input_grad"})
+
+    def __init__(self, linear, act, kind, alpha):
+        super().__init__(linear, act)
+        self.kind, self.alpha = kind, alpha
+
+    def forward(self, x, training=False, out=None):
+        linear, act = self.layers
+        return act.adopt_output(linear._forward(x, self.kind, self.alpha, out))
+
+    def backward(self, dy, *, out=None, overwrite=False, input_grad=True):
+        linear, act = self.layers
+        dy = act.backward(dy, overwrite=overwrite)
+        return linear.backward(dy, out=out, input_grad=input_grad)

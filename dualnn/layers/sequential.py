@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from ..backend.base import FLOAT_DTYPES, dtype_name
 from ..errors import ConfigurationError, DeviceMismatchError, ShapeError
-from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer
-from .batchnorm import BatchNorm
-from .linear import Linear
 
 
 class Sequential(Layer):
@@ -15,10 +12,20 @@ class Sequential(Layer):
 
     The model's entry checks the input once (a 2-D float array on the model's device,
     with the right number of features, finite on the CPU); the layers then only check
-    shapes. A :class:`BatchNorm` directly followed by a :class:`ReLU` runs as one fused
-    block (the ReLU is applied inside batch norm's passes); both layers stay in the model
-    with their names and parameters. Likewise a :class:`Linear` followed by ReLU, LeakyReLU,
-    Sigmoid or Tanh applies bias and activation in one pass right after its GEMM.
+    shapes.
+
+    Sequential knows no concrete layer class; it runs *steps* through the optional
+    protocol of :class:`Layer`. Each layer is asked :meth:`Layer.fuse_next` about the
+    layer after it; a returned :class:`~dualnn.layers.fusion.FusedBlock` runs both as one
+    step (for instance batch norm applies a following rectifier inside its own passes, and
+    a fully connected layer applies its bias and a following activation in one pass after
+    its GEMM; see each layer's ``fuse_next``). Both
+    layers stay in the model with their names and parameters. Steps that declare
+    ``"out"`` in ``forward_options`` write inner outputs into scratch buffers the model
+    owns and reuses; in backward, steps declaring ``"overwrite"`` work in place on
+    gradients the model produced itself (the caller's ``dy`` is never overwritten),
+    ``"out"`` receives a reused buffer for ``dL/dx``, and the first step is told to skip
+    ``dL/dx`` with ``"input_grad"`` when the caller does not want it.
 
     Parameters
     ----------
@@ -52,6 +59,7 @@ class Sequential(Layer):
             param.name = name
         self._plan = None
         self._scratch = {}
+        self._input_shapes = None
 
     def children(self):
         return list(self._layers)
@@ -69,23 +77,31 @@ class Sequential(Layer):
         return {"fuse": self.fuse}
 
     # ------------------------------------------------------------------ execution plan
-    def _steps(self):
-        """``(kind, index)`` pairs: ``("bn_relu", i)`` covers layers i and i + 1."""
+    def plan(self):
+        """The execution steps: ``(index, step)`` pairs, where ``step`` is the layer at
+        ``index`` or a :class:`~dualnn.layers.fusion.FusedBlock` starting there."""
         if self._plan is None:
             plan, i, layers = [], 0, self._layers
             while i < len(layers):
-                nxt = layers[i + 1] if i + 1 < len(layers) else None
-                if self.fuse and type(layers[i]) is BatchNorm and type(nxt) is ReLU:
-                    plan.append(("bn_relu", i))
-                elif (self.fuse and type(layers[i]) is Linear
-                      and type(nxt) in (ReLU, LeakyReLU, Sigmoid, Tanh)
-                      and nxt.fusable_after_linear()):
-                    plan.append(("linear_act", i))
-                else:
-                    plan.append(("layer", i))
-                i += 1 if plan[-1][0] == "layer" else 2
+                step = layers[i]
+                if self.fuse and i + 1 < len(layers):
+                    step = self._fused(i) or step
+                plan.append((i, step))
+                i += len(step.layers) if step is not layers[i] else 1
             self._plan = plan
         return self._plan
+
+    def _fused(self, i):
+        """Layer i's fused block with layer i + 1, checked to cover exactly those two."""
+        first, second = self._layers[i], self._layers[i + 1]
+        block = first.fuse_next(second)
+        if block is not None and (len(block.layers) != 2 or block.layers[0] is not first
+                                  or block.layers[1] is not second):
+            raise ConfigurationError(
+                f"{self.name}: layer {i} ({first.name}).fuse_next returned a block over "
+                f"{[layer.name for layer in block.layers]}, expected exactly layers {i} and "
+                f"{i + 1} ({first.name}, {second.name})")
+        return block
 
     def check_input(self, x):
         """The model's entry check: device, rank, float dtype, features, finiteness (CPU)."""
@@ -121,31 +137,21 @@ class Sequential(Layer):
 
     def _clear_cache(self):
         self._scratch = {}
+        self._input_shapes = None
 
     def forward(self, x, training=False):
         """Run every layer on ``x``: (batch, features) -> the last layer's output."""
         self.check_input(x)
-        steps = self._steps()
-        for position, (kind, i) in enumerate(steps):
-            layer = self._layers[i]
-            inner = position < len(steps) - 1
-            if kind == "bn_relu":
-                out = self._buffer(("forward", i), x.shape, x.dtype) if inner else None
-                x = layer.forward_fused(x, training, relu=True, out=out)
-            elif kind == "linear_act" or type(layer) is Linear:
-                shape = (x.shape[0], layer.out_features)
-                out = self._buffer(("forward", i), shape, x.dtype) if inner else None
-                if kind == "linear_act":
-                    act = self._layers[i + 1]
-                    x = act.adopt_output(layer.forward_fused(x, training, act.kind, act.alpha,
-                                                             out=out))
-                else:
-                    x = layer.forward_fused(x, training, out=out)
-            elif type(layer) is BatchNorm:
-                out = self._buffer(("forward", i), x.shape, x.dtype) if inner else None
-                x = layer.forward_fused(x, training, out=out)
+        steps = self.plan()
+        last = len(steps) - 1
+        shapes = self._input_shapes = []
+        for position, (i, step) in enumerate(steps):
+            shapes.append(x.shape)
+            if position < last and "out" in step.forward_options:
+                out = self._buffer(("forward", i), step.output_shape(x.shape), x.dtype)
+                x = step.forward(x, training, out=out)
             else:
-                x = layer.forward(x, training)
+                x = step.forward(x, training)
         return x
 
     def backward(self, dy, input_grad=True):
@@ -156,28 +162,29 @@ class Sequential(Layer):
         dy : array, shape of the last forward's output
             Never modified.
         input_grad : bool
-            Compute and return ``dL/dx`` of the model's input (default). ``False`` skips
-            the first layer's input-gradient GEMM, as frameworks do for data that needs no
-            gradient, and returns ``None``; ``fit`` uses it.
+            Compute and return ``dL/dx`` of the model's input (default). ``False`` lets
+            the first step skip its input gradient (for a fully connected layer, the
+            input-gradient GEMM), as frameworks do for data that needs no gradient, and
+            returns ``None``; ``fit`` uses it.
         """
         original = dy  # the caller's array is never overwritten
-        steps = self._steps()
+        steps = self.plan()
         for position in range(len(steps) - 1, -1, -1):
-            kind, i = steps[position]
-            # A fused Linear -> activation block runs the activation's backward, then the
-            # Linear's; a fused BatchNorm -> ReLU block is one backward of the BatchNorm.
-            chain = (i + 1, i) if kind == "linear_act" else (i,)
-            for j in chain:
-                layer = self._layers[j]
-                if type(layer) is Linear:
-                    if position == 0 and not input_grad and j == i:
-                        layer.accumulate_parameter_gradients(dy)
-                        return None
-                    shape = (dy.shape[0], layer.in_features)
-                    out = self._buffer(("backward", j), shape, dy.dtype) if position else None
-                    dy = layer.backward_into(dy, out=out)
-                elif dy is original:
-                    dy = layer.backward(dy)
-                else:
-                    dy = layer.backward_overwrite(dy)
+            i, step = steps[position]
+            options = step.backward_options
+            kwargs = {}
+            if dy is not original and "overwrite" in options:
+                kwargs["overwrite"] = True
+            if position == 0:
+                if not input_grad:
+                    if "input_grad" in options:
+                        kwargs["input_grad"] = False
+                    step.backward(dy, **kwargs)
+                    return None
+            elif "out" in options and self._input_shapes is not None:
+                kwargs["out"] = self._buffer(("backward", i), self._input_shapes[position],
+                                             dy.dtype)
+            dy = step.backward(dy, **kwargs)
         return dy
+
+    backward_options = frozenset({"input_grad"})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Optimizer, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, real
 
 
 class Adadelta(Optimizer):
@@ -41,22 +42,12 @@ class Adadelta(Optimizer):
     State per parameter: ``square_avg`` (:math:`v`), ``acc_delta`` (:math:`u`), ``step``.
     """
 
-    hyperparameter_names = ("lr", "rho", "eps", "weight_decay")
+    hyperparameters = Hyperparameters(
+        lr=real(1.0, low=0.0),
+        rho=real(0.9, low=0.0, high=1.0),
+        eps=real(1e-6, low=0.0),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("square_avg", "acc_delta")
-
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, l1=0.0,
-                 max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, l1=l1,
-                         max_norm=max_norm, clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "rho": check_real(owner, "rho", hyper["rho"], low=0.0, high=1.0),
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-        }
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")

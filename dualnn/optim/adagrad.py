@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Optimizer, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, real
 
 
 class Adagrad(Optimizer):
@@ -40,22 +41,12 @@ class Adagrad(Optimizer):
     State per parameter: ``sum`` (:math:`s`) and ``step``.
     """
 
-    hyperparameter_names = ("lr", "lr_decay", "weight_decay", "eps")
+    hyperparameters = Hyperparameters(
+        lr=real(1e-2, low=0.0),
+        lr_decay=real(0.0, low=0.0),
+        weight_decay=real(0.0, low=0.0),
+        eps=real(1e-10, low=0.0))
     state_keys = ("sum",)
-
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, eps=1e-10, *, l1=0.0,
-                 max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         eps=eps, l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "lr_decay": check_real(owner, "lr_decay", hyper["lr_decay"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-        }
 
     def update(self, p, grad, state):
         state_sum = self.state_buffer(state, p, "sum")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from ..errors import ConfigurationError
-from .base import Optimizer, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, real, real_pair
 
 
 class Adam(Optimizer):
@@ -45,30 +43,13 @@ class Adam(Optimizer):
     State per parameter: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`), ``step``.
     """
 
-    hyperparameter_names = ("lr", "betas", "eps", "weight_decay")
+    hyperparameters = Hyperparameters(
+        lr=real(1e-3, low=0.0),
+        betas=real_pair((0.9, 0.999), low=0.0, high=1.0, high_open=True),
+        eps=real(1e-8, low=0.0),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("exp_avg", "exp_avg_sq")
     decoupled = False
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, *,
-                 l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        betas = hyper["betas"]
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) \
-                or len(betas) != 2:
-            raise ConfigurationError(
-                f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = tuple(check_real(owner, f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
-                      for i, b in enumerate(betas))
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "betas": betas,
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-        }
 
     def update(self, p, grad, state):
         exp_avg = self.state_buffer(state, p, "exp_avg")
@@ -109,9 +90,5 @@ class AdamW(Adam):
     State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``.
     """
 
+    hyperparameters = Adam.hyperparameters.with_defaults(weight_decay=1e-2)
     decoupled = True
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-                 l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)

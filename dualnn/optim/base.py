@@ -10,14 +10,15 @@ directly.
 
 from __future__ import annotations
 
-import math
+import inspect
 import numbers
 from collections.abc import Mapping
 
 from ..backend.base import dtype_name
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from ..parameter import Parameter
-from . import constraints
+from .hooks import OPTION_HOOKS, OPTION_OFF, OptimizerHook
+from .hyperparameters import Hyperparameters, check_bool, check_real, unchecked  # noqa: F401  (check_* re-exported)
 
 _REGISTRY = {}
 
@@ -49,39 +50,6 @@ def get(name):
         raise ConfigurationError(
             f"unknown optimizer {name!r}; known: {known}. A custom optimizer must be "
             "imported before it can be looked up by name") from None
-
-
-# ---------------------------------------------------------------------------------------
-# hyperparameter checks
-# ---------------------------------------------------------------------------------------
-
-def check_real(owner, name, value, *, low=None, low_open=False, high=None, high_open=False):
-    """``value`` as a finite Python float, or a :class:`ConfigurationError` naming it.
-
-    ``low``/``high`` bound the accepted range; ``*_open`` excludes the bound itself.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(
-            f"{owner}: {name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{owner}: {name} must be finite, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        rel = ">" if low_open else ">="
-        raise ConfigurationError(f"{owner}: {name} must be {rel} {low}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        rel = "<" if high_open else "<="
-        raise ConfigurationError(f"{owner}: {name} must be {rel} {high}, got {value!r}")
-    return value
-
-
-def check_bool(owner, name, value):
-    """``value`` as a bool; only ``True``/``False`` (or 0/1) are accepted."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral) and value in (0, 1):
-        return bool(value)
-    raise ConfigurationError(f"{owner}: {name} must be True or False, got {value!r}")
 
 
 def check_params(owner, params):
@@ -131,48 +99,59 @@ def _is_int(value):
 class Optimizer:
     """Base class of every optimizer.
 
-    A subclass lists its constructor's hyperparameters in ``hyperparameter_names``, the
-    state arrays it may keep per parameter in ``state_keys``, validates its
-    hyperparameters in :meth:`check_hyperparameters`, and implements :meth:`update`
-    for one parameter. The base class does the rest: the documented options (L1
-    penalty, gradient-norm clipping, max-norm constraint), the non-finite guard,
-    ``zero_grad``, ``state_dict``/``load_state_dict`` and ``get_config``.
+    A subclass declares its hyperparameters once, in ``hyperparameters`` (name ->
+    ``Hyperparameter`` in constructor order, ``lr`` first; see
+    :mod:`dualnn.optim.hyperparameters`), the state arrays it may keep per parameter in
+    ``state_keys``, and implements :meth:`update` for one parameter; it may override
+    :meth:`check_hyperparameters` for checks that involve several values. The base class
+    builds the rest from the declaration: the constructor (the hyperparameters
+    positionally or by keyword, with their defaults), validation, ``get_config``,
+    ``state_dict``/``load_state_dict``, the non-finite guard and ``zero_grad``.
 
     Parameters
     ----------
     params : iterable of Parameter
         The parameters to train, e.g. ``model.parameters()``; their order is kept.
+    *args, **hyperparameters
+        The subclass's declared hyperparameters.
     l1 : float, keyword-only
-        L1 penalty: ``l1 * sign(p)`` is added to each gradient before the update.
+        L1 penalty: ``l1 * sign(p)`` is added to each gradient before the update
+        (installs a :class:`~dualnn.optim.hooks.L1Penalty` hook).
     max_norm : float or None, keyword-only
         Max-norm constraint applied after each update: every row of a parameter with two
         or more dimensions (an output unit's incoming weights) is rescaled to an L2
-        norm of at most ``max_norm``. One-dimensional parameters are untouched.
+        norm of at most ``max_norm``. One-dimensional parameters are untouched
+        (installs a :class:`~dualnn.optim.hooks.MaxNorm` hook).
     clip_grad_norm : float or None, keyword-only
         Before the update, scale all gradients together so their global L2 norm is at
         most this (as :func:`torch.nn.utils.clip_grad_norm_`). Costs one host read per
-        parameter per step.
-    **hyperparameters
-        The subclass's own hyperparameters.
+        parameter per step (installs a :class:`~dualnn.optim.hooks.GradientClipping`
+        hook).
 
     Attributes
     ----------
     params : list of Parameter
     lr : float
         The learning rate; may be set between steps (learning-rate schedules).
+    hooks : tuple of OptimizerHook
+        The hooks in the order they run: those of the options, then those added with
+        :meth:`add_hook`.
 
     Notes
     -----
-    The options apply in this order: clip the gradients, add the L1 term, run the
-    update rule (with its ``weight_decay``), apply the max-norm constraint. None of them
-    modifies ``p.grad``.
+    A step runs every hook's ``before_update`` in order (the options: clip the
+    gradients, then add the L1 term), the update rule (with its ``weight_decay``), then
+    every hook's ``after_update`` (the option: the max-norm constraint). None of them
+    modifies ``p.grad``. The options are part of :meth:`get_config` and checkpoints;
+    hooks added with :meth:`add_hook` are not (add them again after loading).
     """
 
-    hyperparameter_names = ()
-    """Constructor keyword names of the subclass's own hyperparameters (``lr`` first)."""
+    hyperparameters = Hyperparameters()
+    """The subclass's :class:`~dualnn.optim.hyperparameters.Hyperparameters`, in
+    constructor order (``lr`` first)."""
 
     option_names = ("l1", "max_norm", "clip_grad_norm")
-    """Keyword-only options every optimizer accepts."""
+    """Keyword-only options every optimizer accepts (each installs a hook)."""
 
     state_keys = ()
     """Names of the per-parameter state arrays the subclass may create."""
@@ -180,48 +159,136 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY.setdefault(cls.__name__.lower(), cls)
+        if "hyperparameter_names" in cls.__dict__ and "hyperparameters" not in cls.__dict__:
+            # a subclass written against the older API, checking in check_hyperparameters
+            cls.hyperparameters = Hyperparameters(
+                **{n: unchecked() for n in cls.hyperparameter_names})
+        cls.hyperparameter_names = tuple(cls.hyperparameters)
+        if "__init__" not in cls.__dict__:
+            cls.__signature__ = cls._signature()
 
-    def __init__(self, params, **config):
+    @classmethod
+    def _signature(cls):
+        P = inspect.Parameter
+        return inspect.Signature(
+            [P("params", P.POSITIONAL_OR_KEYWORD)]
+            + [P(n, P.POSITIONAL_OR_KEYWORD, default=h.default)
+               for n, h in cls.hyperparameters.items()]
+            + [P(n, P.KEYWORD_ONLY, default=OPTION_OFF[n]) for n in cls.option_names])
+
+    def __init__(self, params, *args, **config):
         owner = type(self).__name__
+        names = tuple(self.hyperparameters)
+        if len(args) > len(names):
+            raise TypeError(f"{owner}() takes at most {len(names)} positional "
+                            f"hyperparameter(s) {list(names)}, got {len(args)}")
+        for name, value in zip(names, args):
+            if name in config:
+                raise TypeError(f"{owner}() got multiple values for {name!r}")
+            config[name] = value
+        unknown = sorted(set(config) - set(names) - set(self.option_names))
+        if unknown:
+            raise TypeError(f"{owner}() got unexpected keyword argument(s) {unknown}; "
+                            f"expected some of {list(names) + list(self.option_names)}")
         self.params = check_params(owner, params)
+        self._option_hooks = {}
+        self._hooks = []
         self._apply_config(self._check_config(config))
 
     # ------------------------------------------------------------------ configuration
     def check_hyperparameters(self, hyper):
-        """Validate the subclass's hyperparameters; return them normalized (floats, bools).
+        """Checks involving several hyperparameters; returns them (normalized).
 
-        Subclasses override this. Raises :class:`ConfigurationError` naming the value.
+        ``hyper`` holds every declared hyperparameter, each already checked by its
+        declaration. Raises :class:`ConfigurationError` naming the values.
         """
         return dict(hyper)
 
     def _check_config(self, config):
-        """The full constructor config checked and normalized, or ConfigurationError."""
+        """The full config checked and normalized, or ConfigurationError.
+
+        Missing entries take the current values (once built) or the declared defaults.
+        """
         owner = type(self).__name__
-        known = set(self.hyperparameter_names) | set(self.option_names)
-        unknown = sorted(set(config) - known)
+        names = tuple(self.hyperparameters)
+        unknown = sorted(set(config) - set(names) - set(self.option_names))
         if unknown:
             raise ConfigurationError(
                 f"{owner}: unknown hyperparameter(s) {unknown}; expected some of "
-                f"{list(self.hyperparameter_names) + list(self.option_names)}")
-        defaults = self.get_config() if hasattr(self, "_lr") else {}
+                f"{list(names) + list(self.option_names)}")
+        if hasattr(self, "_lr"):
+            defaults = self.get_config()
+        else:
+            defaults = {n: h.default for n, h in self.hyperparameters.items()}
+            defaults.update(OPTION_OFF)
         merged = {**defaults, **config}
-        missing = [n for n in known if n not in merged]
-        if missing:
-            raise ConfigurationError(f"{owner}: missing hyperparameter(s) {sorted(missing)}")
         hyper = self.check_hyperparameters(
-            {n: merged[n] for n in self.hyperparameter_names})
-        l1 = check_real(owner, "l1", merged["l1"], low=0.0)
-        max_norm = merged["max_norm"]
-        if max_norm is not None:
-            max_norm = check_real(owner, "max_norm", max_norm, low=0.0, low_open=True)
-        clip = merged["clip_grad_norm"]
-        if clip is not None:
-            clip = check_real(owner, "clip_grad_norm", clip, low=0.0, low_open=True)
-        return {**hyper, "l1": l1, "max_norm": max_norm, "clip_grad_norm": clip}
+            {n: h.check(owner, n, merged[n]) for n, h in self.hyperparameters.items()})
+        options = {n: self._check_option(owner, n, merged[n]) for n in self.option_names}
+        return {**hyper, **options}
+
+    @staticmethod
+    def _check_option(owner, name, value):
+        if name == "l1":
+            return check_real(owner, name, value, low=0.0)
+        if value is None:
+            return None
+        return check_real(owner, name, value, low=0.0, low_open=True)
 
     def _apply_config(self, config):
         for name, value in config.items():
             setattr(self, name, value)
+
+    def __getattr__(self, name):
+        # the options read back from their hooks (only reached when no attribute exists)
+        if name in OPTION_HOOKS and "_option_hooks" in self.__dict__:
+            hook = self._option_hooks.get(name)
+            return OPTION_OFF[name] if hook is None else hook.value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in OPTION_HOOKS:
+            self._set_option(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _set_option(self, name, value):
+        """Install, update or remove the hook of option ``name``."""
+        value = self._check_option(type(self).__name__, name, value)
+        if value == OPTION_OFF[name]:
+            self._option_hooks.pop(name, None)
+        else:
+            self._option_hooks[name] = OPTION_HOOKS[name](value)
+
+    @property
+    def hooks(self):
+        """The hooks in the order they run (the options' first, then added ones)."""
+        options = tuple(self._option_hooks[n] for n in OPTION_HOOKS if n in self._option_hooks)
+        return options + tuple(self._hooks)
+
+    def add_hook(self, hook):
+        """Run ``hook`` at every step, after the hooks already present; returns it.
+
+        Parameters
+        ----------
+        hook : OptimizerHook
+            Its ``before_update(optimizer, grads)`` returns the gradients the update
+            uses; its ``after_update(optimizer)`` runs once every parameter is updated.
+        """
+        if not isinstance(hook, OptimizerHook):
+            raise ConfigurationError(
+                f"{type(self).__name__}.add_hook: expected an OptimizerHook, got "
+                f"{type(hook).__name__}")
+        self._hooks.append(hook)
+        return hook
+
+    def remove_hook(self, hook):
+        """Stop running a hook added with :meth:`add_hook`."""
+        try:
+            self._hooks.remove(hook)
+        except ValueError:
+            raise ConfigurationError(
+                f"{type(self).__name__}.remove_hook: {hook!r} was not added") from None
 
     @property
     def lr(self):
@@ -236,7 +303,8 @@ class Optimizer:
         """The constructor keyword arguments, JSON-serializable.
 
         ``type(opt)(params, **opt.get_config())`` rebuilds an equivalent optimizer (with
-        fresh state; restore the state with :meth:`load_state_dict`).
+        fresh state and the options' hooks; restore the state with
+        :meth:`load_state_dict`).
         """
         config = {}
         for name in self.hyperparameter_names + self.option_names:
@@ -277,20 +345,16 @@ class Optimizer:
                         f"{type(self).__name__}: non-finite gradient of {p.name} "
                         f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
                         "were not updated", layer=_layer_of(p.name))
+        hooks = self.hooks
         grads = [p.grad for p in self.params]
-        if self.clip_grad_norm is not None:
-            coef = constraints.clip_coefficient(
-                constraints.global_grad_norm(self.params, grads), self.clip_grad_norm)
-            if coef < 1.0:
-                grads = [g * coef for g in grads]
+        for hook in hooks:
+            grads = hook.before_update(self, grads)
         for p, grad in zip(self.params, grads):
-            if self.l1 != 0:
-                grad = constraints.add_l1(p, grad, self.l1)
             state = p.state
             state["step"] = int(state.get("step", 0)) + 1
             self.update(p, grad, state)
-            if self.max_norm is not None:
-                constraints.apply_max_norm(p, self.max_norm)
+        for hook in hooks:
+            hook.after_update(self)
 
     def update(self, p, grad, state):
         """Apply the update rule to one parameter, in place.

@@ -2,7 +2,8 @@
 
 Each function works through a parameter's backend (``p.backend.xp`` and the backend's
 methods), never through an array library directly, so it runs unchanged on every device.
-:class:`~dualnn.optim.base.Optimizer` applies them around its update, in this order:
+The hooks of :mod:`dualnn.optim.hooks` call them; an optimizer built with the options runs
+them in this order:
 
 1. ``clip_grad_norm``: every gradient is scaled by
    ``min(1, max_norm / (||g||_2 + 1e-6))``, where ``||g||_2`` is the norm of all

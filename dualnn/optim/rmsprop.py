@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Optimizer, check_bool, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, flag, real
 
 
 class RMSprop(Optimizer):
@@ -50,25 +51,14 @@ class RMSprop(Optimizer):
     ``momentum > 0``), ``grad_avg`` (:math:`\bar g`, when centered) and ``step``.
     """
 
-    hyperparameter_names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    hyperparameters = Hyperparameters(
+        lr=real(1e-2, low=0.0),
+        alpha=real(0.99, low=0.0),
+        eps=real(1e-8, low=0.0),
+        weight_decay=real(0.0, low=0.0),
+        momentum=real(0.0, low=0.0),
+        centered=flag(False))
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, l1=l1, max_norm=max_norm,
-                         clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "alpha": check_real(owner, "alpha", hyper["alpha"], low=0.0),
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
-            "centered": check_bool(owner, "centered", hyper["centered"]),
-        }
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from .base import Optimizer, check_bool, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, flag, real
 
 
 class SGD(Optimizer):
@@ -52,29 +53,21 @@ class SGD(Optimizer):
     State per parameter: ``momentum_buffer`` (when ``momentum > 0``) and ``step``.
     """
 
-    hyperparameter_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
+    hyperparameters = Hyperparameters(
+        lr=real(1e-3, low=0.0),
+        momentum=real(0.0, low=0.0),
+        dampening=real(0.0),
+        nesterov=flag(False),
+        weight_decay=real(0.0, low=0.0))
     state_keys = ("momentum_buffer",)
 
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, nesterov=False,
-                 weight_decay=0, *, l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         nesterov=nesterov, weight_decay=weight_decay, l1=l1,
-                         max_norm=max_norm, clip_grad_norm=clip_grad_norm)
-
     def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        checked = {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
-            "dampening": check_real(owner, "dampening", hyper["dampening"]),
-            "nesterov": check_bool(owner, "nesterov", hyper["nesterov"]),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-        }
-        if checked["nesterov"] and (checked["momentum"] <= 0 or checked["dampening"] != 0):
+        if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
             raise ConfigurationError(
-                f"{owner}: Nesterov momentum requires momentum > 0 and dampening == 0, got "
-                f"momentum={checked['momentum']!r}, dampening={checked['dampening']!r}")
-        return checked
+                f"{type(self).__name__}: Nesterov momentum requires momentum > 0 and "
+                f"dampening == 0, got momentum={hyper['momentum']!r}, "
+                f"dampening={hyper['dampening']!r}")
+        return hyper
 
     def update(self, p, grad, state):
         buffer = None

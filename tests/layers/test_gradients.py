@@ -61,7 +61,7 @@ def test_fused_batchnorm_relu_block_gradients(backend, rng):
                           L.BatchNorm(6, dtype="float64"), L.ReLU(),
                           L.Linear(6, 3, dtype="float64"))
     backend.assign(model[1].beta.data, _x(backend, rng, (6,)) * 0.5)
-    assert model._steps()[1] == ("bn_relu", 1)
+    assert type(model.plan()[1][1]).__name__ == "BatchNormReLU" and model.plan()[1][0] == 1
     report = dn.gradcheck(model, _x(backend, rng, (8, 5)))
     assert report.passed, str(report)
 
@@ -126,7 +126,8 @@ def test_fused_linear_activation_matches_unfused(backend, rng, act):
                              L.Linear(6, 3, dtype="float64"), fuse=fuse)
 
     fused, plain = build(True), build(False)
-    assert fused._steps()[0] == ("linear_act", 0) and plain._steps()[0] == ("layer", 0)
+    assert type(fused.plan()[0][1]).__name__ == "LinearActivation"
+    assert plain.plan()[0][1] is plain[0]
     for model in (fused, plain):
         backend.assign(model[0].bias.data, _x(backend, rng, (6,)))
     plain.load_state_dict(fused.state_dict())

@@ -62,8 +62,9 @@ def test_outputs_are_not_overwritten_by_the_next_forward(backend):
 
 def test_plan_fuses_the_blocks_it_should():
     model = _model(0)
-    assert model._steps() == [("layer", 0), ("bn_relu", 1), ("layer", 3), ("linear_act", 4),
-                              ("layer", 6), ("layer", 7), ("layer", 8)]
+    assert [(i, type(step).__name__) for i, step in model.plan()] == [
+        (0, "Linear"), (1, "BatchNormReLU"), (3, "Dropout"), (4, "LinearActivation"),
+        (6, "Linear"), (7, "BatchNorm"), (8, "Linear")]
     assert [name for name, _ in model.named_parameters()] == [
         "0.weight", "1.gamma", "1.beta", "4.weight", "4.bias", "6.weight", "6.bias",
         "7.gamma", "7.beta", "8.weight", "8.bias"]

@@ -1,0 +1,112 @@
+"""Optimizer hooks: small steps an optimizer runs before or after its update rule.
+
+The documented options are hooks: ``clip_grad_norm=`` installs :class:`GradientClipping`,
+``l1=`` installs :class:`L1Penalty`, ``max_norm=`` installs :class:`MaxNorm`. Any other
+hook is added with :meth:`Optimizer.add_hook <dualnn.optim.Optimizer.add_hook>`:
+
+>>> opt = dn.optim.SGD(model.parameters(), lr=0.1)                # doctest: +SKIP
+>>> opt.add_hook(dn.optim.hooks.MaxNorm(3.0))                     # doctest: +SKIP
+
+Each hook works through the parameters' backends, never through an array library.
+"""
+
+from __future__ import annotations
+
+from . import constraints
+from .hyperparameters import check_real
+
+
+class OptimizerHook:
+    """Base class of optimizer hooks; both methods default to doing nothing.
+
+    A hook must not modify ``p.grad``: :meth:`before_update` returns new gradient arrays
+    instead.
+    """
+
+    def before_update(self, optimizer, grads):
+        """The gradients the update should use.
+
+        Parameters
+        ----------
+        optimizer : Optimizer
+        grads : list of arrays
+            One per ``optimizer.params``, same order and shapes (``p.grad`` or what an
+            earlier hook returned).
+
+        Returns
+        -------
+        list of arrays
+        """
+        return grads
+
+    def after_update(self, optimizer):
+        """Act on ``optimizer.params`` after every parameter was updated."""
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class GradientClipping(OptimizerHook):
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    The factor is ``min(1, max_norm / (||g||_2 + 1e-6))`` with ``||g||_2`` the norm of all
+    gradients together, as :func:`torch.nn.utils.clip_grad_norm_`. Costs one host read
+    per parameter per step. Installed by the ``clip_grad_norm=`` option.
+    """
+
+    option = "clip_grad_norm"
+
+    def __init__(self, max_norm):
+        self.value = check_real(type(self).__name__, "max_norm", max_norm, low=0.0,
+                                low_open=True)
+
+    def before_update(self, optimizer, grads):
+        coef = constraints.clip_coefficient(
+            constraints.global_grad_norm(optimizer.params, grads), self.value)
+        return [g * coef for g in grads] if coef < 1.0 else grads
+
+
+class L1Penalty(OptimizerHook):
+    """Add ``l1 * sign(p)`` (the gradient of ``l1 * sum(|p|)``) to each gradient.
+
+    Installed by the ``l1=`` option.
+    """
+
+    option = "l1"
+
+    def __init__(self, l1):
+        self.value = check_real(type(self).__name__, "l1", l1, low=0.0)
+
+    def before_update(self, optimizer, grads):
+        if self.value == 0:
+            return grads
+        return [constraints.add_l1(p, g, self.value) for p, g in zip(optimizer.params, grads)]
+
+
+class MaxNorm(OptimizerHook):
+    """After the update, rescale every row of each parameter with two or more dimensions
+    (for a ``Linear`` weight, an output unit's incoming weights) to an L2 norm of at
+    most ``max_norm``; one-dimensional parameters are untouched.
+
+    Installed by the ``max_norm=`` option.
+    """
+
+    option = "max_norm"
+
+    def __init__(self, max_norm):
+        self.value = check_real(type(self).__name__, "max_norm", max_norm, low=0.0,
+                                low_open=True)
+
+    def after_update(self, optimizer):
+        for p in optimizer.params:
+            constraints.apply_max_norm(p, self.value)
+
+
+OPTION_HOOKS = {"clip_grad_norm": GradientClipping, "l1": L1Penalty, "max_norm": MaxNorm}
+"""The constructor options and the hook each installs, in the order they run."""
+
+OPTION_OFF = {"clip_grad_norm": None, "l1": 0.0, "max_norm": None}
+"""Each option's default value, which installs no hook."""
+
+__all__ = ["GradientClipping", "L1Penalty", "MaxNorm", "OptimizerHook"]
