@@ -74,6 +74,7 @@ class Layer:
     """
 
     epochs_trained = 0
+
     forward_options = frozenset()
     """Optional keywords :meth:`forward` accepts: a subset of ``{"out"}``.
 
@@ -81,15 +82,19 @@ class Layer:
     shape :meth:`output_shape` ``(x.shape)`` and ``x``'s dtype, and must return its output
     written into it.
     """
+
     backward_options = frozenset()
     """Optional keywords :meth:`backward` accepts: a subset of
     ``{"out", "overwrite", "input_grad"}``.
+
     - ``out``: a preallocated array shaped like the forward input, to write ``dL/dx`` into;
     - ``overwrite``: when true, ``dy`` is scratch the caller does not need again, so the
       layer may compute ``dL/dx`` in it and return it;
     - ``input_grad``: when false, only the parameter gradients are needed; the layer may
       skip ``dL/dx`` and return ``None``.
+
     Each keyword only permits a cheaper way to the same result.
+    """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
