@@ -16,13 +16,20 @@ class ShapeError(DualnnError, ValueError):
     """An array has the wrong shape, rank or dtype for the layer or function it was given to."""
 
 
-class NonFiniteInputError(DualnnError, ValueError):
+class NonFiniteInputError(ShapeError):
     """Input data (X, y or validation data) holds NaN or infinite values, possibly only after
-    the cast to the model's dtype (float64 ``1e300`` overflows float32 to ``inf``)."""
+    the cast to the model's dtype (float64 ``1e300`` overflows float32 to ``inf``).
+
+    A subclass of :class:`ShapeError` only so that code written against earlier releases,
+    which raised ``ShapeError`` here, keeps catching it; dualnn itself raises ``ShapeError``
+    for shapes alone."""
 
 
-class LabelError(DualnnError, ValueError):
-    """Targets do not suit the loss: class labels out of range, or not integer labels."""
+class LabelError(ShapeError):
+    """Targets do not suit the loss: class labels out of range, or not integer labels.
+
+    A subclass of :class:`ShapeError` for the same compatibility reason as
+    :class:`NonFiniteInputError`."""
 
 
 class DataFileError(DualnnError, OSError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .backend.base import FLOAT_DTYPES, dtype_name
 from .device import backend_of
-from .errors import ConfigurationError, ShapeError
+from .errors import ConfigurationError, LabelError, ShapeError
 
 
 class Loss:
@@ -109,12 +109,12 @@ def _check_labels(loss, backend, logits, labels):
                          f"the ({n}, {classes}) logits, got shape {tuple(labels.shape)}")
     kind = dtype_name(labels.dtype)
     if not kind.startswith(("int", "uint")):
-        raise ShapeError(f"{loss.name}: expected integer class labels, got dtype {kind}")
+        raise LabelError(f"{loss.name}: expected integer class labels, got dtype {kind}")
     xp = backend.xp
     if n:
         low, high = backend.item(xp.min(labels)), backend.item(xp.max(labels))
         if low < 0 or high >= classes:
-            raise ShapeError(f"{loss.name}: labels must lie in [0, {classes}) for {classes} "
+            raise LabelError(f"{loss.name}: labels must lie in [0, {classes}) for {classes} "
                              f"classes, got values from {int(low)} to {int(high)}")
     return labels
 

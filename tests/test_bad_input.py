@@ -161,8 +161,9 @@ def test_load_state_dict_checks_everything_before_changing_anything(backend):
 
 
 def test_error_classes_say_what_they_are():
-    """Non-finite data and unreadable files have their own errors; ``except ValueError`` /
-    ``except OSError`` code keeps catching them, ShapeError is left to shapes."""
+    """Non-finite data, bad labels and unreadable files have their own errors; code written
+    against the classes raised before (``ShapeError`` for data and labels, ``OSError`` for
+    files) keeps catching them."""
     from dualnn import errors
 
     for cls, builtin in [(errors.NonFiniteInputError, ValueError),
@@ -170,7 +171,9 @@ def test_error_classes_say_what_they_are():
                          (errors.DataFileError, OSError),
                          (errors.DataFileNotFoundError, FileNotFoundError)]:
         assert issubclass(cls, DualnnError) and issubclass(cls, builtin)
-        assert not issubclass(cls, ShapeError)
+    for cls in (errors.NonFiniteInputError, errors.LabelError):
+        assert issubclass(cls, ShapeError) and cls is not ShapeError
+    assert not issubclass(errors.DataFileError, ShapeError)
     assert issubclass(errors.DataFileNotFoundError, errors.DataFileError)
 
 

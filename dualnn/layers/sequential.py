@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..backend.base import FLOAT_DTYPES, dtype_name
-from ..errors import ConfigurationError, DeviceMismatchError, ShapeError
+from ..errors import ConfigurationError, DeviceMismatchError, NonFiniteInputError, ShapeError
 from .base import Layer
 
 
@@ -121,7 +121,7 @@ class Sequential(Layer):
                 f"{self.name}: layer 0 ({first.name}) expected {first.in_features} input "
                 f"features, got shape {tuple(x.shape)}")
         if b.device == "cpu" and not b.all_finite(x):
-            raise ShapeError(f"{self.name}: the input contains NaN or infinite values")
+            raise NonFiniteInputError(f"{self.name}: the input contains NaN or infinite values")
 
     def _buffer(self, key, shape, dtype):
         """A per-model scratch array reused across steps (``None`` where the backend
