@@ -109,6 +109,11 @@ KERNELS = KernelFamily(_make_kernels, SIGNATURES)
 """This family's kernels: signatures, Python functions, compiled kernels."""
 
 
+def softmax_cross_entropy_scratch_shape(n):
+    """Shape of the per-row loss scratch of :func:`softmax_cross_entropy`."""
+    return (n,)
+
+
 def softmax_cross_entropy_scratch(n, dtype):
     """``(shape, dtype name)`` of the per-row loss scratch for ``n`` rows of ``dtype``."""
     return (n,), dtype
