@@ -131,7 +131,7 @@ def _numba():
 
 
 def _jit(numba, fn, parallel):
-    options = dict(nogil=True, error_model="numpy", parallel=parallel)
+    options = {"nogil": True, "error_model": "numpy", "parallel": parallel}
     if not _cache_state.get("disabled") and _choose_cache_dir() is not None:
         try:
             return numba.njit(cache=True, **options)(fn)
@@ -201,7 +201,7 @@ def check(reference_array, *arrays, shapes=None, outputs=()):
         raise ValueError(f"fused CPU kernels take float32 or float64 arrays, got {dtype}")
     for i, a in enumerate((reference_array,) + arrays):
         if not isinstance(a, np.ndarray):
-            raise ValueError(f"expected a NumPy array, got {type(a).__name__}")
+            raise ValueError(f"expected a NumPy array, got {type(a).__name__}")  # noqa: TRY004
         if a.dtype != dtype:
             raise ValueError(f"dtype mismatch: {a.dtype} and {dtype}")
         if not a.flags.c_contiguous:

@@ -23,8 +23,11 @@ from .batchnorm.cuda import (
 )
 from .ops import FLOAT_DTYPES, LABEL_DTYPES  # noqa: F401 - re-exported
 from .optim.cuda import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
-from .softmax_xent.cuda import (softmax_cross_entropy, softmax_cross_entropy_scratch,
-                                softmax_cross_entropy_scratch_shape)
+from .softmax_xent.cuda import (
+    softmax_cross_entropy,
+    softmax_cross_entropy_scratch,
+    softmax_cross_entropy_scratch_shape,
+)
 
 
 def _families():
@@ -101,4 +104,5 @@ __all__ = [
     "simulator_enabled",
     "softmax_cross_entropy",
     "softmax_cross_entropy_scratch",
+    "softmax_cross_entropy_scratch_shape",
 ]

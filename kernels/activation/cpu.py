@@ -172,7 +172,6 @@ def _k_activation_backward(kind, dy, saved, alpha, out):
             out[i] = dy[i]
 
 
-
 _KERNELS = KernelSet(globals(), kernels=(
     "activation_forward", "bias_activation_forward", "bias_add", "nonpositive_part",
     "elu_from_expm1", "elu_backward_from_exp", "logistic_from_exp", "activation_backward"))
@@ -237,10 +236,10 @@ def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
     if z.ndim != 2:
         raise ValueError(f"z must be 2-D (batch, features), got shape {z.shape}")
     check(z, b, out, shapes=(z.shape, (z.shape[1],), z.shape), outputs=(out,))
-    z = writable_input(z)  # the bias passes may run in place on z
     if code in (SIGMOID, TANH):
-        return _simd_forward(code, z, b, out)
+        return _simd_forward(code, writable_input(z), b, out)  # bias_add may run in place
     if code == ELU:
+        z = writable_input(z)  # bias_add may run in place on z
         _KERNELS.get("bias_add", z.size, FORWARD_PARALLEL_THRESHOLD)(z, b, out, same_memory(z, out))
         return activation_forward(kind, out, alpha, out=out)
     if not same_memory(z, out):

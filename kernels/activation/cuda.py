@@ -27,14 +27,16 @@ cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
 because the kernels name it and the simulator swaps that global for its own."""
 
-_IDENTITY, _RELU, _LEAKY_RELU, _ELU, _SIGMOID, _TANH = IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH
+_IDENTITY, _RELU, _LEAKY_RELU, _ELU, _SIGMOID, _TANH = (IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID,
+                                                      TANH)
 
 
 SIGNATURES = {
     "activation_backward": "void({f}[::1], {f}[::1], {f}[::1], int32, {f})",
     "bias_activation_forward": "void({f}[::1], {f}[::1], {f}[::1], int64, int32, {f}, int32)",
 }
-"""Explicit signature of every kernel here; ``{f}`` is the float dtype, ``{i}`` the label dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
 
 
 def _make_kernels(dtype_name):

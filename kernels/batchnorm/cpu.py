@@ -192,7 +192,6 @@ def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, d
                                        k[j], nf, dbeta[j], dgamma[j], relu, zero)
 
 
-
 _KERNELS = KernelSet(globals(), kernels=(
     "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"),
     helpers=("_reduction_blocks", "_relu_if", "_bn_input_grad"))

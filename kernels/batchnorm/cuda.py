@@ -29,14 +29,20 @@ because the kernels name it and the simulator swaps that global for its own."""
 
 SIGNATURES = {
     "batchnorm_forward_partial": "void({f}[:, ::1], {f}[:, :, ::1])",
-    "batchnorm_forward_stats": "void({f}[:, ::1], {f}[:, :, ::1], {f}, {f}, {f}, {f}, {f}[::1], {f}[::1], {f}[::1], {f}[::1])",
-    "batchnorm_forward_apply": "void({f}[::1], {f}[:, :, ::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], int64, int32)",
-    "batchnorm_forward_eval": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}[::1], int64, int32)",
-    "batchnorm_backward_partial": "void({f}[:, ::1], {f}[:, ::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[:, :, ::1], int32)",
+    "batchnorm_forward_stats": ("void({f}[:, ::1], {f}[:, :, ::1], {f}, {f}, {f}, {f}, {f}[::1], "
+                                "{f}[::1], {f}[::1], {f}[::1])"),
+    "batchnorm_forward_apply": ("void({f}[::1], {f}[:, :, ::1], {f}[::1], {f}[::1], {f}[::1], "
+                                "{f}[::1], int64, int32)"),
+    "batchnorm_forward_eval": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, "
+                               "{f}[::1], int64, int32)"),
+    "batchnorm_backward_partial": ("void({f}[:, ::1], {f}[:, ::1], {f}[::1], {f}[::1], {f}[::1], "
+                                   "{f}[::1], {f}[:, :, ::1], int32)"),
     "batchnorm_backward_sums": "void({f}[:, :, ::1], {f}[::1], {f}[::1])",
-    "batchnorm_backward_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], int64, {f}, int32)",
+    "batchnorm_backward_apply": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], "
+                                 "{f}[::1], {f}[::1], {f}[::1], {f}[::1], int64, {f}, int32)"),
 }
-"""Explicit signature of every kernel here; ``{f}`` is the float dtype, ``{i}`` the label dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
 
 
 def _make_kernels(dtype_name):

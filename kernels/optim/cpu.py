@@ -104,7 +104,6 @@ def _k_adadelta_update(param, grad, square_avg, acc_delta, lr, rho, one_minus_rh
         param[i] = p - lr * delta
 
 
-
 _KERNELS = KernelSet(globals(), kernels=(
     "sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "adadelta_update"))
 

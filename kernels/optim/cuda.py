@@ -26,13 +26,18 @@ because the kernels name it and the simulator swaps that global for its own."""
 
 
 SIGNATURES = {
-    "sgd_update": "void({f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, int32, int32, int32, int32)",
-    "adam_update": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, {f}, {f}, {f}, int32)",
-    "rmsprop_update": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, int32, int32, int32)",
+    "sgd_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, int32, int32, int32, "
+                   "int32)"),
+    "adam_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, "
+                    "{f}, {f}, {f}, int32)"),
+    "rmsprop_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, "
+                       "{f}, {f}, {f}, int32, int32, int32)"),
     "adagrad_update": "void({f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, int32)",
-    "adadelta_update": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, int32)",
+    "adadelta_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, "
+                        "int32)"),
 }
-"""Explicit signature of every kernel here; ``{f}`` is the float dtype, ``{i}`` the label dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
 
 
 def _make_kernels(dtype_name):

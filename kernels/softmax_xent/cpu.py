@@ -41,7 +41,6 @@ def _k_softmax_cross_entropy(logits, labels, dlogits, row_loss):
             row_loss[i] = np.nan
 
 
-
 _KERNELS = KernelSet(globals(), kernels=("softmax_cross_entropy",))
 
 

@@ -35,7 +35,8 @@ SIGNATURES = {
     "softmax_cross_entropy_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {f}[::1])",
     "softmax_cross_entropy_mean": "void({f}[::1], {f}[::1])",
 }
-"""Explicit signature of every kernel here; ``{f}`` is the float dtype, ``{i}`` the label dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
 
 
 def _make_kernels(dtype_name):

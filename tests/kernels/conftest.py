@@ -9,10 +9,14 @@ the variable set and ``-m cudasim``)::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from .cases import SIMULATOR
+
+_HERE = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,7 +25,9 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs NUMBA_ENABLE_CUDASIM=1 in its own process "
                                    "(tests/test_cudasim_suite.py runs it)")
     for item in items:
-        if item.get_closest_marker("cudasim") is not None:
+        # this hook sees every collected item: only the cases of this folder are ours
+        if (item.get_closest_marker("cudasim") is not None
+                and _HERE in Path(str(item.fspath)).resolve().parents):
             item.add_marker(skip)
 
 

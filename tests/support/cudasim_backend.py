@@ -1,4 +1,5 @@
-"""Test support (not shipped): a backend with NumPy arrays, fused ops run by the Numba-CUDA kernels in the simulator.
+"""Test support (not shipped): a backend running the fused ops as CUDA kernels in the
+simulator.
 
 :class:`CudaSimBackend` is the GPU backend's dispatch (:class:`CudaKernelOps`, shared with
 ``CupyBackend``) on NumPy arrays, with Numba's CUDA
