@@ -37,7 +37,7 @@ from .cpu_cases import (
     saved_for,
 )
 
-# ------------------------------------------------------------------ every device, one set of cases
+# ------------------------------------------------------------ every device, one set of cases
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
@@ -80,6 +80,8 @@ def test_read_only_inputs_take_the_fused_path(kind):
     np.testing.assert_allclose(FUSED.activation_backward(kind, z, z, 0.2),
                                R.activation_backward(np, kind, z, z, 0.2))
 
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
@@ -367,7 +369,7 @@ def test_split_ufunc_works_in_a_forked_child():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_activations.py)
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
 
 
 SIM_KINDS = reference.ACTIVATIONS

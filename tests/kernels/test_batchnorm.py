@@ -29,7 +29,7 @@ from .cpu_cases import (
     rand,
 )
 
-# ------------------------------------------------------------------ every device, one set of cases
+# ------------------------------------------------------------ every device, one set of cases
 
 def _bn_case(rng, shape, dtype):
     n, c = shape
@@ -105,6 +105,8 @@ def test_memory_mapped_batch_through_a_model(tmp_path):
     want = (x - np.mean(x, axis=0)) / np.sqrt(np.var(x, axis=0) + 1e-5)
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
 
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -222,7 +224,7 @@ def test_batchnorm_non_contiguous_falls_back():
         np.testing.assert_array_equal(g, r)
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_batchnorm.py)
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
 
 
 SIM_EPS = 1e-5

@@ -148,7 +148,7 @@ def test_fused_and_unfused_backends_agree(dtype):
             assert_close(g, w, dtype, scale=float(np.abs(w).max()) * 10)
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_backend.py)
+# ------------------------------------------------------------ CUDA simulator: GPU backend dispatch
 
 
 @pytest.fixture
@@ -313,7 +313,7 @@ def test_cudasim_construction_without_simulator_is_a_clear_error(monkeypatch):
         CudaSimBackend()
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_training.py)
+# ------------------------------------------------------------ CUDA simulator: a tiny model trains
 
 
 def _sim_train(backend, x_host, y_host, steps, dtype):

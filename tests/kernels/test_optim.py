@@ -28,7 +28,7 @@ from .cpu_cases import (
     state_array,
 )
 
-# ------------------------------------------------------------------ every device, one set of cases
+# ------------------------------------------------------------ every device, one set of cases
 
 CASE_UPDATES = [
     ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, 1),
@@ -75,6 +75,8 @@ def test_read_only_gradient_takes_the_fused_path():
     FUSED.adam_update(param, grad, m, v, step=1, lr=0.1)
     np.testing.assert_allclose(param, want[0])
 
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
 
 def run_optimizer(name, rng, shape, dtype, hyper, steps=3):
     """Run ``steps`` updates on the fused backend and the reference; return both states."""
@@ -172,7 +174,7 @@ def test_adam_nan_gradient_propagates():
     assert np.isnan(p[1]) and np.isnan(p[2]) and np.isfinite(p[[0, 3]]).all()
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_optimizers.py)
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
 
 
 SIM_SHAPES = [(1,), (5, 7)]

@@ -26,7 +26,7 @@ from .cpu_cases import (
     rand,
 )
 
-# ------------------------------------------------------------------ every device, one set of cases
+# ------------------------------------------------------------ every device, one set of cases
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
@@ -58,6 +58,8 @@ def test_read_only_logits_take_the_fused_path():
     np.testing.assert_allclose(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1])
 
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
 
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -101,7 +103,7 @@ def test_softmax_cross_entropy_rejects_out_of_range_labels():
                                       dlogits=np.empty_like(logits), row_loss=np.empty(3))
 
 
-# ------------------------------------------------------------------ CUDA simulator (test_cudasim_softmax_xent.py)
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
 
 
 def _sim_run(ck, logits, labels):
