@@ -11,6 +11,9 @@ import numpy as np
 
 from ..kernels.ops import FLOAT_DTYPES
 
+_KERNEL_DTYPES = {np.dtype(name): name for name in FLOAT_DTYPES}
+"""dtype -> name for the dtypes kernels take (``np.dtype.name`` costs ~5 us per call)."""
+
 
 def _partial_overlap(a, out):
     """True when NumPy arrays ``a`` and ``out`` share memory without being the same array
@@ -34,8 +37,8 @@ class FusedDispatch:
         Parameters
         ----------
         inputs, outputs : sequence of (array or None, shape tuple or None)
-            Arrays the kernel reads / writes, each with the shape it must have (``None``:
-            any). ``None`` arrays are skipped.
+            Arrays the kernel reads / writes, each with the shape (a tuple) it must have
+            (``None``: any). ``None`` arrays are skipped.
 
         Every array must be owned by this backend, C-contiguous, of one float dtype and
         of its shape; outputs must be writable and either the very memory of an input (in
@@ -43,23 +46,33 @@ class FusedDispatch:
         """
         if not self.fused:
             return None
+        owns = self.owns
         dtype = None
-        for a, shape in (*inputs, *outputs):
-            if a is None:
-                continue
-            if not self.owns(a) or not a.flags.c_contiguous:
-                return None
-            name = np.dtype(a.dtype).name
-            if name not in FLOAT_DTYPES or (dtype is not None and name != dtype):
-                return None
-            if shape is not None and tuple(a.shape) != tuple(shape):
-                return None
-            dtype = name
+        for group in (inputs, outputs):
+            for a, shape in group:
+                if a is None:
+                    continue
+                if not owns(a) or not a.flags.c_contiguous:
+                    return None
+                name = _KERNEL_DTYPES.get(a.dtype)
+                if name is None or (dtype is not None and name != dtype):
+                    return None
+                if shape is not None and a.shape != shape:
+                    return None
+                dtype = name
         for out, _ in outputs:
             if out is None:
                 continue
             if not getattr(out.flags, "writeable", True):
                 return None
-            if any(_partial_overlap(a, out) for a, _ in inputs if a is not None):
-                return None
+            for a, _ in inputs:
+                if a is not None and a is not out and _partial_overlap(a, out):
+                    return None
         return dtype
+
+    def _update_takes(self, param, grad, *state):
+        """Whether an optimizer kernel takes ``param`` (updated in place), ``grad`` and the
+        state arrays (updated in place; ``None`` entries skipped), all of one shape."""
+        shape = param.shape
+        return self._kernel_takes([(grad, shape)],
+                                  [(param, None)] + [(a, shape) for a in state]) is not None

@@ -142,11 +142,6 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         except ValueError as exc:  # a label outside [0, classes)
             raise ShapeError(f"softmax_cross_entropy: {exc}") from None
 
-    def _update_takes(self, param, grad, *state):
-        shape = param.shape
-        return self._kernel_takes([(grad, shape)],
-                                  [(param, None)] + [(a, shape) for a in state]) is not None
-
     def sgd_update(self, param, grad, momentum_buffer, **hyper):
         needs_buffer = hyper.get("momentum", 0.0) != 0
         if (needs_buffer and momentum_buffer is None) or not self._update_takes(
