@@ -10,6 +10,7 @@ from dualnn.backend import NumpyBackend
 
 settings.register_profile("cpu_kernels", deadline=None, max_examples=25, derandomize=True)
 PROFILE = settings.get_profile("cpu_kernels")
+
 DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 1), (1, 7), (7, 13), (33, 65), (257, 129)]
 KINDS = list(R.ACTIVATIONS)
@@ -17,6 +18,8 @@ EDGE = [0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 1e4, -1e4
         -1e30, np.inf, -np.inf, np.nan]
 FUSED = NumpyBackend(fused=True)
 UNFUSED = NumpyBackend(fused=False)
+
+
 def tol(dtype):
     return 1e-12 if np.dtype(dtype) == np.float64 else 1e-5
 
