@@ -1,4 +1,4 @@
-"""Runs the CUDA-simulator tests (tests/cudasim) in their own process.
+"""Runs the CUDA-simulator cases of tests/kernels (marker ``cudasim``) in their own process.
 
 The simulator must be switched on (``NUMBA_ENABLE_CUDASIM=1``) before Numba is first
 imported, which this process has already done without it; a subprocess gets a clean start.
@@ -22,7 +22,8 @@ def test_cuda_simulator_suite_passes():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/cudasim", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "tests/kernels", "-m", "cudasim", "-q", "-p",
+         "no:cacheprovider"],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"simulator suite failed:\n{output}"

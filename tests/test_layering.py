@@ -60,7 +60,7 @@ def test_the_checker_catches_an_offender(tmp_path):
 
 
 def test_kernels_never_import_dualnn():
-    for path in sorted((ROOT / "kernels").glob("*.py")):
+    for path in sorted((ROOT / "kernels").rglob("*.py")):
         for module, line in _imports(path):
             assert not module.startswith("dualnn"), f"{path.name}:{line} imports {module}"
 

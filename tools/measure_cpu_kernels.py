@@ -12,14 +12,14 @@ Run:  /work/venv/bin/python tools/measure_cpu_kernels.py [--reps N]
    allocation (:mod:`dualnn.backend.allocation`), by array size.
 6. Serial vs parallel build of the kernels a step runs, each timed right after a GEMM (as
    in a training step) on (n, 1024) float32: the data behind the size thresholds at the
-   top of :mod:`dualnn.kernels.cpu`.
+   top of :mod:`dualnn.kernels._numba`.
 
 Arrays of sections 3-5 (and the copies they are compared with) are allocated as dualnn
 allocates parameters, gradients and optimizer state (``NumpyBackend.empty``).
 ``import dualnn`` comes first so its thread policy (OPENBLAS_THREAD_TIMEOUT, OMP_WAIT_POLICY)
 is in the environment before NumPy loads. Each timing is the median of ``--reps`` calls after
 warm-up calls; a (4096, 1024) float32 array fits the last-level cache here, so these are
-cache-resident figures (a training step streams from DRAM; see TOOLCHAIN.md).
+cache-resident figures (a training step streams from DRAM).
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ import dualnn  # noqa: F401  (first: thread policy before numpy loads)
 from dualnn.backend import NumpyBackend
 from dualnn.backend.allocation import aligned_empty
 from dualnn.kernels import cpu
+from dualnn.kernels.activation.cpu import _KERNELS as _ACTIVATION_KERNELS
+from dualnn.kernels.batchnorm.cpu import _KERNELS as _BATCHNORM_KERNELS
+from dualnn.kernels.ops import RELU
+from dualnn.kernels.optim.cpu import _KERNELS as _OPTIM_KERNELS
+from dualnn.kernels.softmax_xent.cpu import _KERNELS as _SOFTMAX_KERNELS
+
+
+def _family_kernel(name, size):
+    """The serial (size 0) or parallel (size inf) build of kernel ``name``, any family."""
+    for kernels in (_ACTIVATION_KERNELS, _BATCHNORM_KERNELS, _SOFTMAX_KERNELS, _OPTIM_KERNELS):
+        if name in kernels.names:
+            return kernels.get(name, size)
+    raise KeyError(name)
 
 import numpy as np
 
@@ -204,9 +217,9 @@ def main():
         dg6, db6 = np.empty(c, np.float32), np.empty(c, np.float32)
         cases6 = {
             "relu backward (in place)": lambda k: k("activation_backward")(
-                cpu.RELU, h6.reshape(-1), z6.reshape(-1), np.float32(0), h6.reshape(-1)),
+                RELU, h6.reshape(-1), z6.reshape(-1), np.float32(0), h6.reshape(-1)),
             "bias + relu forward": lambda k: k("bias_activation_forward")(
-                cpu.RELU, h6, b6, np.float32(0)),
+                RELU, h6, b6, np.float32(0)),
             "batch-norm forward + relu": lambda k: k("batchnorm_forward_train")(
                 h6, g6, be6, rm6, rv6, 1e-5, 0.1, True, out6, mean6, inv6, False),
             "batch-norm backward (in place)": lambda k: k("batchnorm_backward")(
@@ -219,7 +232,7 @@ def main():
                 for build in (0, 1):
                     np.matmul(x6, w6, out=h6)
                     t0 = time.perf_counter()
-                    call(lambda kname: cpu._kernel(kname, np.inf if build else 0))
+                    call(lambda kname: _family_kernel(kname, np.inf if build else 0))
                     if rep >= 5:
                         times[build].append(time.perf_counter() - t0)
             cells.append(f"{name} {np.median(times[0]) * 1e3:.3f}/"

@@ -19,14 +19,13 @@ Conventions of the op methods
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..errors import ConfigurationError
 from ..kernels import reference
-
-import weakref
-
-FLOAT_DTYPES = ("float32", "float64")
+from ..kernels.ops import FLOAT_DTYPES  # noqa: F401 - the one table, re-exported
 
 _live_backends = weakref.WeakSet()
 _global_seed = [None]

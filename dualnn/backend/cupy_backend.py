@@ -2,8 +2,8 @@
 
 :class:`CudaKernelOps` holds the dispatch from the backend's fused-op methods to the
 launchers of :mod:`dualnn.kernels.cuda`; :class:`CupyBackend` mixes it in for CuPy
-arrays on a GPU and :class:`~dualnn.backend.cudasim_backend.CudaSimBackend` for NumPy
-arrays under Numba's CUDA simulator, so the simulator tests run this very code.
+arrays on a GPU; the test suite's ``CudaSimBackend`` (``tests/support``) mixes it in for
+NumPy arrays under Numba's CUDA simulator, so the simulator tests run this very code.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ import contextlib
 
 import numpy as np
 
-from ..kernels import reference
-from .base import FLOAT_DTYPES, ArrayAPIBackend, dtype_name
+from ..kernels.ops import ACTIVATIONS, LABEL_DTYPES
+from .base import ArrayAPIBackend, dtype_name
+from .fused import FusedDispatch
 from .numpy_backend import fused_kernels_enabled
-
-_LABEL_DTYPES = ("int32", "int64")
 
 
 def _dtype_str(a):
     return np.dtype(a.dtype).name
 
 
-class CudaKernelOps:
+class CudaKernelOps(FusedDispatch):
     """Fused ops that run the Numba-CUDA launchers of :mod:`dualnn.kernels.cuda`.
 
     Mix in before an array backend (``class B(CudaKernelOps, SomeBackend)``). Each op runs
@@ -56,26 +55,6 @@ class CudaKernelOps:
         """Context entered around launches (the CuPy backend selects its device)."""
         return contextlib.nullcontext()
 
-    # -- helpers
-    def _kernel_dtype(self, *arrays):
-        """The common float dtype name if the fused kernels can take ``arrays``, else None.
-
-        ``None`` entries are skipped.
-        """
-        if not self.fused:
-            return None
-        dtype = None
-        for a in arrays:
-            if a is None:
-                continue
-            if not self.owns(a) or not a.flags.c_contiguous:
-                return None
-            name = _dtype_str(a)
-            if name not in FLOAT_DTYPES or (dtype is not None and name != dtype):
-                return None
-            dtype = name
-        return dtype
-
     def scratch(self, tag, shape, dtype):
         """A reusable buffer for ``tag`` of ``shape``/``dtype`` on the current stream."""
         key = (tag, tuple(shape), dtype, self._stream_key())
@@ -90,51 +69,40 @@ class CudaKernelOps:
 
     # -- activations
     def activation_forward(self, kind, z, alpha=0.0, out=None):
-        dtype = self._kernel_dtype(z, out)
-        if (dtype is None or kind == "identity" or kind not in reference.ACTIVATIONS
-                or (out is not None and out.shape != z.shape)):
+        dtype = self._kernel_takes([(z, None)], [(out, z.shape)])
+        if dtype is None or kind == "identity" or kind not in ACTIVATIONS:
             return super().activation_forward(kind, z, alpha, out=out)
         out = self._new(z.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.activation_forward(kind, z, alpha, out=out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
-        dtype = self._kernel_dtype(z, b, out)
-        if (dtype is None or kind not in reference.ACTIVATIONS or z.ndim != 2
-                or (b is None and kind == "identity")
-                or (b is not None and tuple(b.shape) != (z.shape[1],))
-                or (out is not None and out.shape != z.shape)):
+        dtype = None
+        if z.ndim == 2 and kind in ACTIVATIONS and not (b is None and kind == "identity"):
+            dtype = self._kernel_takes([(z, None), (b, (z.shape[1],))], [(out, z.shape)])
+        if dtype is None:
             return super().bias_activation_forward(z, b, kind, alpha, out=out)
         out = self._new(z.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.bias_activation_forward(z, b, kind, alpha, out=out)
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
-        dtype = self._kernel_dtype(dy, saved, out)
-        if (dtype is None or kind not in reference.ACTIVATIONS
-                or (kind == "identity" and out is None) or saved.shape != dy.shape
-                or (out is not None and out.shape != dy.shape)):
+        dtype = self._kernel_takes([(dy, None), (saved, dy.shape)], [(out, dy.shape)])
+        if dtype is None or kind not in ACTIVATIONS or (kind == "identity" and out is None):
             return super().activation_backward(kind, dy, saved, alpha, out=out)
         out = self._new(dy.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.activation_backward(kind, dy, saved, alpha, out=out)
 
     # -- batch norm
-    def _bn_fits(self, x, vectors, out):
-        dtype = self._kernel_dtype(x, out, *vectors)
-        if dtype is None or x.ndim != 2:
-            return None
-        c = x.shape[1]
-        if any(tuple(v.shape) != (c,) for v in vectors):
-            return None
-        if out is not None and out.shape != x.shape:
-            return None
-        return dtype
-
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
                                 momentum, relu=False, out=None):
-        dtype = self._bn_fits(x, (gamma, beta, running_mean, running_var), out)
-        if dtype is None or x.shape[0] < 2:
+        dtype = None
+        if x.ndim == 2 and x.shape[0] >= 2:
+            c = (x.shape[1],)
+            dtype = self._kernel_takes([(x, None), (gamma, c), (beta, c)],
+                                       [(out, x.shape), (running_mean, c), (running_var, c)])
+        if dtype is None:
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    eps, momentum, relu=relu, out=out)
         n, c = x.shape
@@ -150,7 +118,11 @@ class CudaKernelOps:
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
                                relu=False, out=None):
-        dtype = self._bn_fits(x, (gamma, beta, running_mean, running_var), out)
+        dtype = None
+        if x.ndim == 2:
+            c = (x.shape[1],)
+            dtype = self._kernel_takes([(x, None), (gamma, c), (beta, c), (running_mean, c),
+                                        (running_var, c)], [(out, x.shape)])
         if dtype is None:
             return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
                                                   eps, relu=relu, out=out)
@@ -160,8 +132,12 @@ class CudaKernelOps:
                                                        running_var, eps, relu, out=out)
 
     def batchnorm_backward(self, dy, x, gamma, beta, mean, invstd, relu=False, out=None):
-        dtype = self._bn_fits(x, (gamma, beta, mean, invstd), out)
-        if (dtype is None or self._kernel_dtype(dy, x) != dtype or dy.shape != x.shape):
+        dtype = None
+        if x.ndim == 2:
+            c = (x.shape[1],)
+            dtype = self._kernel_takes([(dy, x.shape), (x, None), (gamma, c), (beta, c),
+                                        (mean, c), (invstd, c)], [(out, x.shape)])
+        if dtype is None:
             return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=relu,
                                               out=out)
         n, c = x.shape
@@ -176,48 +152,42 @@ class CudaKernelOps:
 
     # -- losses
     def softmax_cross_entropy(self, logits, labels):
-        dtype = self._kernel_dtype(logits)
+        dtype = self._kernel_takes([(logits, None)])
         if (dtype is None or logits.ndim != 2 or 0 in logits.shape
-                or not self.owns(labels) or _dtype_str(labels) not in _LABEL_DTYPES
+                or not self.owns(labels) or _dtype_str(labels) not in LABEL_DTYPES
                 or tuple(labels.shape) != (logits.shape[0],)
                 or not labels.flags.c_contiguous):
             return super().softmax_cross_entropy(logits, labels)
-        n = logits.shape[0]
         k = self.kernels
-        loss = self._new((), dtype)
-        dlogits = self._new(logits.shape, dtype)
-        row_loss = self.scratch("softmax_cross_entropy",
-                                k.softmax_cross_entropy_scratch_shape(n), dtype)
+        shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], dtype)
         with self._launch_scope():
-            return k.softmax_cross_entropy(logits, labels, loss=loss, dlogits=dlogits,
-                                           row_loss=row_loss)
+            return k.softmax_cross_entropy(
+                logits, labels, loss=self._new((), dtype),
+                dlogits=self._new(logits.shape, dtype),
+                row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
     # -- optimizer updates
-    def _update_fits(self, param, *others):
-        if self._kernel_dtype(param, *others) is None:
-            return False
-        return all(o is None or o.shape == param.shape for o in others)
-
     def sgd_update(self, param, grad, momentum_buffer, **hyper):
-        buf = momentum_buffer if hyper.get("momentum", 0.0) != 0 else None
-        if not self._update_fits(param, grad, buf) or (buf is None and
-                                                        hyper.get("momentum", 0.0) != 0):
+        needs_buffer = hyper.get("momentum", 0.0) != 0
+        if (needs_buffer and momentum_buffer is None) or not self._update_takes(
+                param, grad, momentum_buffer if needs_buffer else None):
             return super().sgd_update(param, grad, momentum_buffer, **hyper)
         with self._launch_scope():
             self.kernels.sgd_update(param, grad, momentum_buffer, **hyper)
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
-        if not self._update_fits(param, grad, exp_avg, exp_avg_sq):
+        if not self._update_takes(param, grad, exp_avg, exp_avg_sq):
             return super().adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
         with self._launch_scope():
             self.kernels.adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
 
     def rmsprop_update(self, param, grad, square_avg, momentum_buffer, grad_avg, **hyper):
-        buf = momentum_buffer if hyper.get("momentum", 0.0) > 0 else None
-        avg = grad_avg if hyper.get("centered", False) else None
-        if (not self._update_fits(param, grad, square_avg, buf, avg)
-                or (buf is None and hyper.get("momentum", 0.0) > 0)
-                or (avg is None and hyper.get("centered", False))):
+        needs_buffer = hyper.get("momentum", 0.0) > 0
+        centered = bool(hyper.get("centered", False))
+        if ((needs_buffer and momentum_buffer is None) or (centered and grad_avg is None)
+                or not self._update_takes(param, grad, square_avg,
+                                          momentum_buffer if needs_buffer else None,
+                                          grad_avg if centered else None)):
             return super().rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg,
                                           **hyper)
         with self._launch_scope():
@@ -225,13 +195,13 @@ class CudaKernelOps:
                                         **hyper)
 
     def adagrad_update(self, param, grad, state_sum, **hyper):
-        if not self._update_fits(param, grad, state_sum):
+        if not self._update_takes(param, grad, state_sum):
             return super().adagrad_update(param, grad, state_sum, **hyper)
         with self._launch_scope():
             self.kernels.adagrad_update(param, grad, state_sum, **hyper)
 
     def adadelta_update(self, param, grad, square_avg, acc_delta, **hyper):
-        if not self._update_fits(param, grad, square_avg, acc_delta):
+        if not self._update_takes(param, grad, square_avg, acc_delta):
             return super().adadelta_update(param, grad, square_avg, acc_delta, **hyper)
         with self._launch_scope():
             self.kernels.adadelta_update(param, grad, square_avg, acc_delta, **hyper)

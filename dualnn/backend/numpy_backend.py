@@ -7,9 +7,10 @@ import os
 import numpy as np
 
 from ..errors import ShapeError
-from ..kernels.reference import ACTIVATIONS
+from ..kernels.ops import ACTIVATIONS
 from .allocation import aligned_empty, aligned_zeros
 from .base import ArrayAPIBackend
+from .fused import FusedDispatch
 
 
 def fused_kernels_enabled():
@@ -17,7 +18,7 @@ def fused_kernels_enabled():
     return os.environ.get("DUALNN_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-class NumpyBackend(ArrayAPIBackend):
+class NumpyBackend(FusedDispatch, ArrayAPIBackend):
     """NumPy on the CPU.
 
     Ops with a Numba kernel in :mod:`dualnn.kernels.cpu` run it for float32/float64
@@ -60,151 +61,96 @@ class NumpyBackend(ArrayAPIBackend):
         return np.matmul(a, b, out=out)
 
     # ------------------------------------------------------------------ fused-op dispatch
-    # Each override runs the Numba kernel of dualnn.kernels.cpu when ``self.fused`` is on
-    # and every array is a C-contiguous float32/float64 NumPy array of one dtype with the
-    # shape the op expects (outputs: the same array as their alias, or disjoint); anything
-    # else runs the reference math of the base class, so results never depend on the path.
-
-    def _fusable(self, *arrays):
-        if not self.fused:
-            return False
-        first = arrays[0]
-        if not isinstance(first, np.ndarray) or first.dtype not in _FUSED_DTYPES:
-            return False
-        for a in arrays:
-            if not (isinstance(a, np.ndarray) and a.dtype == first.dtype
-                    and a.flags.c_contiguous):
-                return False
-        return True
-
-    @staticmethod
-    def _out_ok(out, shape, *inputs):
-        """``out`` has ``shape`` and is writable, and is each input or disjoint from it."""
-        if out.shape != shape or not out.flags.writeable:
-            return False
-        for a in inputs:
-            if a is out or not np.may_share_memory(a, out):
-                continue
-            if (a.shape == out.shape and a.__array_interface__["data"][0]
-                    == out.__array_interface__["data"][0]):
-                continue  # another view of exactly the same memory
-            return False
-        return True
+    # Each override runs the Numba kernel of dualnn.kernels.cpu when the kernel takes the
+    # arrays (FusedDispatch._kernel_takes); anything else runs the reference math of the
+    # base class, so results never depend on the path. The kernels check their arguments.
 
     def activation_forward(self, kind, z, alpha=0.0, out=None):
-        if kind == "identity" or kind not in ACTIVATIONS or not self._fusable(z):
+        if (kind == "identity" or kind not in ACTIVATIONS
+                or self._kernel_takes([(z, None)], [(out, z.shape)]) is None):
             return super().activation_forward(kind, z, alpha, out)
-        if out is None:
-            out = np.empty_like(z)
-        elif not (self._fusable(z, out) and self._out_ok(out, z.shape, z)):
-            return super().activation_forward(kind, z, alpha, out)
-        return _cpu().activation_forward(kind, z, alpha, out)
+        out = np.empty_like(z) if out is None else out
+        return _cpu().activation_forward(kind, z, alpha, out=out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
-        if b is None:
-            if kind == "identity":
-                return super().bias_activation_forward(z, b, kind, alpha, out)
+        if b is None and kind != "identity":
             return self.activation_forward(kind, z, alpha, out)
-        if (kind not in ACTIVATIONS or not self._fusable(z, b) or z.ndim != 2
-                or b.shape != (z.shape[1],)):
+        if (b is None or kind not in ACTIVATIONS or z.ndim != 2
+                or self._kernel_takes([(z, None), (b, (z.shape[1],))],
+                                      [(out, z.shape)]) is None):
             return super().bias_activation_forward(z, b, kind, alpha, out)
-        if out is None:
-            out = np.empty_like(z)
-        elif not (self._fusable(z, out) and self._out_ok(out, z.shape, z, b)):
-            return super().bias_activation_forward(z, b, kind, alpha, out)
-        return _cpu().bias_activation_forward(z, b, kind, alpha, out)
+        out = np.empty_like(z) if out is None else out
+        return _cpu().bias_activation_forward(z, b, kind, alpha, out=out)
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
-        if (kind not in ACTIVATIONS or not self._fusable(dy, saved)
-                or dy.shape != saved.shape):
+        if (kind not in ACTIVATIONS or self._kernel_takes(
+                [(dy, None), (saved, dy.shape)], [(out, dy.shape)]) is None):
             return super().activation_backward(kind, dy, saved, alpha, out)
         if out is None:
             if kind == "identity":
                 return dy  # the reference returns dy itself
             out = np.empty_like(dy)
-        elif not (self._fusable(dy, out) and self._out_ok(out, dy.shape, dy, saved)):
-            return super().activation_backward(kind, dy, saved, alpha, out)
-        return _cpu().activation_backward(kind, dy, saved, alpha, out)
-
-    def _bn_fusable(self, x, *vectors):
-        return (self._fusable(x, *vectors) and x.ndim == 2
-                and all(v.shape == (x.shape[1],) for v in vectors))
+        return _cpu().activation_backward(kind, dy, saved, alpha, out=out)
 
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
                                 momentum, relu=False, out=None):
-        if (not self._bn_fusable(x, gamma, beta, running_mean, running_var)
-                or x.shape[0] < 2 or not running_mean.flags.writeable
-                or not running_var.flags.writeable):
+        c = _features(x)
+        if (c is None or x.shape[0] < 2 or self._kernel_takes(
+                [(x, None), (gamma, (c,)), (beta, (c,))],
+                [(out, x.shape), (running_mean, (c,)), (running_var, (c,))]) is None):
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    eps, momentum, relu, out)
-        if out is None:
-            out = np.empty_like(x)
-        elif not (self._fusable(x, out) and self._out_ok(
-                out, x.shape, x, gamma, beta, running_mean, running_var)):
-            return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                                   eps, momentum, relu, out)
-        c = x.shape[1]
-        mean = np.empty(c, dtype=x.dtype)
-        invstd = np.empty(c, dtype=x.dtype)
-        _cpu().batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps,
-                                       momentum, relu, out, mean, invstd)
-        return out, mean, invstd
+        out = np.empty_like(x) if out is None else out
+        return _cpu().batchnorm_forward_train(
+            x, gamma, beta, running_mean, running_var, eps, momentum, relu, out=out,
+            mean=np.empty(c, dtype=x.dtype), invstd=np.empty(c, dtype=x.dtype))
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
                                relu=False, out=None):
-        if not self._bn_fusable(x, gamma, beta, running_mean, running_var):
+        c = _features(x)
+        if c is None or self._kernel_takes(
+                [(x, None), (gamma, (c,)), (beta, (c,)), (running_mean, (c,)),
+                 (running_var, (c,))], [(out, x.shape)]) is None:
             return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
                                                   eps, relu, out)
-        if out is None:
-            out = np.empty_like(x)
-        elif not (self._fusable(x, out) and self._out_ok(
-                out, x.shape, x, gamma, beta, running_mean, running_var)):
-            return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
-                                                  eps, relu, out)
+        out = np.empty_like(x) if out is None else out
         return _cpu().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps,
-                                             relu, out)
+                                             relu, out=out)
 
     def batchnorm_backward(self, dy, x, gamma, beta, mean, invstd, relu=False, out=None):
-        if (not self._bn_fusable(x, gamma, beta, mean, invstd) or not self._fusable(x, dy)
-                or dy.shape != x.shape):
+        c = _features(x)
+        if c is None or self._kernel_takes(
+                [(dy, x.shape), (x, None), (gamma, (c,)), (beta, (c,)), (mean, (c,)),
+                 (invstd, (c,))], [(out, x.shape)]) is None:
             return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out)
-        if out is None:
-            out = np.empty_like(x)
-        elif not (self._fusable(x, out) and self._out_ok(
-                out, x.shape, dy, x, gamma, beta, mean, invstd)):
-            return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out)
-        c = x.shape[1]
-        dgamma = np.empty(c, dtype=x.dtype)
-        dbeta = np.empty(c, dtype=x.dtype)
-        return _cpu().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out,
-                                         dgamma, dbeta)
+        out = np.empty_like(x) if out is None else out
+        return _cpu().batchnorm_backward(
+            dy, x, gamma, beta, mean, invstd, relu, out=out,
+            dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))
 
     def softmax_cross_entropy(self, logits, labels):
-        if (not self._fusable(logits) or logits.ndim != 2 or logits.shape[0] < 1
-                or logits.shape[1] < 1 or not isinstance(labels, np.ndarray)
-                or labels.dtype.kind not in "iu" or labels.shape != (logits.shape[0],)):
+        if (logits.ndim != 2 or 0 in logits.shape or not isinstance(labels, np.ndarray)
+                or labels.dtype.kind not in "iu" or labels.shape != (logits.shape[0],)
+                or self._kernel_takes([(logits, None)]) is None):
             return super().softmax_cross_entropy(logits, labels)
-        dlogits = np.empty_like(logits)
+        k = _cpu()
+        shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], logits.dtype)
         try:
-            loss = _cpu().softmax_cross_entropy(logits, labels, dlogits)
+            return k.softmax_cross_entropy(
+                logits, labels, loss=np.empty((), dtype=logits.dtype),
+                dlogits=np.empty_like(logits), row_loss=np.empty(shape, scratch_dtype))
         except ValueError as exc:  # a label outside [0, classes)
             raise ShapeError(f"softmax_cross_entropy: {exc}") from None
-        return np.asarray(loss, dtype=logits.dtype), dlogits
-
-    def _state_fusable(self, param, *state):
-        arrays = [a for a in state if a is not None]
-        return (self._fusable(param, *arrays) and param.flags.writeable
-                and all(a.shape == param.shape for a in arrays))
 
     def sgd_update(self, param, grad, momentum_buffer, **hyper):
         needs_buffer = hyper.get("momentum", 0.0) != 0
-        if (needs_buffer and momentum_buffer is None) or not self._state_fusable(
+        if (needs_buffer and momentum_buffer is None) or not self._update_takes(
                 param, grad, momentum_buffer if needs_buffer else None):
             return super().sgd_update(param, grad, momentum_buffer, **hyper)
         _cpu().sgd_update(param, grad, momentum_buffer, **hyper)
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
-        if not self._state_fusable(param, grad, exp_avg, exp_avg_sq):
+        if not self._update_takes(param, grad, exp_avg, exp_avg_sq):
             return super().adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
         _cpu().adam_update(param, grad, exp_avg, exp_avg_sq, **hyper)
 
@@ -212,25 +158,27 @@ class NumpyBackend(ArrayAPIBackend):
         needs_buffer = hyper.get("momentum", 0.0) > 0
         centered = bool(hyper.get("centered", False))
         if ((needs_buffer and momentum_buffer is None) or (centered and grad_avg is None)
-                or not self._state_fusable(param, grad, square_avg,
-                                           momentum_buffer if needs_buffer else None,
-                                           grad_avg if centered else None)):
+                or not self._update_takes(param, grad, square_avg,
+                                          momentum_buffer if needs_buffer else None,
+                                          grad_avg if centered else None)):
             return super().rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg,
                                           **hyper)
         _cpu().rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, **hyper)
 
     def adagrad_update(self, param, grad, state_sum, **hyper):
-        if not self._state_fusable(param, grad, state_sum):
+        if not self._update_takes(param, grad, state_sum):
             return super().adagrad_update(param, grad, state_sum, **hyper)
         _cpu().adagrad_update(param, grad, state_sum, **hyper)
 
     def adadelta_update(self, param, grad, square_avg, acc_delta, **hyper):
-        if not self._state_fusable(param, grad, square_avg, acc_delta):
+        if not self._update_takes(param, grad, square_avg, acc_delta):
             return super().adadelta_update(param, grad, square_avg, acc_delta, **hyper)
         _cpu().adadelta_update(param, grad, square_avg, acc_delta, **hyper)
 
 
-_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+def _features(x):
+    """``c`` of a 2-D ``(n, c)`` array, else None (the batch-norm kernels take 2-D only)."""
+    return x.shape[1] if getattr(x, "ndim", 0) == 2 else None
 
 
 def _cpu():

@@ -1,7 +1,8 @@
-"""A test backend: NumPy arrays, fused ops run by the Numba-CUDA kernels in the simulator.
+"""Test support (not shipped): a backend running the fused ops as CUDA kernels in the
+simulator.
 
 :class:`CudaSimBackend` is the GPU backend's dispatch (:class:`CudaKernelOps`, shared with
-:class:`~dualnn.backend.cupy_backend.CupyBackend`) on NumPy arrays, with Numba's CUDA
+``CupyBackend``) on NumPy arrays, with Numba's CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``, set before Numba is first imported) running the
 kernels. Layers, losses and optimizers built on it exercise the GPU launch path end to end
 - argument checks, dispatch, scratch reuse, kernel logic - on a machine without a GPU.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ConfigurationError
-from .cupy_backend import CudaKernelOps
-from .numpy_backend import NumpyBackend
+from dualnn.backend.cupy_backend import CudaKernelOps
+from dualnn.backend.numpy_backend import NumpyBackend
+from dualnn.errors import ConfigurationError
 
 SIMULATOR_ENV = "NUMBA_ENABLE_CUDASIM"
 
@@ -38,7 +39,7 @@ class CudaSimBackend(CudaKernelOps, NumpyBackend):
     """
 
     def __init__(self, fused=True):
-        from ..kernels import cuda as cuda_kernels
+        from dualnn.kernels import cuda as cuda_kernels
 
         if os.environ.get(SIMULATOR_ENV, "0").strip() != "1" \
                 or not cuda_kernels.simulator_enabled():
@@ -46,7 +47,7 @@ class CudaSimBackend(CudaKernelOps, NumpyBackend):
                 "CudaSimBackend needs Numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 in "
                 "the environment before Numba is first imported (run the simulator tests "
                 "in their own process, e.g. NUMBA_ENABLE_CUDASIM=1 python -m pytest "
-                "tests/cudasim); it cannot be switched on once Numba is loaded")
+                "tests/kernels); it cannot be switched on once Numba is loaded")
         super().__init__(fused=fused)
         self.name = "cudasim"
         self._init_kernel_ops()

@@ -1,24 +1,21 @@
-"""Simulator tests: Numba-CUDA kernels run in Numba's CUDA simulator, on NumPy arrays.
+"""Kernel tests: CPU cases run here; ``cudasim`` cases only with NUMBA_ENABLE_CUDASIM=1.
 
-They need ``NUMBA_ENABLE_CUDASIM=1`` in the environment before Numba is first imported,
-so they run in their own process::
+The simulator must be switched on before Numba is first imported, so those cases run in
+their own process (``tests/test_cudasim_suite.py`` re-invokes pytest on this folder with
+the variable set and ``-m cudasim``)::
 
-    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cudasim -q
-
-A plain ``python -m pytest`` skips this directory and runs it in a subprocess instead
-(``tests/test_cudasim_suite.py``). The simulator runs one Python thread per CUDA thread:
-keep shapes small (a launch of ~1-2k threads at most).
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/kernels -m cudasim -q
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() == "1"
+from .cases import SIMULATOR
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -28,18 +25,21 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs NUMBA_ENABLE_CUDASIM=1 in its own process "
                                    "(tests/test_cudasim_suite.py runs it)")
     for item in items:
-        if _HERE in Path(str(item.fspath)).resolve().parents:
+        # this hook sees every collected item: only the cases of this folder are ours
+        if (item.get_closest_marker("cudasim") is not None
+                and _HERE in Path(str(item.fspath)).resolve().parents):
             item.add_marker(skip)
 
 
 def pytest_configure(config):
-    # Later entries take precedence: NumbaPerformanceWarning is an error (e.g. an implicit
-    # host<->device copy), except the under-utilization notice of tiny test grids.
-    config.addinivalue_line("filterwarnings",
-                            "error::numba.core.errors.NumbaPerformanceWarning")
-    config.addinivalue_line("filterwarnings",
-                            "ignore:Grid size .* will likely result in GPU under-utilization")
     config.addinivalue_line("markers", "cudasim: runs under Numba's CUDA simulator")
+    if SIMULATOR:
+        # Later entries take precedence: NumbaPerformanceWarning is an error (e.g. an
+        # implicit host<->device copy), except the notice of tiny test grids.
+        config.addinivalue_line("filterwarnings",
+                                "error::numba.core.errors.NumbaPerformanceWarning")
+        config.addinivalue_line("filterwarnings",
+                                "ignore:Grid size .* will likely result in GPU under-utilization")
 
 
 @pytest.fixture

@@ -1,0 +1,255 @@
+"""Shared machinery of the Numba-CUDA kernels: lazy import, launch geometry, the argument
+check, streams, compilation for explicit signatures.
+
+- ``numba.cuda`` is imported lazily: importing ``dualnn`` or any kernel module never
+  touches the CUDA driver. Kernels compile on their first launch, for one explicit
+  signature per dtype (float32 or float64, C-contiguous), once, and are cached.
+- A compiled kernel does not type-check its arguments, so every launcher runs
+  :func:`check` (dtype, C-contiguity, shape, array library) before launching and raises
+  ``TypeError``/``ValueError`` instead of computing garbage.
+- Nothing is allocated by a launcher: outputs and scratch come from the caller.
+- With CuPy arrays a kernel runs on CuPy's current stream (a cached
+  ``cuda.external_stream``); with NumPy arrays (simulator only) on the default stream.
+
+Each family's ``cuda.py`` declares a :class:`KernelFamily`: a factory building its kernel
+functions for one float dtype and the explicit signature of each kernel.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ops import FLOAT_DTYPES, LABEL_DTYPES
+
+
+@dataclass
+class LaunchConfig:
+    """Launch geometry of the kernels.
+
+    Attributes
+    ----------
+    block : int
+        Threads per block of the elementwise (grid-stride) kernels.
+    max_blocks : int
+        Cap on the blocks of a grid-stride launch; larger inputs loop.
+    bn_block_features, bn_block_slices : int
+        Block shape (features x row slices) of the batch-norm reduction kernels.
+    bn_rows_per_slice : int
+        Target rows each thread of a batch-norm reduction walks; sets the number of
+        row slices ``S = ceil(n / bn_rows_per_slice)`` (capped by ``bn_max_slices``).
+    bn_max_slices : int
+    reduce_block : int
+        Threads of the one-block loss-mean reduction (a power of two, <= 256).
+    """
+
+    block: int = 256
+    max_blocks: int = 4096
+    bn_block_features: int = 32
+    bn_block_slices: int = 8
+    bn_rows_per_slice: int = 8
+    bn_max_slices: int = 128
+    reduce_block: int = 256
+
+
+
+config = LaunchConfig()
+"""The launch geometry every launcher reads (tests shrink it to exercise grid-stride loops)."""
+
+_cuda = None
+
+
+def numba_cuda():
+    """``numba.cuda`` (the simulator when ``NUMBA_ENABLE_CUDASIM=1``), imported on first use."""
+    global _cuda
+    if _cuda is None:
+        from numba import cuda as numba_cuda_module
+
+        _cuda = numba_cuda_module
+    return _cuda
+
+
+def simulator_enabled():
+    """True when Numba runs CUDA kernels in its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    from numba import config as numba_config
+
+    return bool(numba_config.ENABLE_CUDASIM)
+
+
+
+def dtype_constants(dtype_name):
+    """``(cast, zero, one, nan)`` typed as ``dtype_name``, for kernel closures.
+
+    Kernels capture NumPy scalars of their dtype, so Numba types every constant as that
+    dtype and float32 kernels never promote to float64.
+    """
+    cast = getattr(np, dtype_name)
+    return cast, cast(0.0), cast(1.0), cast(np.nan)
+
+
+class KernelFamily:
+    """The CUDA kernels of one op family and their explicit signatures.
+
+    Parameters
+    ----------
+    make_kernels : callable
+        ``make_kernels(dtype_name) -> {name: python function}`` for ``"float32"`` or
+        ``"float64"``.
+    signatures : dict
+        ``{name: signature}`` with ``{f}`` for the float dtype and ``{i}`` for the label
+        dtype, e.g. ``"void({f}[::1], {f}[::1], int32)"``.
+    """
+
+    def __init__(self, make_kernels, signatures):
+        self._make = make_kernels
+        self.signatures = dict(signatures)
+        self._python = {}
+        self._compiled = {}
+        self._lock = threading.Lock()
+
+    def signature(self, name, dtype, label_dtype="int64"):
+        """The explicit Numba signature string of kernel ``name`` for ``dtype``."""
+        return self.signatures[name].format(f=dtype, i=label_dtype)
+
+    def python_kernel(self, name, dtype):
+        """The (uncompiled) Python function of kernel ``name`` for ``dtype``."""
+        if dtype not in self._python:
+            numba_cuda()
+            self._python[dtype] = self._make(dtype)
+        return self._python[dtype][name]
+
+    def variants(self):
+        """Every ``(name, dtype, label_dtype or None)`` a launcher may compile."""
+        out = []
+        for name, sig in self.signatures.items():
+            for dtype in FLOAT_DTYPES:
+                if "{i}" in sig:
+                    out.extend((name, dtype, lab) for lab in LABEL_DTYPES)
+                else:
+                    out.append((name, dtype, None))
+        return out
+
+    def compiled(self, name, dtype, label_dtype=None):
+        """Kernel ``name`` compiled for its explicit ``dtype`` signature (once, then cached)."""
+        key = (name, dtype, label_dtype)
+        kernel = self._compiled.get(key)
+        if kernel is None:
+            with self._lock:
+                kernel = self._compiled.get(key)
+                if kernel is None:
+                    sig = self.signature(name, dtype, label_dtype or "int64")
+                    kernel = numba_cuda().jit(sig)(self.python_kernel(name, dtype))
+                    if simulator_enabled():
+                        kernel = _SimulatorLaunch(kernel)
+                    self._compiled[key] = kernel
+        return kernel
+
+
+class _SimulatorLaunch:
+    """Simulator only: NumPy arguments become simulated device arrays *sharing* memory.
+
+    By default the simulator copies every NumPy argument in and back out, so two arguments
+    that alias (``out`` is ``dy``) would be separate copies and the last copy-back would win.
+    On a GPU, CuPy arrays are passed without copies; this wrapper makes the simulator do the
+    same, so aliasing and races behave as they would on the device.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, launch_config):
+        launch = self.kernel[launch_config]
+
+        def run(*args):
+            return launch(*[_simulated_device_array(a) for a in args])
+
+        return run
+
+
+def _simulated_device_array(a):
+    if isinstance(a, np.ndarray) and a.ndim > 0:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(a)
+    return a
+
+
+
+_streams = {}
+
+
+def is_cupy(a):
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def stream_for(a):
+    """CuPy's current stream (as a cached Numba external stream) for CuPy arrays, else 0."""
+    if not is_cupy(a):
+        return 0
+    import cupy
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    if ptr == 0:  # CuPy's null stream is the legacy default stream
+        return 0
+    stream = _streams.get(ptr)
+    if stream is None:
+        stream = numba_cuda().external_stream(ptr)
+        _streams[ptr] = stream
+    return stream
+
+
+def dtype_of(a):
+    return np.dtype(a.dtype).name
+
+
+def check(name, arrays, dtype=None):
+    """Check ``{label: (array, shape or None)}``: same float dtype, C-contiguous, same library.
+
+    Returns the common dtype name.
+    """
+    first = None
+    for label, (a, shape) in arrays.items():
+        if first is None:
+            first = a
+            cupy_arrays = is_cupy(a)
+            if not cupy_arrays and not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}: {label} must be a CuPy array (or a NumPy array "
+                                f"under the CUDA simulator), got {type(a).__name__}")
+            if not cupy_arrays and not simulator_enabled():
+                raise TypeError(f"{name}: NumPy arrays run only under the CUDA simulator "
+                                "(NUMBA_ENABLE_CUDASIM=1); on a GPU pass CuPy arrays")
+            if dtype is None:
+                dtype = dtype_of(a)
+        elif is_cupy(a) != cupy_arrays or not (cupy_arrays or isinstance(a, np.ndarray)):
+            raise TypeError(f"{name}: {label} is a {type(a).__module__} array but the other "
+                            "arguments are not; all arrays must come from one library")
+        if dtype_of(a) != dtype:
+            raise TypeError(f"{name}: {label} has dtype {dtype_of(a)}, expected {dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: {label} must be C-contiguous")
+        if shape is not None and tuple(a.shape) != tuple(shape):
+            raise ValueError(f"{name}: {label} has shape {tuple(a.shape)}, expected "
+                             f"{tuple(shape)}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype {dtype} has no kernel; expected one of {FLOAT_DTYPES}")
+    return dtype
+
+
+def require_array(name, label, a):
+    """Raise TypeError unless ``a`` is a NumPy or CuPy array (before reading its shape)."""
+    if not (isinstance(a, np.ndarray) or is_cupy(a)) or not hasattr(a, "shape"):
+        raise TypeError(f"{name}: {label} must be a CuPy array (or a NumPy array under the "
+                        f"CUDA simulator), got {type(a).__name__}")
+
+
+def grid_1d(n):
+    threads = max(1, min(config.block, n))
+    blocks = max(1, min(-(-n // threads), config.max_blocks))
+    return blocks, threads
+
+
+def flat(a):
+    return a.reshape(-1)
+

@@ -1,0 +1,5 @@
+"""Activations: forward, bias + activation forward, backward.
+
+``reference`` (any array namespace), ``cpu`` (Numba) and ``cuda`` (Numba-CUDA) twins.
+Importing this package imports neither Numba nor CUDA.
+"""

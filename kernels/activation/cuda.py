@@ -1,0 +1,156 @@
+"""The activation ops as Numba-CUDA kernels and their launchers (twins of ``reference.py``).
+
+One grid-stride kernel serves forward with or without a bias, one the backward pass.
+Launchers check their arguments once (:func:`dualnn.kernels._cuda.check`) and write into
+the caller's ``out``, which may be the input (in place).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._cuda import (
+    KernelFamily,
+    check,
+    dtype_constants,
+    flat,
+    grid_1d,
+    numba_cuda,
+    require_array,
+    stream_for,
+)
+from ..ops import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, activation_code
+
+cuda = None
+"""``numba.cuda`` once the kernels are made. A module global (not a closure variable)
+because the kernels name it and the simulator swaps that global for its own."""
+
+_IDENTITY, _RELU, _LEAKY_RELU, _ELU, _SIGMOID, _TANH = (IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID,
+                                                      TANH)
+
+
+SIGNATURES = {
+    "activation_backward": "void({f}[::1], {f}[::1], {f}[::1], int32, {f})",
+    "bias_activation_forward": "void({f}[::1], {f}[::1], {f}[::1], int64, int32, {f}, int32)",
+}
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
+
+
+def _make_kernels(dtype_name):
+    """The Python functions of this family's kernels for one float dtype."""
+    global cuda
+    cuda = numba_cuda()
+    cast, zero, one, nan = dtype_constants(dtype_name)
+
+    def activation_backward(dy, saved, out, kind, alpha):
+        """``out = dy * f'(saved)`` elementwise over flat arrays; ``out`` may be ``dy``."""
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, dy.shape[0], stride):
+            g = dy[i]
+            s = saved[i]
+            if kind == _RELU:
+                r = g if s > zero else zero
+            elif kind == _LEAKY_RELU:
+                r = g if s > zero else alpha * g
+            elif kind == _ELU:
+                # not (s > 0) means s <= 0 or NaN, where min(s, 0) is s itself
+                r = g if s > zero else g * (alpha * math.exp(s))
+            elif kind == _SIGMOID:
+                r = g * s * (one - s)
+            elif kind == _TANH:
+                r = g * (one - s * s)
+            else:
+                r = g
+            out[i] = r
+
+    def bias_activation_forward(z, b, out, features, kind, alpha, has_bias):
+        """``out = act(z + b[col])`` over flat ``(n * features)`` arrays; ``out`` may be ``z``."""
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, z.shape[0], stride):
+            v = z[i]
+            if has_bias:
+                v = v + b[i % features]
+            if kind == _RELU:
+                r = zero if v < zero else v  # NaN passes through, as the reference
+            elif kind == _LEAKY_RELU:
+                r = v if v > zero else alpha * v
+            elif kind == _ELU:
+                r = v if v > zero else alpha * math.expm1(v)
+            elif kind == _SIGMOID:
+                e = math.exp(-abs(v))
+                r = one / (one + e) if v >= zero else e / (one + e)
+            elif kind == _TANH:
+                r = math.tanh(v)
+            else:
+                r = v
+            out[i] = r
+
+    kernels = dict(locals())
+    return {name: kernels[name] for name in SIGNATURES}
+
+
+KERNELS = KernelFamily(_make_kernels, SIGNATURES)
+"""This family's kernels: signatures, Python functions, compiled kernels."""
+
+
+def activation_backward(kind, dy, saved, alpha=0.0, *, out):
+    """``out = dy * f'(.)``; see :func:`dualnn.kernels.reference.activation_backward`.
+
+    ``out`` may be ``dy`` (in-place backward). Returns ``out``.
+    """
+    code = activation_code(kind)
+    require_array("activation_backward", "dy", dy)
+    shape = dy.shape
+    dtype = check("activation_backward",
+                   {"dy": (dy, None), "saved": (saved, shape), "out": (out, shape)})
+    size = int(np.prod(shape, dtype=np.int64))
+    if size:
+        blocks, threads = grid_1d(size)
+        kernel = KERNELS.compiled("activation_backward", dtype)
+        kernel[blocks, threads, stream_for(dy)](flat(dy), flat(saved), flat(out), code,
+                                                 alpha)
+    return out
+
+
+def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
+    """``out = act(z + b)`` for ``z`` of shape ``(n, c)``; ``b`` of shape ``(c,)`` or None.
+
+    ``out`` may be ``z``. Returns ``out``.
+    """
+    code = activation_code(kind)
+    require_array("bias_activation_forward", "z", z)
+    if z.ndim != 2:
+        raise ValueError(f"bias_activation_forward: z must be 2-D (batch, features), got "
+                         f"shape {tuple(z.shape)}")
+    n, c = z.shape
+    arrays = {"z": (z, None), "out": (out, z.shape)}
+    if b is not None:
+        arrays["b"] = (b, (c,))
+    dtype = check("bias_activation_forward", arrays)
+    if n * c:
+        zf = flat(z)
+        blocks, threads = grid_1d(n * c)
+        kernel = KERNELS.compiled("bias_activation_forward", dtype)
+        kernel[blocks, threads, stream_for(z)](
+            zf, zf[:1] if b is None else b, flat(out), c, code, alpha, int(b is not None))
+    return out
+
+
+def activation_forward(kind, z, alpha=0.0, *, out):
+    """``out = act(z)`` elementwise, any shape (the bias kernel without a bias)."""
+    code = activation_code(kind)
+    require_array("activation_forward", "z", z)
+    dtype = check("activation_forward", {"z": (z, None), "out": (out, z.shape)})
+    size = int(np.prod(z.shape, dtype=np.int64))
+    if size:
+        zf = flat(z)
+        blocks, threads = grid_1d(size)
+        kernel = KERNELS.compiled("bias_activation_forward", dtype)
+        kernel[blocks, threads, stream_for(z)](zf, zf[:1], flat(out), 1, code, alpha, 0)
+    return out
+

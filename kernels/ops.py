@@ -1,0 +1,38 @@
+"""The one table of what the fused ops accept: activation kinds and codes, dtypes.
+
+Every reference, CPU and CUDA module and both backends read these names from here.
+"""
+
+from __future__ import annotations
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
+"""Activation kinds understood by the activation ops; the position is the kernels' code."""
+
+IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(len(ACTIVATIONS))
+
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+"""Integer code of each activation kind, as the kernels receive it."""
+
+BACKWARD_FROM_OUTPUT = ("sigmoid", "tanh", "identity")
+"""Kinds whose derivative is computed from the activation's output; the rest use its input."""
+
+FLOAT_DTYPES = ("float32", "float64")
+"""Dtype names the fused kernels are compiled for."""
+
+LABEL_DTYPES = ("int32", "int64")
+"""Label dtype names the CUDA softmax cross-entropy kernel is compiled for."""
+
+
+def activation_code(kind):
+    """The kernels' integer code of activation ``kind``.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not one of :data:`ACTIVATIONS`.
+    """
+    try:
+        return ACTIVATION_CODES[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}") \
+            from None

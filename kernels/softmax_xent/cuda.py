@@ -1,0 +1,169 @@
+"""Softmax cross-entropy as Numba-CUDA kernels and their launcher.
+
+One thread per row (stable log-sum-exp, the row's loss, ``dlogits``), then a one-block
+fixed-order tree for the mean (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._cuda import (
+    KernelFamily,
+    check,
+    config,
+    dtype_constants,
+    dtype_of,
+    grid_1d,
+    is_cupy,
+    numba_cuda,
+    require_array,
+    stream_for,
+)
+from ..ops import LABEL_DTYPES
+
+cuda = None
+"""``numba.cuda`` once the kernels are made. A module global (not a closure variable)
+because the kernels name it and the simulator swaps that global for its own."""
+
+_SHARED_REDUCE = 256  # shared-memory slots of the one-block mean reduction (max block size)
+
+
+SIGNATURES = {
+    "softmax_cross_entropy_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {f}[::1])",
+    "softmax_cross_entropy_mean": "void({f}[::1], {f}[::1])",
+}
+"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
+dtype."""
+
+
+def _make_kernels(dtype_name):
+    """The Python functions of this family's kernels for one float dtype."""
+    global cuda
+    cuda = numba_cuda()
+    cast, zero, one, nan = dtype_constants(dtype_name)
+    import numba
+
+    shared_dtype = numba.from_dtype(np.dtype(dtype_name))
+
+    def softmax_cross_entropy_rows(logits, labels, dlogits, row_loss):
+        """One row per thread: stable log-sum-exp, the row's loss, ``dlogits / n``.
+
+        A label outside ``[0, k)`` gives a NaN loss and NaN gradient row (never an
+        out-of-bounds read).
+        """
+        n = logits.shape[0]
+        k = logits.shape[1]
+        nf = cast(n)
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, n, stride):
+            label = labels[i]
+            if label < 0 or label >= k:
+                row_loss[i] = nan
+                for j in range(k):
+                    dlogits[i, j] = nan
+                continue
+            top = logits[i, 0]
+            for j in range(1, k):
+                v = logits[i, j]
+                if v > top or v != v:  # noqa: PLR0124 - v != v: NaN propagates
+                    top = v
+            total = zero
+            for j in range(k):
+                total += math.exp(logits[i, j] - top)
+            log_total = math.log(total)
+            row_loss[i] = log_total - (logits[i, label] - top)
+            for j in range(k):
+                p = math.exp((logits[i, j] - top) - log_total)
+                if j == label:
+                    p -= one
+                dlogits[i, j] = p / nf
+
+    def softmax_cross_entropy_mean(row_loss, loss):
+        """One block: ``loss[0] = sum(row_loss) / n`` by a fixed-order tree (deterministic)."""
+        buf = cuda.shared.array(_SHARED_REDUCE, shared_dtype)
+        t = cuda.threadIdx.x
+        width = cuda.blockDim.x
+        n = row_loss.shape[0]
+        acc = zero
+        for i in range(t, n, width):
+            acc += row_loss[i]
+        buf[t] = acc
+        cuda.syncthreads()
+        half = width // 2
+        while half > 0:
+            if t < half:
+                buf[t] += buf[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if t == 0:
+            loss[0] = buf[0] / cast(n)
+
+    kernels = dict(locals())
+    return {name: kernels[name] for name in SIGNATURES}
+
+
+KERNELS = KernelFamily(_make_kernels, SIGNATURES)
+"""This family's kernels: signatures, Python functions, compiled kernels."""
+
+
+def softmax_cross_entropy_scratch_shape(n):
+    """Shape of the per-row loss scratch of :func:`softmax_cross_entropy`."""
+    return (n,)
+
+
+def softmax_cross_entropy_scratch(n, dtype):
+    """``(shape, dtype name)`` of the per-row loss scratch for ``n`` rows of ``dtype``."""
+    return (n,), dtype
+
+
+def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
+    """Mean softmax cross-entropy and ``dL/dlogits``; see the reference twin.
+
+    ``logits`` ``(n, k)``, ``labels`` int32/int64 ``(n,)``, ``loss`` a 0-d (or 1-element)
+    array, ``dlogits`` ``(n, k)``, ``row_loss`` ``(n,)`` scratch
+    (:func:`softmax_cross_entropy_scratch`). Labels are not checked
+    against ``[0, k)`` on the host (that would sync the device); a bad label gives a NaN
+    loss. Two launches: one thread per row, then a one-block fixed-order mean.
+
+    Returns ``(loss, dlogits)``.
+    """
+    require_array("softmax_cross_entropy", "logits", logits)
+    require_array("softmax_cross_entropy", "labels", labels)
+    require_array("softmax_cross_entropy", "loss", loss)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: logits must be 2-D, got shape "
+                         f"{tuple(logits.shape)}")
+    n, k = logits.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"softmax_cross_entropy: empty logits of shape {(n, k)}")
+    dtype = check("softmax_cross_entropy", {
+        "logits": (logits, None), "dlogits": (dlogits, logits.shape),
+        "row_loss": (row_loss, (n,))})
+    if int(np.prod(loss.shape, dtype=np.int64)) != 1:
+        raise ValueError(f"softmax_cross_entropy: loss must hold one element, got shape "
+                         f"{tuple(loss.shape)}")
+    check("softmax_cross_entropy", {"loss": (loss, None)}, dtype)
+    label_dtype = dtype_of(labels)
+    if label_dtype not in LABEL_DTYPES:
+        raise TypeError(f"softmax_cross_entropy: labels have dtype {label_dtype}, expected "
+                        f"one of {LABEL_DTYPES}")
+    if is_cupy(labels) != is_cupy(logits):
+        raise TypeError("softmax_cross_entropy: labels and logits must come from one library")
+    if tuple(labels.shape) != (n,) or not labels.flags.c_contiguous:
+        raise ValueError(f"softmax_cross_entropy: labels must be a contiguous ({n},) array, "
+                         f"got shape {tuple(labels.shape)}")
+    stream = stream_for(logits)
+    blocks, threads = grid_1d(n)
+    KERNELS.compiled("softmax_cross_entropy_rows", dtype, label_dtype)[blocks, threads, stream](
+        logits, labels, dlogits, row_loss)
+    width = 1
+    while width * 2 <= min(n, config.reduce_block, _SHARED_REDUCE):
+        width *= 2
+    KERNELS.compiled("softmax_cross_entropy_mean", dtype)[1, width, stream](
+        row_loss, loss.reshape(1))
+    return loss, dlogits
+

@@ -1,0 +1,452 @@
+"""Batch-norm kernels (train/eval forward, backward, fused ReLU): reference, CPU and
+CUDA-simulator twins from one set of cases, then stability, determinism, fallbacks,
+read-only inputs and simulator reduction layouts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dualnn.kernels import reference
+from dualnn.kernels import reference as R
+
+import dualnn as dn
+
+from .cases import (
+    CUDASIM,
+    DEVICES,
+    DTYPE_NAMES,
+    device_kernels,
+    tolerances,
+)
+from .cpu_cases import (
+    BN_SHAPES,
+    DTYPES,
+    FUSED,
+    UNFUSED,
+    assert_close,
+    bn_inputs,
+    rand,
+)
+
+# ------------------------------------------------------------ every device, one set of cases
+
+def _bn_case(rng, shape, dtype):
+    n, c = shape
+    x = (2 * rng.standard_normal(shape) + rng.standard_normal(c)).astype(dtype)
+    gamma = (1 + 0.5 * rng.standard_normal(c)).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = (1 + rng.random(c)).astype(dtype)
+    return x, gamma, beta, rm, rv
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(2, 1), (5, 7), (16, 9)])
+def test_batchnorm_twins_agree_on_every_device(device, shape, relu, dtype):
+    k = device_kernels(device)
+    rng = np.random.default_rng(shape[0] + 10 * relu)
+    x, gamma, beta, rm, rv = _bn_case(rng, shape, dtype)
+    n, c = shape
+    rtol, atol = tolerances(dtype)
+    rtol, atol = rtol * 10, atol * 100  # reductions: summation order differs per device
+    y, mean, invstd, erm, erv = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5,
+                                                          0.1, relu)
+    scratch = np.empty(k.batchnorm_scratch_shape(n, c), dtype)
+    rm2, rv2 = rm.copy(), rv.copy()
+    got = k.batchnorm_forward_train(x, gamma, beta, rm2, rv2, 1e-5, 0.1, relu,
+                                    out=np.empty_like(x), mean=np.empty_like(gamma),
+                                    invstd=np.empty_like(gamma), scratch=scratch)
+    for g, e in zip(got + (rm2, rv2), (y, mean, invstd, erm, erv)):
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    ye = R.batchnorm_forward_eval(np, x, gamma, beta, rm, rv, 1e-5, relu)
+    np.testing.assert_allclose(k.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5, relu,
+                                                        out=np.empty_like(x)),
+                               ye, rtol=rtol, atol=atol)
+    dy = rng.standard_normal(shape).astype(dtype)
+    expected = R.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd, relu)
+    got = k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=np.empty_like(x),
+                               dgamma=np.empty_like(gamma), dbeta=np.empty_like(gamma),
+                               scratch=scratch)
+    for g, e in zip(got, expected):
+        scale = float(np.abs(e).max()) if e.size else 1.0
+        np.testing.assert_allclose(g, e, rtol=rtol * 10, atol=atol * 10 * max(scale, 1.0))
+
+
+def test_read_only_input_goes_through_the_fused_batchnorm():
+    """A model starting with BatchNorm on a memory-mapped (read-only) batch: this raised
+    Numba's TypingError before, the in-place branch of the kernel writing through ``x``."""
+    rng = np.random.default_rng(5)
+    x, gamma, beta, rm, rv = _bn_case(rng, (32, 6), "float32")
+    x.setflags(write=False)
+    want = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5, 0.1, True)
+    got = FUSED.batchnorm_forward_train(x, gamma, beta, rm, rv, 1e-5, 0.1, True)
+    assert_close(got[0], want[0], np.float32)
+    np.testing.assert_allclose(rm, want[3], rtol=1e-5, atol=1e-6)
+    assert_close(FUSED.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5, True),
+                 R.batchnorm_forward_eval(np, x, gamma, beta, rm, rv, 1e-5, True), np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy.setflags(write=False)
+    for g, w in zip(FUSED.batchnorm_backward(dy, x, gamma, beta, got[1], got[2], True),
+                    R.batchnorm_backward(np, dy, x, gamma, beta, got[1], got[2], True)):
+        assert_close(g, w, np.float32, scale=10 * float(np.abs(w).max()))
+
+
+def test_memory_mapped_batch_through_a_model(tmp_path):
+
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "x.npy", rng.standard_normal((16, 4)).astype(np.float32))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert not x.flags.writeable
+    with dn.use_backend(FUSED):
+        y = dn.layers.BatchNorm(4).forward(x, training=True)
+    want = (x - np.mean(x, axis=0)) / np.sqrt(np.var(x, axis=0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_forward_train_matches_reference(shape, dtype, relu):
+    rng = np.random.default_rng(3)
+    x, gamma, beta, rm, rv = bn_inputs(rng, shape, dtype)
+    y, mean, invstd, erm, erv = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5,
+                                                          0.1, relu)
+    rm2, rv2 = rm.copy(), rv.copy()
+    out, m2, s2 = FUSED.batchnorm_forward_train(x, gamma, beta, rm2, rv2, 1e-5, 0.1, relu)
+    for got, want in ((out, y), (m2, mean), (s2, invstd), (rm2, erm), (rv2, erv)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype)
+    # in place on x (its own loop in the kernel): bit-identical to the out-of-place call
+    xx, rm3, rv3 = x.copy(), rm.copy(), rv.copy()
+    got, _, _ = FUSED.batchnorm_forward_train(xx, gamma, beta, rm3, rv3, 1e-5, 0.1, relu, out=xx)
+    assert got is xx
+    np.testing.assert_array_equal(xx, out)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9)] + BN_SHAPES)
+def test_batchnorm_forward_eval_matches_reference(shape, dtype, relu):
+    rng = np.random.default_rng(4)
+    x, gamma, beta, rm, rv = bn_inputs(rng, shape, dtype)
+    expected = R.batchnorm_forward_eval(np, x, gamma, beta, rm, rv, 1e-5, relu)
+    assert_close(FUSED.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5, relu), expected,
+                 dtype)
+    xx = x.copy()
+    assert FUSED.batchnorm_forward_eval(xx, gamma, beta, rm, rv, 1e-5, relu, out=xx) is xx
+    assert_close(xx, expected, dtype)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_backward_matches_reference(shape, dtype, relu):
+    rng = np.random.default_rng(5)
+    x, gamma, beta, rm, rv = bn_inputs(rng, shape, dtype)
+    _, mean, invstd, _, _ = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5, 0.1)
+    dy = rand(rng, shape, dtype)
+    # float64 truth from the same (rounded) inputs: the float32 reference sums in float32
+    up = [a.astype(np.float64) for a in (dy, x, gamma, beta, mean, invstd)]
+    edx, edg, edb = R.batchnorm_backward(np, *up, relu)
+    dx, dg, db = FUSED.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu)
+    for got, want in ((dx, edx), (dg, edg), (db, edb)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, scale=float(np.abs(want).max()) * 10
+                     if dtype == np.float32 else None)
+    # out aliasing dy gives the same result
+    buf = dy.copy()
+    dx2, dg2, db2 = FUSED.batchnorm_backward(buf, x, gamma, beta, mean, invstd, relu, out=buf)
+    assert dx2 is buf
+    np.testing.assert_array_equal(dx2, dx)
+    np.testing.assert_array_equal(dg2, dg)
+
+
+def test_batchnorm_train_stable_for_large_mean_float32():
+    rng = np.random.default_rng(6)
+    n, c = 256, 64
+    x = (1e4 + 1e-2 * rng.standard_normal((n, c))).astype(np.float32)
+    gamma = np.ones(c, np.float32)
+    beta = np.zeros(c, np.float32)
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    y, mean, invstd = FUSED.batchnorm_forward_train(x, gamma, beta, rm, rv, 1e-8, 0.1)
+    x64 = x.astype(np.float64)
+    true_mean = x64.mean(axis=0)
+    true_var = x64.var(axis=0)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(true_var + 1e-8), rtol=1e-5)
+    np.testing.assert_allclose(mean, true_mean, rtol=1e-7)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * true_var * n / (n - 1), rtol=1e-6)
+    # normalized output: as exact as float32 allows (centered on x[0], not on a rounded mean)
+    want = (x64 - true_mean) / np.sqrt(true_var + 1e-8)
+    np.testing.assert_allclose(y, want, atol=1e-4)
+    np.testing.assert_allclose(y.astype(np.float64).std(axis=0), 1.0, rtol=1e-4)
+    assert np.all(np.abs(y.astype(np.float64).mean(axis=0)) <= 1e-5)
+
+
+def test_batchnorm_nan_and_inf_propagate_like_reference():
+    rng = np.random.default_rng(7)
+    x, gamma, beta, rm, rv = bn_inputs(rng, (9, 4), np.float64)
+    x[3, 1] = np.nan
+    x[0, 2] = np.inf
+    with np.errstate(all="ignore"):
+        y, mean, invstd, _, _ = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5, 0.1)
+        out, m2, s2 = FUSED.batchnorm_forward_train(x, gamma, beta, rm.copy(), rv.copy(), 1e-5,
+                                                    0.1)
+    for got, want in ((out, y), (m2, mean), (s2, invstd)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert_close(out[:, [0, 3]], y[:, [0, 3]], np.float64)
+
+
+def test_batchnorm_batch_of_one_falls_back_like_reference():
+    x = np.ones((1, 3))
+    for backend in (FUSED, UNFUSED):
+        with pytest.raises(ZeroDivisionError):
+            backend.batchnorm_forward_train(x, np.ones(3), np.zeros(3), np.zeros(3),
+                                            np.ones(3), 1e-5, 0.1)
+
+
+def test_batchnorm_non_contiguous_falls_back():
+    rng = np.random.default_rng(8)
+    x, gamma, beta, rm, rv = bn_inputs(rng, (20, 12), np.float32)
+    xs = np.asfortranarray(x)
+    y, mean, invstd, _, _ = R.batchnorm_forward_train(np, xs, gamma, beta, rm, rv, 1e-5, 0.1)
+    out, m2, s2 = FUSED.batchnorm_forward_train(xs, gamma, beta, rm.copy(), rv.copy(), 1e-5,
+                                                0.1)
+    np.testing.assert_array_equal(out, y)
+    dy = rand(rng, (12, 20), np.float32).T
+    ref = R.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd)
+    got = FUSED.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+
+
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
+
+
+SIM_EPS = 1e-5
+
+
+SIM_MOMENTUM = 0.1
+
+
+SIM_SHAPES = [(2, 1), (5, 7), (16, 9), (33, 3)]
+
+
+def _sim_bn_tol(dtype):
+    return {"rtol": 2e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-12}
+
+
+def _sim_inputs(rng, n, c, dtype):
+    x = (rng.standard_normal((n, c)) * 2 + rng.standard_normal(c)).astype(dtype)
+    gamma = (rng.standard_normal(c) + 1).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    running_mean = rng.standard_normal(c).astype(dtype)
+    running_var = (rng.random(c) + 0.5).astype(dtype)
+    return x, gamma, beta, running_mean, running_var
+
+
+def _sim_train(ck, x, gamma, beta, rm, rv, relu, scratch=None, out=None):
+    n, c = x.shape
+    scratch = np.empty(ck.batchnorm_scratch_shape(n, c), x.dtype) if scratch is None \
+        else scratch
+    out = np.empty_like(x) if out is None else out
+    mean = np.empty(c, x.dtype)
+    invstd = np.empty(c, x.dtype)
+    return ck.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, relu, out=out,
+                                      mean=mean, invstd=invstd, scratch=scratch)
+
+
+def _sim_backward(ck, dy, x, gamma, beta, mean, invstd, relu, scratch=None, out=None):
+    n, c = x.shape
+    scratch = np.empty(ck.batchnorm_scratch_shape(n, c), x.dtype) if scratch is None \
+        else scratch
+    out = np.empty_like(x) if out is None else out
+    return ck.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
+                                 dgamma=np.empty(x.shape[1], x.dtype),
+                                 dbeta=np.empty(x.shape[1], x.dtype), scratch=scratch)
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("shape", SIM_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_cudasim_forward_train_matches_reference(ck, rng, shape, dtype, relu):
+    x, gamma, beta, rm, rv = _sim_inputs(rng, *shape, dtype)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = reference.batchnorm_forward_train(
+        np, x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, relu)
+    y, mean, invstd = _sim_train(ck, x, gamma, beta, rm, rv, relu)
+    tol = _sim_bn_tol(dtype)
+    np.testing.assert_allclose(mean, mean_ref, **tol)
+    np.testing.assert_allclose(invstd, invstd_ref, **tol)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    np.testing.assert_allclose(rm, rm_ref, **tol)  # running stats updated in place
+    np.testing.assert_allclose(rv, rv_ref, **tol)
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("shape", SIM_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_cudasim_backward_matches_reference(ck, rng, shape, dtype, relu):
+    x, gamma, beta, rm, rv = _sim_inputs(rng, *shape, dtype)
+    _, mean, invstd, _, _ = reference.batchnorm_forward_train(np, x, gamma, beta, rm, rv, SIM_EPS,
+                                                              SIM_MOMENTUM)
+    mean, invstd = mean.astype(dtype), invstd.astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx_ref, dgamma_ref, dbeta_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean,
+                                                                 invstd, relu)
+    dx, dgamma, dbeta = _sim_backward(ck, dy, x, gamma, beta, mean, invstd, relu)
+    tol = _sim_bn_tol(dtype)
+    np.testing.assert_allclose(dbeta, dbeta_ref, **tol)
+    np.testing.assert_allclose(dgamma, dgamma_ref, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_cudasim_forward_eval_matches_reference_batch_of_one(ck, rng, dtype, relu):
+    for n in (1, 6):
+        x, gamma, beta, rm, rv = _sim_inputs(rng, n, 5, dtype)
+        expected = reference.batchnorm_forward_eval(np, x, gamma, beta, rm, rv, SIM_EPS, relu)
+        out = np.empty_like(x)
+        ck.batchnorm_forward_eval(x, gamma, beta, rm, rv, SIM_EPS, relu, out=out)
+        np.testing.assert_allclose(out, expected, **_sim_bn_tol(dtype))
+        ck.batchnorm_forward_eval(x, gamma, beta, rm, rv, SIM_EPS, relu, out=x)  # in place
+        np.testing.assert_allclose(x, expected, **_sim_bn_tol(dtype))
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_cudasim_many_slices_and_grid_stride(tiny_grid, rng, dtype):
+    """2x2 blocks and 3 rows per slice: every loop strides, the merge sees 6 slices."""
+    ck = tiny_grid
+    x, gamma, beta, rm, rv = _sim_inputs(rng, 16, 9, dtype)
+    assert ck.batchnorm_scratch_shape(16, 9) == (2, 6, 9)
+    y_ref, _mean_ref, _invstd_ref, _rm_ref, rv_ref = reference.batchnorm_forward_train(
+        np, x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, True)
+    y, mean, invstd = _sim_train(ck, x, gamma, beta, rm, rv, True)
+    tol = _sim_bn_tol(dtype)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    np.testing.assert_allclose(rv, rv_ref, **tol)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx_ref, dg_ref, _db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd,
+                                                          True)
+    dx, dg, _db = _sim_backward(ck, dy, x, gamma, beta, mean, invstd, True)
+    np.testing.assert_allclose(dg, dg_ref, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+
+
+@CUDASIM
+def test_cudasim_more_slices_than_rows(ck, rng):
+    """Slices past the last row hold nothing and are skipped by the merge."""
+    x, gamma, beta, rm, rv = _sim_inputs(rng, 3, 4, "float64")
+    scratch = np.full((2, 7, 4), np.nan)  # stale contents must not leak in
+    y_ref, mean_ref, _invstd_ref, _, _ = reference.batchnorm_forward_train(
+        np, x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM)
+    y, mean, invstd = _sim_train(ck, x, gamma, beta, rm, rv, False, scratch=scratch)
+    np.testing.assert_allclose(mean, mean_ref, 1e-12)
+    np.testing.assert_allclose(y, y_ref, 1e-10, 1e-12)
+    dy = rng.standard_normal(x.shape)
+    dx_ref, _dg_ref, db_ref = reference.batchnorm_backward(np, dy, x, gamma, beta, mean, invstd)
+    dx, _dg, db = _sim_backward(ck, dy, x, gamma, beta, mean, invstd, False, scratch=scratch)
+    np.testing.assert_allclose(db, db_ref, 1e-12, 1e-14)
+    np.testing.assert_allclose(dx, dx_ref, 1e-10, 1e-12)
+
+
+@CUDASIM
+def test_cudasim_accurate_for_a_mean_far_from_zero(ck, rng):
+    """float32 features at 1e4 +- 1e-2: shifted Welford keeps variance and output accurate."""
+    x = (1e4 + 1e-2 * rng.standard_normal((32, 3))).astype(np.float32)
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    x64 = x.astype(np.float64)
+    exact_var = np.var(x64, axis=0)
+    exact_y = (x64 - x64.mean(axis=0)) / np.sqrt(exact_var + 1e-8)
+    y, _mean, invstd = ck.batchnorm_forward_train(
+        x, ones, zeros, zeros.copy(), ones.copy(), 1e-8, SIM_MOMENTUM, out=np.empty_like(x),
+        mean=np.empty(3, np.float32), invstd=np.empty(3, np.float32),
+        scratch=np.empty(ck.batchnorm_scratch_shape(32, 3), np.float32))
+    np.testing.assert_allclose(1 / invstd.astype(np.float64) ** 2, exact_var, rtol=1e-3)
+    np.testing.assert_allclose(y, exact_y, atol=2e-3)
+
+
+@CUDASIM
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cudasim_constant_feature_and_edge_values(ck):
+    """A constant column has var 0 (y = beta); NaN/inf in a column poison only that column."""
+    x = np.array([[3.0, 1.0, 1.0], [3.0, np.nan, np.inf], [3.0, 2.0, 0.0]], np.float32)
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    beta = np.array([0.5, 0.0, 0.0], np.float32)
+    y, _mean, _invstd = _sim_train(ck, x, ones, beta, zeros.copy(), ones.copy(), False)
+    y_ref, *_ = reference.batchnorm_forward_train(np, x, ones, beta, zeros, ones, SIM_EPS, SIM_MOMENTUM)
+    np.testing.assert_allclose(y[:, 0], [0.5, 0.5, 0.5])
+    assert np.isnan(y[:, 1]).all() and np.isnan(y_ref[:, 1]).all()
+    assert np.isnan(y[:, 2]).all() and np.isnan(y_ref[:, 2]).all()
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_cudasim_aliasing_out_is_input(ck, rng, dtype):
+    """Forward into x itself (elementwise last pass); backward dx into dy itself."""
+    x, gamma, beta, rm, rv = _sim_inputs(rng, 6, 5, dtype)
+    y_ref, mean_ref, invstd_ref, _, _ = reference.batchnorm_forward_train(
+        np, x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, True)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx_ref, _, _ = reference.batchnorm_backward(np, dy, x, gamma, beta, mean_ref.astype(dtype),
+                                                invstd_ref.astype(dtype), True)
+    dx, _, _ = _sim_backward(ck, dy, x, gamma, beta, mean_ref.astype(dtype),
+                         invstd_ref.astype(dtype), True, out=dy)
+    assert dx is dy
+    np.testing.assert_allclose(dy, dx_ref, **_sim_bn_tol(dtype))
+    work = x.copy()
+    y, _, _ = _sim_train(ck, work, gamma, beta, rm, rv, True, out=work)
+    assert y is work
+    np.testing.assert_allclose(work, y_ref, **_sim_bn_tol(dtype))
+
+
+@CUDASIM
+def test_cudasim_deterministic_across_runs_and_block_shapes(ck, rng):
+    """Same scratch shape -> bit-identical results, whatever the block shape."""
+    x, gamma, beta, rm, rv = _sim_inputs(rng, 16, 9, "float32")
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for bx, by in [(32, 8), (4, 2), (1, 1), (9, 3)]:
+        ck.config.bn_block_features, ck.config.bn_block_slices = bx, by
+        ck.config.block = 8 if bx < 32 else 256
+        rm_run, rv_run = rm.copy(), rv.copy()
+        scratch = np.empty((2, 4, 9), np.float32)
+        y, mean, invstd = _sim_train(ck, x, gamma, beta, rm_run, rv_run, False, scratch=scratch)
+        dx, dg, db = _sim_backward(ck, dy, x, gamma, beta, mean, invstd, False, scratch=scratch)
+        results.append([a.copy() for a in (y, mean, invstd, rm_run, rv_run, dx, dg, db)])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)  # bitwise
+
+
+@CUDASIM
+class TestLauncherChecks:
+    def test_training_needs_two_rows(self, ck):
+        x = np.zeros((1, 3), np.float32)
+        v = np.zeros(3, np.float32)
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            ck.batchnorm_forward_train(x, v, v, v, v, SIM_EPS, SIM_MOMENTUM, out=x, mean=v, invstd=v,
+                                       scratch=np.zeros((2, 1, 3), np.float32))
+
+    def test_bad_scratch(self, ck):
+        x = np.zeros((4, 3), np.float32)
+        v = np.zeros(3, np.float32)
+        with pytest.raises(ValueError, match="scratch"):
+            ck.batchnorm_forward_train(x, v, v, v, v, SIM_EPS, SIM_MOMENTUM, out=x, mean=v,
+                                       invstd=v, scratch=np.zeros((2, 1, 4), np.float32))
+
+    def test_vector_dtype_and_shape(self, ck):
+        x = np.zeros((4, 3), np.float32)
+        v = np.zeros(3, np.float32)
+        with pytest.raises(TypeError, match="gamma"):
+            ck.batchnorm_forward_eval(x, v.astype(np.float64), v, v, v, SIM_EPS, out=x)
+        with pytest.raises(ValueError, match="beta"):
+            ck.batchnorm_forward_eval(x, v, np.zeros(4, np.float32), v, v, SIM_EPS, out=x)

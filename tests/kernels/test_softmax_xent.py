@@ -1,0 +1,220 @@
+"""Softmax cross-entropy kernels: reference, CPU and CUDA-simulator twins from one set of
+cases (one calling convention: loss and dlogits written into caller arrays), then
+extreme logits and label checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dualnn.kernels import cpu, reference
+from dualnn.kernels import reference as R
+
+from dualnn.errors import ShapeError
+
+from .cases import (
+    CUDASIM,
+    DEVICES,
+    DTYPE_NAMES,
+    device_kernels,
+    tolerances,
+)
+from .cpu_cases import (
+    DTYPES,
+    FUSED,
+    assert_close,
+    rand,
+)
+
+# ------------------------------------------------------------ every device, one set of cases
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (6, 5), (37, 3)])
+def test_softmax_xent_twins_agree_on_every_device(device, shape, dtype):
+    k = device_kernels(device)
+    rng = np.random.default_rng(shape[0])
+    n, c = shape
+    logits = (5 * rng.standard_normal(shape)).astype(dtype)
+    logits.reshape(-1)[:2] = (1e4, -1e4)[: logits.size]
+    labels = rng.integers(0, c, n)
+    loss_want, d_want = R.softmax_cross_entropy(np, logits, labels)
+    scratch_shape, scratch_dtype = k.softmax_cross_entropy_scratch(n, dtype)
+    loss, dlogits = k.softmax_cross_entropy(
+        logits, labels, loss=np.full((), 7, dtype), dlogits=np.full_like(logits, 7),
+        row_loss=np.empty(scratch_shape, scratch_dtype))
+    rtol, atol = tolerances(dtype)
+    assert loss.dtype == np.dtype(dtype) and loss.size == 1
+    np.testing.assert_allclose(loss.reshape(()), loss_want, rtol=rtol * 10, atol=atol)
+    np.testing.assert_allclose(dlogits, d_want, rtol=rtol * 10, atol=atol)
+
+
+def test_read_only_logits_take_the_fused_path():
+    logits = np.random.default_rng(2).standard_normal((6, 4))
+    logits.setflags(write=False)
+    labels = np.arange(6) % 4
+    got = FUSED.softmax_cross_entropy(logits, labels)
+    want = R.softmax_cross_entropy(np, logits, labels)
+    np.testing.assert_allclose(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1])
+
+
+# ------------------------------------------------------------ CPU only: larger shapes, fallbacks, in place
+
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 10), (7, 13), (33, 65), (257, 129)])
+def test_softmax_cross_entropy_matches_reference(shape, dtype, label_dtype):
+    rng = np.random.default_rng(9)
+    logits = rand(rng, shape, dtype, 5.0)
+    labels = rng.integers(0, shape[1], shape[0]).astype(label_dtype)
+    loss, dlogits = R.softmax_cross_entropy(np, logits, labels)
+    got_loss, got_d = FUSED.softmax_cross_entropy(logits, labels)
+    assert isinstance(got_loss, np.ndarray) and got_loss.shape == () and got_loss.dtype == dtype
+    assert got_d.dtype == dtype
+    assert_close(got_loss, loss, dtype)
+    assert_close(got_d, dlogits, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_extreme_logits(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 3e4], [np.nan, 0.0, 1.0],
+                       [np.inf, 0.0, 1.0]], dtype=dtype)
+    labels = np.array([0, 1, 2, 1])
+    with np.errstate(all="ignore"):
+        _, ref_d = R.softmax_cross_entropy(np, logits, labels)
+    loss, d = FUSED.softmax_cross_entropy(logits, labels)
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(ref_d))
+    assert_close(d[:2], ref_d[:2], dtype)
+    assert np.isnan(loss)
+    loss2, _ = FUSED.softmax_cross_entropy(logits[:2], labels[:2])
+    with np.errstate(all="ignore"):
+        ref_loss2, _ = R.softmax_cross_entropy(np, logits[:2], labels[:2])
+    assert_close(loss2, ref_loss2, dtype)  # (0 + 2e4) / 2
+
+
+def test_softmax_cross_entropy_rejects_out_of_range_labels():
+    logits = np.zeros((3, 4), np.float32)
+    for bad in ([0, 4, 1], [-1, 0, 0]):
+        with pytest.raises(ShapeError):
+            FUSED.softmax_cross_entropy(logits, np.array(bad))
+        with pytest.raises(ValueError):
+            cpu.softmax_cross_entropy(logits, np.array(bad), loss=np.empty((), logits.dtype),
+                                      dlogits=np.empty_like(logits), row_loss=np.empty(3))
+
+
+# ------------------------------------------------------------ CUDA simulator: launch geometry, launcher checks
+
+
+def _sim_run(ck, logits, labels):
+    n = logits.shape[0]
+    loss = np.full((), 99.0, logits.dtype)
+    dlogits = np.empty_like(logits)
+    row_loss = np.empty(ck.softmax_cross_entropy_scratch_shape(n), logits.dtype)
+    result = ck.softmax_cross_entropy(logits, labels, loss=loss, dlogits=dlogits,
+                                      row_loss=row_loss)
+    assert result[0] is loss and result[1] is dlogits
+    return loss, dlogits
+
+
+def _sim_tol(dtype):
+    return {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-14}
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("label_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (6, 5), (37, 3)])
+def test_cudasim_matches_reference(ck, rng, shape, dtype, label_dtype):
+    n, k = shape
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, k, n).astype(label_dtype)
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+    loss, dlogits = _sim_run(ck, logits, labels)
+    assert loss.shape == ()
+    np.testing.assert_allclose(loss, loss_ref, **_sim_tol(dtype))
+    np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol(dtype))
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_cudasim_stable_for_huge_logits(ck, dtype):
+    """|z| ~ 1e4 and 3e38-ish spreads: the max shift keeps exp from overflowing."""
+    logits = np.array([[1e4, -1e4, 0.0], [5e3, 5e3, 5e3], [-1e4, -1e4 + 1, -1e4 - 1]], dtype)
+    labels = np.array([1, 0, 2])
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+    loss, dlogits = _sim_run(ck, logits, labels)
+    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    np.testing.assert_allclose(loss, loss_ref, **_sim_tol(dtype))
+    np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol(dtype))
+
+
+@CUDASIM
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cudasim_nan_and_inf_logits_give_nan(ck):
+    logits = np.array([[0.0, np.nan, 1.0], [np.inf, 0.0, 1.0], [1.0, 2.0, 3.0]], np.float32)
+    loss, dlogits = _sim_run(ck, logits, np.array([0, 0, 2]))
+    assert np.isnan(loss)
+    assert np.isnan(dlogits[:2]).all() and np.isfinite(dlogits[2]).all()
+
+
+@CUDASIM
+def test_cudasim_minus_inf_logit_is_a_zero_probability(ck):
+    """A -inf logit off the label costs nothing (mathematically exact)."""
+    logits = np.array([[-np.inf, 0.0, 0.0]], np.float64)
+    loss, dlogits = _sim_run(ck, logits, np.array([1]))
+    np.testing.assert_allclose(loss, np.log(2.0))
+    np.testing.assert_allclose(dlogits, [[0.0, -0.5, 0.5]])
+
+
+@CUDASIM
+def test_cudasim_label_out_of_range_is_nan_not_an_out_of_bounds_read(ck):
+    logits = np.zeros((3, 4), np.float32)
+    loss, dlogits = _sim_run(ck, logits, np.array([0, 4, -1]))
+    assert np.isnan(loss)
+    assert np.isfinite(dlogits[0]).all() and np.isnan(dlogits[1:]).all()
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_cudasim_grid_stride_and_tree_mean(tiny_grid, rng, dtype):
+    """8 row threads for 37 rows, a 4-thread mean tree: still the reference."""
+    ck = tiny_grid
+    logits = rng.standard_normal((37, 3)).astype(dtype)
+    labels = rng.integers(0, 3, 37)
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+    loss, dlogits = _sim_run(ck, logits, labels)
+    np.testing.assert_allclose(loss, loss_ref, **_sim_tol(dtype))
+    np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol(dtype))
+
+
+@CUDASIM
+def test_cudasim_deterministic(ck, rng):
+    logits = rng.standard_normal((37, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 37)
+    first = [a.copy() for a in _sim_run(ck, logits, labels)]
+    second = _sim_run(ck, logits, labels)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+@CUDASIM
+class TestLauncherChecks:
+    def test_float_labels(self, ck):
+        logits = np.zeros((2, 3), np.float32)
+        with pytest.raises(TypeError, match="labels"):
+            _sim_run(ck, logits, np.zeros(2, np.float32))
+
+    def test_label_shape(self, ck):
+        logits = np.zeros((2, 3), np.float32)
+        with pytest.raises(ValueError, match="labels"):
+            _sim_run(ck, logits, np.zeros(3, np.int64))
+
+    def test_loss_dtype_and_size(self, ck):
+        logits = np.zeros((2, 3), np.float32)
+        kw = {"dlogits": np.empty_like(logits), "row_loss": np.empty(2, np.float32)}
+        with pytest.raises(TypeError, match="loss"):
+            ck.softmax_cross_entropy(logits, np.zeros(2, np.int64),
+                                     loss=np.empty((), np.float64), **kw)
+        with pytest.raises(ValueError, match="loss"):
+            ck.softmax_cross_entropy(logits, np.zeros(2, np.int64),
+                                     loss=np.empty(2, np.float32), **kw)
