@@ -1,4 +1,4 @@
-"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSprop, Adagrad, Adadelta.
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSprop, Adagrad, Adadelta, LARS, LAMB.
 
 Names, keyword arguments, defaults and update rules follow ``torch.optim``. Every
 optimizer also takes the keyword-only options ``l1`` (L1 penalty), ``max_norm``
@@ -15,8 +15,11 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .base import Optimizer, get
+from .lamb import LAMB
+from .lars import LARS
 from .constraints import clip_grad_norm_
 from .rmsprop import RMSprop
+from .scaling import polynomial_decay, scale_lr
 from .sgd import SGD
 
 __all__ = [
@@ -25,8 +28,12 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "LAMB",
+    "LARS",
     "Optimizer",
     "RMSprop",
     "clip_grad_norm_",
     "get",
+    "polynomial_decay",
+    "scale_lr",
 ]
