@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import ClassVar
 
 from .errors import ConfigurationError
 
@@ -42,7 +43,7 @@ class Precision:
         For any other name.
     """
 
-    _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+    _ITEMSIZE: ClassVar[dict] = {"float32": 4, "float16": 2, "bfloat16": 2}
 
     def __init__(self, name="float32"):
         if isinstance(name, Precision):

@@ -61,12 +61,11 @@ def _fused_in_place(leaves, model):
     for i in range(1, len(leaves)):
         prev, cur = type(leaves[i - 1][1]).__name__, leaves[i][1]
         kind = type(cur).__name__
-        if prev == "Linear" and kind in _FUSED_AFTER_LINEAR and (
-                not hasattr(cur, "fusable_after_linear") or cur.fusable_after_linear()):
+        after_linear = prev == "Linear" and kind in _FUSED_AFTER_LINEAR and (
+            not hasattr(cur, "fusable_after_linear") or cur.fusable_after_linear())
+        if after_linear or (prev == "BatchNorm" and kind == "ReLU"):
             fused.add(i)
-        elif prev == "BatchNorm" and kind == "ReLU":
-            fused.add(i)
-    return fused - {i + 1 for i in fused}  # a fused layer cannot fuse the next one
+    return fused
 
 
 def _input_features(leaves):
@@ -91,8 +90,16 @@ def _check_batch(batch_size, allow_none=True):
 class LayerRow:
     """One row of a :class:`Summary`: a leaf layer's shapes and bytes."""
 
-    __slots__ = ("name", "kind", "output_features", "parameters", "parameter_bytes",
-                 "activation_elements", "backward_elements", "scratch_elements")
+    __slots__ = (
+        "activation_elements",
+        "backward_elements",
+        "kind",
+        "name",
+        "output_features",
+        "parameter_bytes",
+        "parameters",
+        "scratch_elements",
+    )
 
     def __init__(self, name, kind, output_features, parameters, parameter_bytes,
                  activation_elements, backward_elements, scratch_elements=()):
@@ -173,7 +180,7 @@ class Summary:
         head, body, totals = self._table()
         widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
         line = "  ".join("-" * w for w in widths)
-        fmt = lambda row: "  ".join(  # noqa: E731
+        fmt = lambda row: "  ".join(
             str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in
             enumerate(zip(row, widths)))
         out = [fmt(head), line, *(fmt(r) for r in body), line]

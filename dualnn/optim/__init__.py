@@ -15,21 +15,21 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .base import Optimizer, get
+from .constraints import clip_grad_norm_
 from .lamb import LAMB
 from .lars import LARS
-from .constraints import clip_grad_norm_
 from .rmsprop import RMSprop
 from .scaling import polynomial_decay, scale_lr
 from .sgd import SGD
 
 __all__ = [
+    "LAMB",
+    "LARS",
     "SGD",
     "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
-    "LAMB",
-    "LARS",
     "Optimizer",
     "RMSprop",
     "clip_grad_norm_",

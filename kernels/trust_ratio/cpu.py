@@ -6,7 +6,7 @@ scaled by the trust ratio. LAMB's direction ``r`` is recomputed in the second pa
 than stored, so no scratch array of the parameter's size is needed. The loops are serial:
 the sums are accumulated in index order, so results do not depend on thread count.
 
-Preconditions (checked, ``ValueError`` otherwise): every array float32 or float64 (one
+Preconditions (checked; ``TypeError`` for a non-NumPy argument, ``ValueError`` otherwise): every array float32 or float64 (one
 dtype), C-contiguous, of the parameter's shape. Scalars are cast to that dtype, so float32
 arrays compute in float32 as the reference does; only the norms accumulate in float64.
 
@@ -89,7 +89,7 @@ def kernels():
 def _flat_checked(name, param, **others):
     for label, a in (("param", param), *others.items()):
         if not isinstance(a, np.ndarray):
-            raise ValueError(f"{name}: {label} must be a NumPy array, got {type(a).__name__}")
+            raise TypeError(f"{name}: {label} must be a NumPy array, got {type(a).__name__}")
         if a.dtype not in _DTYPES or a.dtype != param.dtype:
             raise ValueError(f"{name}: {label} has dtype {a.dtype}, expected float32 or "
                              f"float64 matching param ({param.dtype})")

@@ -15,8 +15,8 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("run with NUMBA_ENABLE_CUDASIM=1", allow_module_level=True)
 
-from dualnn.kernels.trust_ratio import cuda as k  # noqa: E402
-from dualnn.kernels.trust_ratio import reference  # noqa: E402
+from dualnn.kernels.trust_ratio import cuda as k
+from dualnn.kernels.trust_ratio import reference
 
 warnings.filterwarnings("ignore", message="Grid size")
 
@@ -27,7 +27,7 @@ def _scratch(size, dtype):
 
 
 def _tol(dtype):
-    return dict(rtol=1e-4, atol=1e-6) if dtype == "float32" else dict(rtol=1e-11, atol=1e-13)
+    return {"rtol": 1e-4, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-11, "atol": 1e-13}
 
 
 def _arrays(shape, dtype, edge):
@@ -48,8 +48,8 @@ def test_lamb_kernel_matches_reference(dtype, shape, edge, adapt):
     p, g = _arrays(shape, dtype, edge)
     m = np.full(shape, 0.01, dtype)
     v = np.full(shape, 0.02, dtype)
-    hyper = dict(step=2, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
-                 adapt=adapt)
+    hyper = {"step": 2, "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.01,
+                 "adapt": adapt}
     want = reference.lamb_update(np, p, g, m, v, **hyper)
     partial, ratio = _scratch(p.size, dtype)
     k.lamb_update(p, g, m, v, partial=partial, ratio=ratio, **hyper)
@@ -64,8 +64,8 @@ def test_lamb_kernel_matches_reference(dtype, shape, edge, adapt):
 def test_lars_kernel_matches_reference(dtype, shape, edge, adapt):
     p, g = _arrays(shape, dtype, edge)
     b = np.full(shape, 0.01, dtype)
-    hyper = dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01, eps=1e-8,
-                 adapt=adapt)
+    hyper = {"lr": 0.5, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.01, "eps": 1e-8,
+                 "adapt": adapt}
     want = reference.lars_update(np, p, g, b, **hyper)
     partial, ratio = _scratch(p.size, dtype)
     k.lars_update(p, g, b, partial=partial, ratio=ratio, **hyper)

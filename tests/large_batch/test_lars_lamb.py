@@ -72,7 +72,7 @@ def _golden_lars(init, grads, lr, mu, wd, tc, eps, exclude_1d):
 
 
 def _tol(dtype):
-    return dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    return {"rtol": 2e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-12}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -81,7 +81,7 @@ def _tol(dtype):
                          ids=["normal", "zero-weight", "zero-params"])
 def test_lamb_matches_formula(backend, dtype, exclude_1d, zero):
     init, grads = _initial(zero=zero), _grads(4)
-    hyper = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.1)
+    hyper = {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-6, "weight_decay": 0.1}
     got = _run(backend, lambda ps: dn.optim.LAMB(ps, exclude_1d=exclude_1d, **hyper),
                init, grads, dtype)
     want = _golden_lamb(init, grads, 0.05, 0.9, 0.99, 1e-6, 0.1, exclude_1d)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dualnn.kernels.trust_ratio import cuda as k
 
 HERE = Path(__file__).resolve().parent
@@ -26,12 +25,12 @@ def test_kernel_compiles_to_ptx(name, dtype, cc):
     try:
         ptx, _ = cuda.compile_ptx(k.python_kernel(name, dtype), k.signature(name, dtype),
                                   cc=cc)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if "NVRTC" in str(exc) or "nvrtc" in str(exc):
             pytest.skip(f"numba-cuda cannot compile PTX here: {exc}")
         raise
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
-    assert f".entry" in ptx
+    assert ".entry" in ptx
     if dtype == "float32":  # no literal promotes float32 arithmetic to float64
         assert ".f64" not in ptx
 

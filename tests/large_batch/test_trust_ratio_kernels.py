@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dualnn.kernels.trust_ratio import cpu, reference
 
 SHAPES = [(1,), (7,), (3, 5), (64, 33), (2, 3, 4), (4097,)]
@@ -28,7 +27,7 @@ def _arrays(shape, dtype, edge, seed=0):
 
 
 def _tol(dtype):
-    return dict(rtol=1e-4, atol=1e-6) if dtype == "float32" else dict(rtol=1e-11, atol=1e-13)
+    return {"rtol": 1e-4, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-11, "atol": 1e-13}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -40,8 +39,8 @@ def test_lamb_cpu_matches_reference(dtype, shape, edge, adapt):
     rng = np.random.default_rng(1)
     m = (0.1 * rng.standard_normal(shape)).astype(dtype)
     v = np.abs(0.1 * rng.standard_normal(shape)).astype(dtype)
-    hyper = dict(step=3, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01,
-                 adapt=adapt)
+    hyper = {"step": 3, "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.01,
+                 "adapt": adapt}
     want_p, want_m, want_v = reference.lamb_update(np, p, g, m, v, **hyper)
     cpu.lamb_update(p, g, m, v, **hyper)
     np.testing.assert_allclose(m, want_m, **_tol(dtype))
@@ -56,8 +55,8 @@ def test_lamb_cpu_matches_reference(dtype, shape, edge, adapt):
 def test_lars_cpu_matches_reference(dtype, shape, edge, adapt):
     p, g = _arrays(shape, dtype, edge)
     b = (0.1 * np.random.default_rng(2).standard_normal(shape)).astype(dtype)
-    hyper = dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.001, eps=1e-8,
-                 adapt=adapt)
+    hyper = {"lr": 0.5, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.001, "eps": 1e-8,
+                 "adapt": adapt}
     want_p, want_b = reference.lars_update(np, p, g, b, **hyper)
     cpu.lars_update(p, g, b, **hyper)
     np.testing.assert_allclose(b, want_b, **_tol(dtype))
