@@ -87,3 +87,10 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
 ]
+
+
+class DeviceMemoryError(DualnnError, MemoryError):
+    """A training step would not fit in the device's free memory (see ``check_fits``)."""
+
+
+__all__.append("DeviceMemoryError")

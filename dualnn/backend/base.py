@@ -273,6 +273,23 @@ class ArrayAPIBackend:
         square_avg[...] = v
         acc_delta[...] = u
 
+    def lars_update(self, param, grad, momentum_buffer, **hyper):
+        """In-place LARS step; see :func:`dualnn.kernels.trust_ratio.reference.lars_update`."""
+        from ..kernels.trust_ratio import reference as trust_ratio
+
+        p, b = trust_ratio.lars_update(self.xp, param, grad, momentum_buffer, **hyper)
+        param[...] = p
+        momentum_buffer[...] = b
+
+    def lamb_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
+        """In-place LAMB step; see :func:`dualnn.kernels.trust_ratio.reference.lamb_update`."""
+        from ..kernels.trust_ratio import reference as trust_ratio
+
+        p, m, v = trust_ratio.lamb_update(self.xp, param, grad, exp_avg, exp_avg_sq, **hyper)
+        param[...] = p
+        exp_avg[...] = m
+        exp_avg_sq[...] = v
+
 
 def dtype_name(dtype):
     """Canonical name (``"float32"``, ``"int64"``...) of a dtype object or string."""

@@ -206,6 +206,29 @@ class CudaKernelOps(FusedDispatch):
         with self._launch_scope():
             self.kernels.adadelta_update(param, grad, square_avg, acc_delta, **hyper)
 
+    def _trust_ratio_scratch(self, param, dtype):
+        from ..kernels.trust_ratio import cuda as trust_ratio
+
+        partial_shape, ratio_shape = trust_ratio.scratch_shapes(int(param.size))
+        return (trust_ratio, self.scratch("trust_ratio_partial", partial_shape, dtype),
+                self.scratch("trust_ratio", ratio_shape, dtype))
+
+    def lars_update(self, param, grad, momentum_buffer, **hyper):
+        if not self._update_fits(param, grad, momentum_buffer):
+            return super().lars_update(param, grad, momentum_buffer, **hyper)
+        with self._launch_scope():
+            kernels, partial, ratio = self._trust_ratio_scratch(param, _dtype_str(param))
+            kernels.lars_update(param, grad, momentum_buffer, partial=partial, ratio=ratio,
+                                **hyper)
+
+    def lamb_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
+        if not self._update_fits(param, grad, exp_avg, exp_avg_sq):
+            return super().lamb_update(param, grad, exp_avg, exp_avg_sq, **hyper)
+        with self._launch_scope():
+            kernels, partial, ratio = self._trust_ratio_scratch(param, _dtype_str(param))
+            kernels.lamb_update(param, grad, exp_avg, exp_avg_sq, partial=partial,
+                                ratio=ratio, **hyper)
+
 
 class CupyBackend(CudaKernelOps, ArrayAPIBackend):
     """CuPy on one NVIDIA GPU.

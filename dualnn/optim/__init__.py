@@ -1,4 +1,4 @@
-"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSprop, Adagrad, Adadelta.
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSprop, Adagrad, Adadelta, LARS, LAMB.
 
 Names, keyword arguments, defaults and update rules follow ``torch.optim``. Every
 optimizer also takes the keyword-only options ``l1`` (L1 penalty), ``max_norm``
@@ -20,10 +20,15 @@ from .base import Optimizer, get
 from .constraints import clip_grad_norm_
 from .hooks import GradientClipping, L1Penalty, MaxNorm, OptimizerHook
 from .hyperparameters import Hyperparameter, Hyperparameters
+from .lamb import LAMB
+from .lars import LARS
 from .rmsprop import RMSprop
+from .scaling import polynomial_decay, scale_lr
 from .sgd import SGD
 
 __all__ = [
+    "LAMB",
+    "LARS",
     "SGD",
     "Adadelta",
     "Adagrad",
@@ -40,4 +45,6 @@ __all__ = [
     "clip_grad_norm_",
     "get",
     "hooks",
+    "polynomial_decay",
+    "scale_lr",
 ]

@@ -1,0 +1,1 @@
+"""Reproducible experiments built on dualnn (run as ``python -m dualnn.experiments.<name>``)."""

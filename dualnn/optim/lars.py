@@ -1,0 +1,98 @@
+"""LARS: momentum SGD with a layer-wise local learning rate (You et al., 2017)."""
+
+from __future__ import annotations
+
+from .base import Optimizer, check_bool, check_real
+
+
+class LARS(Optimizer):
+    r"""LARS, layer-wise adaptive rate scaling for large-batch SGD.
+
+    For each parameter :math:`w` with gradient :math:`g_t`, weight decay :math:`\lambda`,
+    trust coefficient :math:`\eta_{tc}`, momentum :math:`\mu` and learning rate
+    :math:`\eta`:
+
+    .. math::
+
+        \ell_t &= \frac{\eta_{tc} \lVert w_{t-1} \rVert}
+                       {\lVert g_t \rVert + \lambda \lVert w_{t-1} \rVert + \epsilon}
+                  \quad (1 \text{ if } \lVert w \rVert = 0 \text{ or } \lVert g \rVert = 0) \\
+        b_t &= \mu\, b_{t-1} + \ell_t\, (g_t + \lambda w_{t-1}), \qquad b_0 = 0 \\
+        w_t &= w_{t-1} - \eta\, b_t
+
+    This is the torch-style form of :class:`~dualnn.optim.SGD` (learning rate outside the
+    momentum buffer, the first buffer equal to the first scaled gradient). With a constant
+    learning rate it is the same trajectory as the paper's
+    :math:`v \leftarrow \mu v + \eta\, \ell (g + \lambda w)`, :math:`w \leftarrow w - v`
+    (:math:`v = \eta b`); when a schedule changes :math:`\eta`, the new rate applies to
+    the whole buffer at once.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        Global learning rate :math:`\eta` (>= 0). With the default trust coefficient the
+        local rate is ~1e-3 of ``lr``, so LARS rates are much larger than SGD's.
+    momentum : float, default 0.9
+        Momentum :math:`\mu` (>= 0).
+    weight_decay : float, default 0
+        L2 penalty :math:`\lambda` (>= 0), added to the gradient and to the local rate's
+        denominator.
+    trust_coefficient : float, default 0.001
+        :math:`\eta_{tc}` (> 0).
+    eps : float, default 1e-8
+        Added to the local rate's denominator (>= 0).
+    exclude_1d : bool, default True
+        One-dimensional parameters (biases, batch-norm scale and shift) get neither weight
+        decay nor the local rate (plain momentum SGD); ``False`` treats them like the rest.
+    l1, max_norm, clip_grad_norm : keyword-only
+        The options every optimizer takes; see :class:`~dualnn.optim.Optimizer`.
+
+    Notes
+    -----
+    Where peers differ:
+
+    - timm ``Lars``: the same local rate and the same zero-norm rule; ``trust_clip``
+      (LARC) clips it to ``min(local / lr, 1)``; it adapts only groups with
+      ``weight_decay != 0`` unless ``always_adapt``. apex's ``LARC`` wrapper computes the
+      same rate (optionally clipped) around a torch optimizer.
+    - optax ``lars``: adds the decay first and divides by the norm of the decayed update,
+      :math:`\eta_{tc} \lVert w \rVert / (\lVert g + \lambda w \rVert + \epsilon)`
+      (default :math:`\epsilon = 0`), scales by the learning rate before the momentum
+      trace, and masks 1-D parameters only through ``weight_decay_mask`` /
+      ``trust_ratio_mask``.
+
+    State per parameter: ``momentum_buffer``, ``step``. The fused kernels keep the local
+    rate on the device (no host read per step on a GPU).
+    """
+
+    hyperparameter_names = ("lr", "momentum", "weight_decay", "trust_coefficient", "eps",
+                            "exclude_1d")
+    state_keys = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
+                 eps=1e-8, exclude_1d=True, *, l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
+                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
+
+    def check_hyperparameters(self, hyper):
+        owner = type(self).__name__
+        return {
+            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
+            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
+            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
+            "trust_coefficient": check_real(owner, "trust_coefficient",
+                                            hyper["trust_coefficient"], low=0.0,
+                                            low_open=True),
+            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
+            "exclude_1d": check_bool(owner, "exclude_1d", hyper["exclude_1d"]),
+        }
+
+    def update(self, p, grad, state):
+        buffer = self.state_buffer(state, p, "momentum_buffer")
+        excluded = self.exclude_1d and len(p.shape) <= 1
+        p.backend.lars_update(p.data, grad, buffer, lr=self.lr, momentum=self.momentum,
+                              weight_decay=0.0 if excluded else self.weight_decay,
+                              trust_coefficient=self.trust_coefficient, eps=self.eps,
+                              adapt=not excluded)

@@ -1,0 +1,97 @@
+"""Reference LARS and LAMB updates: pure functions over an Array API namespace ``xp``.
+
+They return new arrays and never read a device value back to the host: the norms and the
+trust ratio stay 0-d arrays of the parameter's dtype.
+"""
+
+from __future__ import annotations
+
+
+def l2_norm(xp, a):
+    """``sqrt(sum(a * a))`` over every element, as a 0-d array of ``a``'s dtype."""
+    return xp.sqrt(xp.sum(a * a))
+
+
+def safe_ratio(xp, numerator, denominator, w_norm, u_norm):
+    """``numerator / denominator``, or 1 where ``w_norm`` or ``u_norm`` is 0 (0-d arrays)."""
+    ok = (w_norm > 0) & (u_norm > 0)
+    one = xp.ones_like(numerator)
+    return xp.where(ok, numerator / xp.where(ok, denominator, one), one)
+
+
+def lamb_direction(xp, param, exp_avg, exp_avg_sq, *, step, beta1, beta2, eps, weight_decay):
+    """LAMB's unscaled update ``r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w``.
+
+    ``exp_avg``/``exp_avg_sq`` are the moments already updated with this step's gradient.
+    """
+    m_hat = exp_avg / (1 - beta1 ** step)
+    v_hat = exp_avg_sq / (1 - beta2 ** step)
+    r = m_hat / (xp.sqrt(v_hat) + eps)
+    if weight_decay != 0:
+        r = r + weight_decay * param
+    return r
+
+
+def lamb_update(xp, param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
+                eps=1e-6, weight_decay=0.0, adapt=True):
+    """One LAMB step (You et al. 2020), returning ``(param, exp_avg, exp_avg_sq)``.
+
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``r = m/(1 - b1^t) / (sqrt(v/(1 - b2^t)) + eps) + weight_decay w``,
+    ``w -= lr * phi * r`` with ``phi = ||w|| / ||r||`` (not clipped), ``phi = 1`` where
+    either norm is 0 or when ``adapt`` is false.
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : array, any shape (all the same)
+    step : int
+        This update's number, from 1.
+    lr, beta1, beta2, eps, weight_decay : float
+    adapt : bool
+        Apply the trust ratio (False: plain Adam with decoupled-in-``r`` weight decay).
+    """
+    m = beta1 * exp_avg + (1 - beta1) * grad
+    v = beta2 * exp_avg_sq + (1 - beta2) * (grad * grad)
+    r = lamb_direction(xp, param, m, v, step=step, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=weight_decay)
+    if adapt:
+        w_norm = l2_norm(xp, param)
+        r_norm = l2_norm(xp, r)
+        phi = safe_ratio(xp, w_norm, r_norm, w_norm, r_norm)
+        return param - lr * (phi * r), m, v
+    return param - lr * r, m, v
+
+
+def lars_local_lr(xp, param, grad, *, weight_decay, trust_coefficient, eps):
+    """LARS's local rate ``eta ||w|| / (||g|| + weight_decay ||w|| + eps)`` (0-d array).
+
+    1 where ``||w||`` or ``||g||`` is 0.
+    """
+    w_norm = l2_norm(xp, param)
+    g_norm = l2_norm(xp, grad)
+    return safe_ratio(xp, trust_coefficient * w_norm, g_norm + weight_decay * w_norm + eps,
+                      w_norm, g_norm)
+
+
+def lars_update(xp, param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=0.0,
+                trust_coefficient=0.001, eps=1e-8, adapt=True):
+    """One LARS step (You et al. 2017), returning ``(param, momentum_buffer)``.
+
+    ``d = local * (g + weight_decay w)``, ``b = momentum b + d``, ``w -= lr b``, with
+    ``local`` from :func:`lars_local_lr` (1 when ``adapt`` is false). The buffer starts
+    at zeros, so the first step's buffer is ``d`` (PyTorch SGD's convention).
+
+    Parameters
+    ----------
+    param, grad, momentum_buffer : array, any shape (all the same)
+    lr, momentum, weight_decay, trust_coefficient, eps : float
+    adapt : bool
+        Apply the local rate (False: momentum SGD with L2 weight decay).
+    """
+    d = grad + weight_decay * param if weight_decay != 0 else grad
+    if adapt:
+        local = lars_local_lr(xp, param, grad, weight_decay=weight_decay,
+                              trust_coefficient=trust_coefficient, eps=eps)
+        d = local * d
+    b = momentum * momentum_buffer + d
+    return param - lr * b, b

@@ -1,0 +1,42 @@
+"""The synthetic large-batch task and a miniature run of the experiment."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dualnn.experiments import large_batch as lb
+
+
+def test_task_is_deterministic_large_and_noisy():
+    start = time.perf_counter()
+    task = lb.make_task()
+    assert time.perf_counter() - start < 5.0
+    assert task.x_train.shape == (65536, 16) and task.x_train.dtype == np.float32
+    assert len(task.x_test) == 16384 and task.y_train.dtype == np.int64
+    again = lb.make_task()
+    np.testing.assert_array_equal(task.x_train, again.x_train)
+    np.testing.assert_array_equal(task.y_test, again.y_test)
+    assert not np.array_equal(task.y_train, lb.make_task(seed=1).y_train)
+    counts = np.bincount(task.y_train, minlength=task.classes)
+    assert counts.min() > 0.02 * len(task.y_train)  # every class occurs
+    clean = lb.make_task(label_noise=0.0)
+    changed = np.mean(clean.y_train != task.y_train)
+    assert 0.07 < changed < 0.11  # ~ label_noise * (1 - 1/classes)
+
+
+def test_miniature_run_learns_and_reports(tmp_path):
+    task = lb.make_task(n_train=4096, n_test=1024)
+    configs = [lb.Config("small", 128, "sgd", 0.05),
+               lb.Config("lamb", 1024, "lamb", 0.02, warmup_epochs=1.0),
+               lb.Config("lars", 1024, "lars", 0.4, 1.0, {"trust_coefficient": 0.02})]
+    results = lb.run_experiment(epochs=3, configs=configs, task=task,
+                                plot_path=tmp_path / "curves.png", verbose=False)
+    assert [r.steps for r in results] == [96, 12, 12]
+    chance = np.bincount(task.y_test).max() / len(task.y_test)
+    assert results[0].test_accuracy > chance + 0.1
+    assert all(len(r.curve) == 3 for r in results)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    table = lb.format_table(results)
+    assert "| small | 128 | sgd |" in table and "96" in table
