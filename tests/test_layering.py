@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md, enforced on the source tree."""
+"""The layering rules of the project (see docs/layout.md), enforced on the source tree."""
 
 from __future__ import annotations
 
@@ -74,3 +74,95 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert float(out.stdout.strip()) < 2.0  # budget 0.5 s; generous here for noisy CI
+
+
+# ---------------------------------------------------------------- the order of the packages
+# Lowest first; a module may import its own level or below, never above (docs/layout.md).
+# ``dualnn.kernels`` sits below all of them and never imports dualnn.
+LEVELS = [
+    {"errors", "_threads"},
+    {"backend", "device"},
+    {"parameter", "init", "layers", "losses", "optim", "gradcheck", "precision", "summary"},
+    {"data", "datasets", "training", "distributed", "interop", "plotting"},
+    {"sklearn", "export", "cli", "benchmarks", "experiments", "callbacks", "checkpoint",
+     "train", "bench"},
+]
+
+
+def _level(module):
+    parts = module.split(".")
+    if parts[0] != "dualnn" or len(parts) == 1:
+        return None
+    if parts[1] == "kernels":
+        return -1
+    for index, names in enumerate(LEVELS):
+        if parts[1] in names:
+            return index
+    raise AssertionError(f"{module}: top-level module missing from LEVELS in this test")
+
+
+def _dualnn_modules():
+    modules = {}
+    for path in sorted((ROOT / "dualnn").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _dualnn_imports(module, path, modules, top_level_only=False):
+    """Absolute names of the dualnn modules ``module`` imports."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                if path.name != "__init__.py":
+                    base = base[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{alias.name}" for alias in node.names
+                          if f"{target}.{alias.name}" in modules]
+            yield from (submodules or [target])
+
+
+def test_nothing_below_imports_anything_above():
+    modules = _dualnn_modules()
+    offenders = []
+    for module, path in modules.items():
+        if module == "dualnn":
+            continue
+        own = _level(module)
+        for target in _dualnn_imports(module, path, modules):
+            level = _level(target)
+            if level is not None and level > own:
+                offenders.append(f"{module} (level {own}) imports {target} (level {level})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_import_cycles_between_modules():
+    modules = _dualnn_modules()
+    graph = {m: {t for t in _dualnn_imports(m, p, modules, top_level_only=True)
+                 if t in modules and t not in (m, "dualnn")}
+             for m, p in modules.items()}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "\n".join(cycles)
