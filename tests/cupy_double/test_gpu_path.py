@@ -1,0 +1,172 @@
+"""Devices, moves, dropout, fit/evaluate/predict and checkpoints on the GPU path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dualnn as dn
+from dualnn.backend.cupy_backend import CupyBackend
+from dualnn.callbacks import EarlyStopping, ModelCheckpoint, StepLR
+from dualnn.errors import DeviceUnavailableError
+from tests.cupy_double import double
+from tests.cupy_double.helpers import BATCH, OUT, data, mlp, tolerance
+
+cupy = pytest.importorskip("cupy")
+
+
+# ------------------------------------------------------------------------------ devices
+
+def test_set_device_gpu_and_available_devices():
+    assert dn.available_devices() == ["cpu", "gpu:0"]
+    assert dn.set_device("gpu") == "gpu:0"
+    assert dn.get_device() == "gpu:0"
+    backend = dn.get_backend()
+    assert isinstance(backend, CupyBackend)
+    layer = dn.layers.Linear(3, 2)
+    assert isinstance(layer.weight.data, cupy.ndarray)
+    assert dn.set_device("cpu") == "cpu"
+    assert isinstance(dn.layers.Linear(3, 2).weight.data, np.ndarray)
+
+
+def test_no_gpu_reported_means_no_gpu_device():
+    double.DEVICE_COUNT[0] = 0
+    try:
+        assert dn.available_devices() == ["cpu"]
+        with pytest.raises(DeviceUnavailableError, match="no GPU"):
+            dn.set_device("gpu")
+    finally:
+        double.DEVICE_COUNT[0] = 1
+
+
+def test_model_to_gpu_and_back_keeps_values_and_optimizer_state(cpu_backend):
+    x, y = data("softmax_cross_entropy")
+    with dn.use_backend(cpu_backend):
+        dn.seed(3)
+        model = mlp()
+        opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+        loss_fn = dn.losses.SoftmaxCrossEntropy()
+        loss_fn.forward(model.forward(cpu_backend.asarray(x, "float64"), training=True), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    before = model.state_dict()
+    state_before = opt.state_dict()["state"]
+    model.to("gpu")
+    gpu = dn.device.backend_for("gpu")
+    assert all(isinstance(p.data, cupy.ndarray) for p in model.parameters())
+    assert all(isinstance(p.state["exp_avg"], cupy.ndarray) for p in model.parameters())
+    with dn.use_backend(gpu):
+        out_gpu = gpu.to_host(model.forward(gpu.asarray(x, "float64")))
+    model.to("cpu")
+    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    for index, entry in opt.state_dict()["state"].items():
+        for key, value in entry.items():
+            np.testing.assert_array_equal(value, state_before[index][key])
+    with dn.use_backend(model.backend):
+        out_cpu = model.forward(np.ascontiguousarray(x))
+    np.testing.assert_allclose(out_gpu, out_cpu, **tolerance("float64"))
+
+
+# ------------------------------------------------------------------------------ dropout
+
+def test_dropout_forward_and_backward_use_the_device_mask():
+    gpu = dn.device.backend_for("gpu")
+    with dn.use_backend(gpu):
+        dn.seed(0)
+        drop = dn.layers.Dropout(0.25)
+        x_host = np.random.default_rng(1).standard_normal((64, 16))
+        x = gpu.asarray(x_host, "float64")
+        y = drop.forward(x, training=True)
+        mask = gpu.to_host(drop._mask)
+        assert isinstance(y, cupy.ndarray)
+        assert set(np.unique(mask)) <= {0.0, 1 / 0.75}
+        assert 0.6 < (mask > 0).mean() < 0.9
+        np.testing.assert_allclose(gpu.to_host(y), x_host * mask, rtol=1e-15)
+        dy_host = np.random.default_rng(2).standard_normal((64, 16))
+        np.testing.assert_allclose(gpu.to_host(drop.backward(gpu.asarray(dy_host))),
+                                   dy_host * mask, rtol=1e-15)
+        assert drop.forward(x, training=False) is x
+
+
+def test_dropout_model_trains_on_gpu():
+    gpu = dn.device.backend_for("gpu")
+    x, y = data("softmax_cross_entropy", n=32)
+    with dn.use_backend(gpu):
+        dn.seed(0)
+        model = mlp(dropout=0.2)
+        history = dn.fit(model, dn.losses.SoftmaxCrossEntropy(),
+                         dn.optim.Adam(model.parameters(), lr=2e-2), x, y, epochs=3,
+                         batch_size=16, progress=False)
+    assert np.isfinite(history["loss"]).all()
+    assert history["loss"][-1] < history["loss"][0]
+
+
+# ------------------------------------------------------------------------------ fit and co.
+
+def _fit_run(backend, tmp_path, tag):
+    x, y = data("softmax_cross_entropy", n=3 * BATCH + 3, seed=4)
+    xv, yv = data("softmax_cross_entropy", n=BATCH, seed=5)
+    with dn.use_backend(backend):
+        dn.seed(11)
+        model = mlp(batchnorm=True)
+        opt = dn.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        checkpoint = ModelCheckpoint(str(tmp_path / f"{tag}-{{epoch}}.npz"))
+        stopper = EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
+        history = dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, x, y, epochs=4,
+                         batch_size=BATCH, validation_data=(xv, yv),
+                         callbacks=[StepLR(step_size=1, gamma=0.5), stopper, checkpoint],
+                         progress=False)
+        scores = dn.evaluate(model, dn.losses.SoftmaxCrossEntropy(), xv, yv, batch_size=5)
+        outputs = dn.predict(model, xv, batch_size=5)
+    return model, opt, history, scores, outputs, checkpoint
+
+
+def test_fit_evaluate_predict_match_cpu(cpu_backend, tmp_path):
+    gpu_run = _fit_run(dn.device.backend_for("gpu"), tmp_path, "gpu")
+    cpu_run = _fit_run(cpu_backend, tmp_path, "cpu")
+    tol = tolerance("float64")
+    g_hist, c_hist = gpu_run[2], cpu_run[2]
+    assert g_hist.epoch == c_hist.epoch == [1, 2]  # EarlyStopping after patience 1
+    assert g_hist.stopped_early and c_hist.stopped_early
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        np.testing.assert_allclose(g_hist[key], c_hist[key], **tol, err_msg=key)
+    assert g_hist["lr"] == [0.2, 0.1]
+    assert gpu_run[3].keys() == cpu_run[3].keys() == {"loss", "accuracy"}
+    for key in gpu_run[3]:
+        assert isinstance(gpu_run[3][key], float)
+        np.testing.assert_allclose(gpu_run[3][key], cpu_run[3][key], **tol)
+    assert isinstance(gpu_run[4], np.ndarray) and gpu_run[4].shape == (BATCH, OUT)
+    np.testing.assert_allclose(gpu_run[4], cpu_run[4], **tol)
+    assert gpu_run[5].last_saved.endswith("gpu-2.npz")
+
+
+def test_save_and_load_on_gpu_resume_like_cpu(cpu_backend, tmp_path):
+    gpu = dn.device.backend_for("gpu")
+    x, y = data("softmax_cross_entropy", n=2 * BATCH)
+    results = {}
+    for name, backend in (("gpu", gpu), ("cpu", cpu_backend)):
+        with dn.use_backend(backend):
+            dn.seed(5)
+            model = mlp()
+            opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+            loss_fn = dn.losses.SoftmaxCrossEntropy()
+            dn.fit(model, loss_fn, opt, x, y, epochs=1, batch_size=BATCH, progress=False)
+            path = tmp_path / f"{name}.npz"
+            dn.save(path, model, opt)
+            restored = dn.load(path)
+            assert restored.model.backend is backend and restored.epoch == 1
+            for p, q in zip(model.parameters(), restored.model.parameters()):
+                np.testing.assert_array_equal(backend.to_host(p.data), backend.to_host(q.data))
+                assert type(q.data) is type(p.data)
+            history = dn.fit(restored.model, loss_fn, restored.optimizer, x, y, epochs=1,
+                             batch_size=BATCH, progress=False)
+            results[name] = (history["loss"], restored.model.state_dict(),
+                             restored.optimizer.state_dict()["state"])
+    np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], **tolerance("float64"))
+    for key, value in results["cpu"][1].items():
+        np.testing.assert_allclose(results["gpu"][1][key], value, **tolerance("float64"))
+    with dn.use_backend(cpu_backend):  # a GPU checkpoint loads on the CPU
+        on_cpu = dn.load(tmp_path / "gpu.npz")
+    assert all(isinstance(p.data, np.ndarray) for p in on_cpu.model.parameters())
