@@ -33,21 +33,37 @@ _totals = Counter()
 _sites = {kind: Counter() for kind in KINDS}
 
 
-def _caller():
-    """``file:line in function`` of the innermost frame outside this folder."""
-    frame = sys._getframe(2)
-    while frame is not None and os.path.dirname(
-            os.path.abspath(frame.f_code.co_filename)) == _HERE:
-        frame = frame.f_back
-    if frame is None:
-        return "?"
+def _short(frame):
     name = frame.f_code.co_filename
     for marker in ("dualnn" + os.sep, "kernels" + os.sep, "tests" + os.sep):
         cut = name.rfind(marker)
         if cut >= 0:
             name = name[cut:]
             break
-    return f"{name}:{frame.f_lineno} in {frame.f_code.co_name}"
+    return f"{name}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
+def _in_library(frame):
+    name = frame.f_code.co_filename
+    return (os.sep + "dualnn" + os.sep in name or os.sep + "kernels" + os.sep in name) \
+        and os.sep + "tests" + os.sep not in name
+
+
+def _caller(depth=3):
+    """The innermost frames outside this folder, ``inner < outer``: the first one, and up
+    to ``depth - 1`` callers while they are inside dualnn (the cause, not just the site)."""
+    frame = sys._getframe(2)
+    while frame is not None and os.path.dirname(
+            os.path.abspath(frame.f_code.co_filename)) == _HERE:
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    chain = [_short(frame)]
+    frame = frame.f_back
+    while frame is not None and len(chain) < depth and _in_library(frame):
+        chain.append(_short(frame))
+        frame = frame.f_back
+    return " < ".join(chain)
 
 
 def record(kind, count=1):
