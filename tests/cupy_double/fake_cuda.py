@@ -25,7 +25,7 @@ class CUDARuntimeError(RuntimeError):
 class Device:
     """``cupy.cuda.Device(id)``: a context manager selecting device ``id``."""
 
-    _current = [0]
+    _current = [0]  # noqa: RUF012 - the process-wide current device, shared on purpose
 
     def __init__(self, device=None):
         self.id = self._current[0] if device is None else int(device)
@@ -71,7 +71,7 @@ class MemoryPointer:
 class Stream:
     """``cupy.cuda.Stream``; ``ptr`` is always 0 (see the module docstring)."""
 
-    _stack = []
+    _stack = []  # noqa: RUF012 - the current-stream stack, shared on purpose
 
     def __init__(self, null=False, non_blocking=False, ptr=0, priority=None):
         self.ptr = 0

@@ -30,7 +30,7 @@ import types
 import numpy as np
 
 from . import counters, fake_cuda, fake_random
-from .fake_ndarray import ndarray, operand, unsupported, unwrap_tree, wrap, wrap_result
+from .fake_ndarray import ndarray, operand, quiet, unsupported, unwrap_tree, wrap, wrap_result
 
 _UFUNC_KEYWORDS = frozenset({"out", "dtype", "casting"})
 _real = None
@@ -171,7 +171,8 @@ class Function:
             counters.record("sync")
         np_args = unwrap_tree(args)
         np_kwargs = {k: unwrap_tree(v) for k, v in kwargs.items()}
-        result = self.compute(*np_args, **np_kwargs)
+        with quiet():
+            result = self.compute(*np_args, **np_kwargs)
         return wrap_result(result, tuple(a for a in args if isinstance(a, ndarray))
                            + (kwargs.get("out"),))
 
@@ -268,5 +269,12 @@ def uninstall():
     module = None
 
 
-__all__ = ["install", "uninstall", "module", "ndarray", "real_cupy", "is_pinned",
-           "unsupported"]
+__all__ = [
+    "install",
+    "is_pinned",
+    "module",
+    "ndarray",
+    "real_cupy",
+    "uninstall",
+    "unsupported",
+]

@@ -17,6 +17,7 @@ NumPy functions called on these arrays dispatch to the double's ``cupy`` namespa
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import weakref
 
@@ -29,6 +30,12 @@ _owners = set()
 memory is freed, before the id can be reused)."""
 
 _memory = {"used": 0, "cached": 0}
+
+
+
+def quiet():
+    """GPUs raise no floating-point warnings (overflow, invalid): neither does the double."""
+    return np.errstate(all="ignore")
 
 
 def _owner(a):
@@ -124,7 +131,8 @@ def _binary(ufunc, reflected=False):
         if not isinstance(other, (ndarray, numbers.Number, np.generic)):
             return NotImplemented
         a, b = (operand(other), self._a) if reflected else (self._a, operand(other))
-        return wrap(ufunc(a, b))
+        with quiet():
+            return wrap(ufunc(a, b))
     return method
 
 
@@ -134,14 +142,16 @@ def _inplace(ufunc):
             raise unsupported(other)
         if not isinstance(other, (ndarray, numbers.Number, np.generic)):
             return NotImplemented
-        ufunc(self._a, operand(other), out=self._a)
+        with quiet():
+            ufunc(self._a, operand(other), out=self._a)
         return self
     return method
 
 
 def _unary(ufunc):
     def method(self):
-        return wrap(ufunc(self._a))
+        with quiet():
+            return wrap(ufunc(self._a))
     return method
 
 
@@ -152,11 +162,43 @@ def _host_read(convert):
     return method
 
 
+_METHOD_PARAMETERS = {
+    "sum": "axis=None, dtype=None, out=None, keepdims=False",
+    "prod": "axis=None, dtype=None, out=None, keepdims=False",
+    "mean": "axis=None, dtype=None, out=None, keepdims=False",
+    "var": "axis=None, dtype=None, out=None, ddof=0, keepdims=False",
+    "std": "axis=None, dtype=None, out=None, ddof=0, keepdims=False",
+    "max": "axis=None, out=None, keepdims=False",
+    "min": "axis=None, out=None, keepdims=False",
+    "argmax": "axis=None, out=None, dtype=None, keepdims=False",
+    "argmin": "axis=None, out=None, dtype=None, keepdims=False",
+    "all": "axis=None, out=None, keepdims=False",
+    "any": "axis=None, out=None, keepdims=False",
+    "clip": "min=None, max=None, out=None",
+    "cumsum": "axis=None, dtype=None, out=None",
+    "round": "decimals=0, out=None",
+}
+"""CuPy 14's ``ndarray`` method parameters (its methods have no inspectable signature)."""
+
+
+def _method_signature(name):
+    namespace = {}
+    exec(f"def {name}({_METHOD_PARAMETERS[name]}): pass", namespace)  # noqa: S102
+    return inspect.signature(namespace[name])
+
+
 def _reduction(name):
+    signature = _method_signature(name)
+
     def method(self, *args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"cupy.ndarray.{name}{signature}: {exc}") from None
         out = kwargs.get("out")
         kwargs = {k: operand(v) for k, v in kwargs.items()}
-        result = getattr(self._a, name)(*[operand(a) for a in args], **kwargs)
+        with quiet():
+            result = getattr(self._a, name)(*[operand(a) for a in args], **kwargs)
         return wrap_result(result, (out,))
     method.__name__ = name
     return method
@@ -175,10 +217,10 @@ def _index(key):
     return key
 
 
-class ndarray:  # noqa: N801 - CuPy's name
+class ndarray:
     """See the module docstring. ``ndarray(shape, dtype)`` allocates, as in CuPy."""
 
-    __slots__ = ("_a", "__weakref__")
+    __slots__ = ("__weakref__", "_a")
     __array_priority__ = 100
 
     def __new__(cls, shape, dtype=float, memptr=None, strides=None, order="C"):
@@ -195,11 +237,11 @@ class ndarray:  # noqa: N801 - CuPy's name
     flags = property(lambda self: Flags(self._a))
 
     @property
-    def T(self):  # noqa: N802
+    def T(self):
         return wrap(self._a.T)
 
     @property
-    def mT(self):  # noqa: N802
+    def mT(self):
         return wrap(np.swapaxes(self._a, -1, -2))
 
     @property

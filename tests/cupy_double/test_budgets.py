@@ -20,7 +20,7 @@ import pytest
 from tests.cupy_double import budgets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured(name):
     return budgets.SCENARIOS[name]()
 

@@ -43,6 +43,10 @@ def test_numpy_only_keywords_fail_as_on_a_gpu():
         cupy.reshape(a, shape=(2, 2))
     with pytest.raises(TypeError, match="cupy.exp"):
         cupy.exp(a, where=a > 0)
+    with pytest.raises(TypeError, match="cupy.ndarray.sum"):
+        a.sum(where=a > 0)
+    with pytest.raises(TypeError, match="cupy.ndarray.max"):
+        a.max(initial=0.0)
     with pytest.raises(AttributeError, match="no attribute 'not_a_cupy_function'"):
         cupy.not_a_cupy_function  # noqa: B018
 
@@ -69,13 +73,10 @@ def test_allocations_are_counted_and_views_are_not():
     a = cupy.asarray(np.arange(6.0).reshape(2, 3))
     out = cupy.empty((2, 3))
     with double.counting() as c:
-        a.T
-        a.reshape(3, 2)
-        a[0]
-        a[0:1, :]
+        views = [a.T, a.reshape(3, 2), a[0], a[0:1, :]]
         cupy.multiply(a, 2.0, out=out)
         out += a
-    assert c.alloc == 0, c.where("alloc")
+    assert c.alloc == 0 and len(views) == 4, c.where("alloc")
     with double.counting() as c:
         b = a * 2.0 + 1.0  # two results
         cupy.sum(b)

@@ -170,3 +170,25 @@ def test_save_and_load_on_gpu_resume_like_cpu(cpu_backend, tmp_path):
     with dn.use_backend(cpu_backend):  # a GPU checkpoint loads on the CPU
         on_cpu = dn.load(tmp_path / "gpu.npz")
     assert all(isinstance(p.data, np.ndarray) for p in on_cpu.model.parameters())
+
+
+def test_set_device_auto_picks_the_gpu():
+    assert dn.set_device("auto") == "gpu:0"
+
+
+@pytest.mark.parametrize("check_finite", [None, True])
+def test_fit_stops_on_a_non_finite_loss_on_gpu(check_finite):
+    from dualnn.errors import NonFiniteError
+
+    x, y = data("mse", n=2 * BATCH)
+    gpu = dn.device.backend_for("gpu")
+    with dn.use_backend(gpu):
+        dn.seed(0)
+        model = mlp()
+        opt = dn.optim.SGD(model.parameters(), lr=1e6)
+        with pytest.raises(NonFiniteError) as info:
+            dn.fit(model, dn.losses.MSE(), opt, x, y * 1e6, epochs=20, batch_size=BATCH,
+                   progress=False, check_finite=check_finite)
+    assert info.value.epoch >= 1
+    if check_finite:  # stopped at the exact step, before the update: weights stay finite
+        assert all(np.isfinite(gpu.to_host(p.data)).all() for p in model.parameters())
