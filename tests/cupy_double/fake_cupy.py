@@ -158,6 +158,9 @@ class Function:
         return f"<double of cupy.{self.name}{self.signature or ''}>"
 
     def __call__(self, *args, **kwargs):
+        out = kwargs.get("out")
+        if isinstance(out, tuple) and len(out) == 1:  # NumPy's __array_ufunc__ passes a tuple
+            kwargs["out"] = out = out[0]
         if _is_ufunc(self.real):
             _check_ufunc_call(self.name, self.real, args, kwargs)
         elif self.signature is not None:
@@ -173,8 +176,7 @@ class Function:
         np_kwargs = {k: unwrap_tree(v) for k, v in kwargs.items()}
         with quiet():
             result = self.compute(*np_args, **np_kwargs)
-        return wrap_result(result, tuple(a for a in args if isinstance(a, ndarray))
-                           + (kwargs.get("out"),))
+        return wrap_result(result, tuple(a for a in args if isinstance(a, ndarray)) + (out,))
 
 
 def _missing_in_numpy(name):

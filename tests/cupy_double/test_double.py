@@ -90,6 +90,7 @@ def test_out_argument_returns_the_same_array():
     assert cupy.matmul(a.T, a, out=out) is out
     np.testing.assert_allclose(out.get(), np.arange(6.0).reshape(2, 3).T
                                @ np.arange(6.0).reshape(2, 3))
+    assert np.multiply(out, 2.0, out=out) is out  # NumPy's protocol hands over out=(out,)
 
 
 def test_host_to_device_transfers_and_pinned_memory():
