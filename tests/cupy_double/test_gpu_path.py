@@ -192,3 +192,30 @@ def test_fit_stops_on_a_non_finite_loss_on_gpu(check_finite):
     assert info.value.epoch >= 1
     if check_finite:  # stopped at the exact step, before the update: weights stay finite
         assert all(np.isfinite(gpu.to_host(p.data)).all() for p in model.parameters())
+
+
+def _activation_run(backend, fuse):
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((BATCH, 8)), rng.standard_normal((BATCH, 4))
+    with dn.use_backend(backend):
+        dn.seed(2)
+        L = dn.layers
+        model = dn.Sequential(
+            L.Linear(8, 12, dtype="float64"), L.LeakyReLU(0.1),
+            L.Linear(12, 12, dtype="float64"), L.ELU(0.7),
+            L.Linear(12, 12, dtype="float64"), L.Sigmoid(), L.Identity(),
+            L.Linear(12, 12, dtype="float64"), L.Tanh(),
+            L.Linear(12, 4, dtype="float64"), L.Softmax(), fuse=fuse)
+        out = model.forward(backend.asarray(x, "float64"), training=True)
+        dx = model.backward(backend.asarray(dy, "float64"))
+        step = L.Step().forward(backend.asarray(x, "float64"))  # inference-only layer
+        return ([backend.to_host(out), backend.to_host(dx), backend.to_host(step)]
+                + [backend.to_host(p.grad) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_every_activation_layer_matches_cpu(fuse, cpu_backend):
+    gpu = _activation_run(dn.device.backend_for("gpu"), fuse)
+    cpu = _activation_run(cpu_backend, fuse)
+    for a, b in zip(gpu, cpu):
+        np.testing.assert_allclose(a, b, **tolerance("float64"))
