@@ -219,3 +219,21 @@ def test_every_activation_layer_matches_cpu(fuse, cpu_backend):
     cpu = _activation_run(cpu_backend, fuse)
     for a, b in zip(gpu, cpu):
         np.testing.assert_allclose(a, b, **tolerance("float64"))
+
+
+def test_fit_and_predict_accept_device_arrays():
+    gpu = dn.device.backend_for("gpu")
+    x, y = data("softmax_cross_entropy", n=2 * BATCH)
+    runs = []
+    for on_device in (False, True):
+        with dn.use_backend(gpu):
+            dn.seed(9)
+            model = mlp()
+            opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+            xs, ys = (gpu.asarray(x, "float64"), gpu.asarray(y)) if on_device else (x, y)
+            history = dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, xs, ys, epochs=2,
+                             batch_size=BATCH, progress=False)
+            runs.append((history["loss"], dn.predict(model, xs)))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], **tolerance("float64"))
+    assert isinstance(runs[1][1], np.ndarray)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], **tolerance("float64"))
