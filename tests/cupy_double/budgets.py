@@ -78,7 +78,7 @@ def explicit_step(name="explicit", loss="softmax_cross_entropy", optimizer="adam
     return Budget(name, counts, STEPS)
 
 
-def fit_step(name="fit", loss="softmax_cross_entropy", **model_options):
+def fit_step(name="fit", loss="softmax_cross_entropy", check_finite=None, **model_options):
     """Budget of one step inside ``fit``: the difference between epochs of 2 and 4 steps
     (per-epoch reads and the epoch's end cancel out)."""
     backend = _gpu()
@@ -92,7 +92,8 @@ def fit_step(name="fit", loss="softmax_cross_entropy", **model_options):
         def run(rows):
             with double.counting() as counts:
                 dn.fit(model, loss_fn, opt, x[:rows], y[:rows], epochs=1, batch_size=BATCH,
-                       shuffle=False, progress=False, log_interval=1000)
+                       shuffle=False, progress=False, log_interval=1000,
+                       check_finite=check_finite)
             return counts
 
         run(2 * BATCH)  # warm up
@@ -148,6 +149,7 @@ SCENARIOS = {
                                             options={"clip_grad_norm": 1.0}),
     "check_finite": lambda: explicit_step("check_finite", check_finite=True),
     "fit": lambda: fit_step(),
+    "fit_check_finite": lambda: fit_step("fit_check_finite", check_finite=True),
     "fit_epoch": lambda: fit_epoch(),
     "evaluate": lambda: evaluate_call(),
 }
