@@ -295,7 +295,6 @@ class ndarray:
 
     __float__ = _host_read(float)
     __int__ = _host_read(int)
-    __index__ = _host_read(lambda a: a.__index__())
     __bool__ = _host_read(bool)
     __complex__ = _host_read(complex)
     item = _host_read(lambda a, *args: a.item(*args))
@@ -304,6 +303,14 @@ class ndarray:
     __repr__ = _host_read(lambda a: repr(a).replace("array(", "array(", 1))
     __str__ = _host_read(str)
     __format__ = _host_read(format)
+
+    def __getattr__(self, name):
+        from . import fake_cupy
+
+        if name.startswith("__") or not hasattr(fake_cupy.real_cupy().ndarray, name):
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+        raise AttributeError(f"the CuPy double does not model cupy.ndarray.{name} yet; add "
+                             "it in tests/cupy_double/fake_ndarray.py")
 
     def __len__(self):
         return len(self._a)

@@ -34,6 +34,16 @@ def test_results_stay_zero_d_arrays():
         assert isinstance(result, cupy.ndarray) and result.shape == ()
 
 
+def test_numpy_only_attributes_fail_as_on_a_gpu():
+    a = cupy.asarray(np.arange(4.0))
+    with pytest.raises(AttributeError, match="has no attribute 'writeable'"):
+        a.flags.writeable  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'ctypes'"):
+        a.ctypes  # noqa: B018
+    with pytest.raises(TypeError):
+        list(range(10))[cupy.sum(a > 0)]  # CuPy arrays have no __index__
+
+
 def test_numpy_only_keywords_fail_as_on_a_gpu():
     a = cupy.asarray(np.arange(4.0))
     with pytest.raises(TypeError, match="cupy.clip"):
