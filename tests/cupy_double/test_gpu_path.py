@@ -237,3 +237,20 @@ def test_fit_and_predict_accept_device_arrays():
     np.testing.assert_allclose(runs[1][0], runs[0][0], **tolerance("float64"))
     assert isinstance(runs[1][1], np.ndarray)
     np.testing.assert_allclose(runs[1][1], runs[0][1], **tolerance("float64"))
+
+
+def test_gradients_on_gpu_match_finite_differences():
+    """Fused batch norm, activation and softmax cross-entropy kernels, float64."""
+    gpu = dn.device.backend_for("gpu")
+    rng = np.random.default_rng(6)
+    with dn.use_backend(gpu):
+        dn.seed(1)
+        model = dn.Sequential(dn.layers.Linear(3, 4, bias=False, dtype="float64"),
+                              dn.layers.BatchNorm(4, dtype="float64"), dn.layers.ReLU(),
+                              dn.layers.Linear(4, 3, dtype="float64"), dn.layers.Tanh(),
+                              dn.layers.Linear(3, 3, dtype="float64"))
+        x = gpu.asarray(rng.standard_normal((5, 3)), "float64")
+        target = gpu.asarray(rng.integers(0, 3, 5))
+        report = dn.gradcheck(model, x, dn.losses.SoftmaxCrossEntropy(), target,
+                              tolerance=1e-6)
+    assert report.passed, report
