@@ -399,7 +399,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                     bar.set_postfix(loss=f"{loss_total / max(seen if per_sample else step, 1):.4f}",
                                     samples_s=f"{seen / elapsed:.0f}", refresh=False)
             _raise_if_interrupted(interrupt)
-        if not guard_each_step and loss_device is not None:
+        if not guard_each_step and loss_device is not None and last_read_step != step:
             loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
         backend.synchronize()
         elapsed = max(time.perf_counter() - started, 1e-9)
