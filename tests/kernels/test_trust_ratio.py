@@ -258,7 +258,7 @@ class TestLauncherChecks:
         from dualnn.kernels.trust_ratio import cuda
 
         p = np.ones(10)
-        partial_shape, ratio_shape = cuda.scratch_shapes(10)
+        _, ratio_shape = cuda.scratch_shapes(10)
         with pytest.raises(ValueError, match="partial"):
             cuda.lars_update(p, p.copy(), np.zeros(10), partial=np.zeros((2, 0)),
                              ratio=np.zeros(ratio_shape), lr=1.0)
@@ -285,7 +285,6 @@ class TestLauncherChecks:
 def test_cudasim_backend_runs_lars_and_lamb_through_the_kernels():
     import dualnn as dn
     from dualnn.parameter import Parameter
-
     from tests.support.cudasim_backend import CudaSimBackend
 
     sim, ref = CudaSimBackend(), dn.backend.NumpyBackend(fused=False)
@@ -307,8 +306,9 @@ def test_cudasim_backend_runs_lars_and_lamb_through_the_kernels():
 # ------------------------------------------------------------ backend dispatch
 
 def test_numpy_backend_dispatches_to_the_kernel_only_when_it_takes_the_arrays(monkeypatch):
-    from dualnn.backend import NumpyBackend
     from dualnn.kernels.trust_ratio import cpu
+
+    from dualnn.backend import NumpyBackend
 
     calls = []
     real = cpu.lars_update
