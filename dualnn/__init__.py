@@ -34,3 +34,7 @@ from . import callbacks, data, datasets, training  # noqa: E402, F401
 from .training import History, evaluate, fit, load, predict, save  # noqa: E402
 __all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load", "predict",
             "save", "training"]
+
+from .precision import LossScaler  # noqa: E402
+from .summary import estimate_memory, summary  # noqa: E402  (the function, not the module)
+__all__ += ["estimate_memory", "LossScaler", "summary"]

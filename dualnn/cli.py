@@ -17,6 +17,7 @@ from dualnn._threads import apply_thread_policy_env
 apply_thread_policy_env()
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -139,7 +140,9 @@ def build_parser():
     sub.add_parser("info", parents=[debug],
                    help="versions, devices, BLAS, kernels and thread policy")
     sub.add_parser("bench", add_help=False,
-                   help="time a training step side by side with PyTorch (dualnn bench --help)")
+                   help="time a training step side by side with PyTorch (dualnn bench --help); "
+                        "with --large-batch, run the large-batch experiment "
+                        "(dualnn bench --large-batch --help)")
     return parser
 
 
@@ -360,6 +363,50 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+def large_batch_parser():
+    """The options of ``dualnn bench --large-batch``."""
+    parser = _Parser(prog="dualnn bench",
+                     description="Train batch 256 vs 8192 (SGD without and with linear "
+                                 "scaling + warmup, LAMB, LARS) for the same epochs on a "
+                                 "synthetic task; print the table, optionally save the plot.")
+    parser.add_argument("--large-batch", action="store_true", required=True,
+                        help="run the large-batch experiment")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="epochs of every run (default 10; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a miniature run in seconds: 2048 training rows, batches 128 "
+                             "and 1024")
+    parser.add_argument("--plot", metavar="PATH", default=None,
+                        help="save test accuracy per epoch of every run to PATH (PNG)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def cmd_bench_large_batch(argv, out):
+    """``dualnn bench --large-batch``: :mod:`dualnn.experiments.large_batch`, table + plot."""
+    try:
+        args = large_batch_parser().parse_args(argv)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    from dualnn.experiments import large_batch as lb
+
+    if args.quick:
+        task = lb.make_task(n_train=2048, n_test=512, seed=args.seed)
+        configs = [dataclasses.replace(c, name=c.name.replace("256", "128")
+                                       .replace("8192", "1024"))
+                   for c in lb.default_configs(base_batch=128, large_batch=1024)]
+        epochs = args.epochs or 2
+    else:
+        task, configs, epochs = None, None, args.epochs or 10
+    results = lb.run_experiment(epochs=epochs, configs=configs, task=task,
+                                plot_path=args.plot, seed=args.seed, verbose=False)
+    print(lb.format_table(results), file=out)
+    if args.plot:
+        print(f"plot saved to {args.plot}", file=out)
+    return 0
+
+
 def _fail(message, code, err):
     print(f"dualnn: error: {_one_line(message)}", file=err)
     return code
@@ -370,10 +417,14 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
-    if argv[:1] == ["bench"]:  # its own option parser, shared with python -m dualnn.bench
+    large_batch = argv[:1] == ["bench"] and "--large-batch" in argv
+    if argv[:1] == ["bench"] and not large_batch:
+        # its own option parser, shared with python -m dualnn.bench
         from dualnn.benchmarks import main as bench_main
         return bench_main(argv[1:], prog="dualnn bench")
     try:
+        if large_batch:
+            return cmd_bench_large_batch(argv[1:], out)
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

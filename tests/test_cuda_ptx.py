@@ -52,9 +52,18 @@ def test_every_kernel_has_both_dtypes():
     names = {v[0] for v in VARIANTS}
     declared = {name for family in ck.FAMILIES.values() for name in family.signatures}
     assert names == declared
-    assert set(ck.FAMILIES) == {"activation", "batchnorm", "softmax_xent", "optim"}
+    assert set(ck.FAMILIES) == {"activation", "batchnorm", "softmax_xent", "optim",
+                                "trust_ratio"}
     for name in names:
         assert {v[1] for v in VARIANTS if v[0] == name} == {"float32", "float64"}
+
+
+def test_every_trust_ratio_kernel_is_listed():
+    from dualnn.kernels.trust_ratio import cuda as trust_ratio
+
+    listed = {(v[0], v[1]) for v in VARIANTS}
+    for name in trust_ratio.SIGNATURES:
+        assert {(name, "float32"), (name, "float64")} <= listed, name
 
 
 def test_importing_kernels_does_not_import_numba_cuda():

@@ -207,6 +207,7 @@ class CudaKernelOps(FusedDispatch):
             self.kernels.adadelta_update(param, grad, square_avg, acc_delta, **hyper)
 
     def _trust_ratio_scratch(self, param, dtype):
+        """The trust-ratio kernels and their reused ``partial``/``ratio`` scratch."""
         from ..kernels.trust_ratio import cuda as trust_ratio
 
         partial_shape, ratio_shape = trust_ratio.scratch_shapes(int(param.size))
@@ -214,7 +215,7 @@ class CudaKernelOps(FusedDispatch):
                 self.scratch("trust_ratio", ratio_shape, dtype))
 
     def lars_update(self, param, grad, momentum_buffer, **hyper):
-        if not self._update_fits(param, grad, momentum_buffer):
+        if not self._update_takes(param, grad, momentum_buffer):
             return super().lars_update(param, grad, momentum_buffer, **hyper)
         with self._launch_scope():
             kernels, partial, ratio = self._trust_ratio_scratch(param, _dtype_str(param))
@@ -222,7 +223,7 @@ class CudaKernelOps(FusedDispatch):
                                 **hyper)
 
     def lamb_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
-        if not self._update_fits(param, grad, exp_avg, exp_avg_sq):
+        if not self._update_takes(param, grad, exp_avg, exp_avg_sq):
             return super().lamb_update(param, grad, exp_avg, exp_avg_sq, **hyper)
         with self._launch_scope():
             kernels, partial, ratio = self._trust_ratio_scratch(param, _dtype_str(param))

@@ -176,14 +176,14 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         _cpu().adadelta_update(param, grad, square_avg, acc_delta, **hyper)
 
     def lars_update(self, param, grad, momentum_buffer, **hyper):
-        if not self._state_fusable(param, grad, momentum_buffer):
+        if not self._update_takes(param, grad, momentum_buffer):
             return super().lars_update(param, grad, momentum_buffer, **hyper)
         from ..kernels.trust_ratio import cpu as trust_ratio
 
         trust_ratio.lars_update(param, grad, momentum_buffer, **hyper)
 
     def lamb_update(self, param, grad, exp_avg, exp_avg_sq, **hyper):
-        if not self._state_fusable(param, grad, exp_avg, exp_avg_sq):
+        if not self._update_takes(param, grad, exp_avg, exp_avg_sq):
             return super().lamb_update(param, grad, exp_avg, exp_avg_sq, **hyper)
         from ..kernels.trust_ratio import cpu as trust_ratio
 

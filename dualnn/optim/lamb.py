@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from ..errors import ConfigurationError
-from .base import Optimizer, check_bool, check_real
+from .base import Optimizer
+from .hyperparameters import Hyperparameters, flag, real, real_pair
 
 
 class LAMB(Optimizer):
@@ -64,31 +62,13 @@ class LAMB(Optimizer):
     trust ratio on the device (no host read per step).
     """
 
-    hyperparameter_names = ("lr", "betas", "eps", "weight_decay", "exclude_1d")
+    hyperparameters = Hyperparameters(
+        lr=real(1e-3, low=0.0),
+        betas=real_pair((0.9, 0.999), low=0.0, high=1.0, high_open=True),
+        eps=real(1e-6, low=0.0),
+        weight_decay=real(0.01, low=0.0),
+        exclude_1d=flag(True))
     state_keys = ("exp_avg", "exp_avg_sq")
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                 exclude_1d=True, *, l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         exclude_1d=exclude_1d, l1=l1, max_norm=max_norm,
-                         clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        betas = hyper["betas"]
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) \
-                or len(betas) != 2:
-            raise ConfigurationError(
-                f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = tuple(check_real(owner, f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
-                      for i, b in enumerate(betas))
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "betas": betas,
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-            "exclude_1d": check_bool(owner, "exclude_1d", hyper["exclude_1d"]),
-        }
 
     def update(self, p, grad, state):
         exp_avg = self.state_buffer(state, p, "exp_avg")

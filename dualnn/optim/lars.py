@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from .base import Optimizer, check_bool, check_real
+import inspect
+
+from .base import Optimizer
+from .hyperparameters import Hyperparameter, Hyperparameters, check_real, flag, real
+
+
+def _required_real(**bounds):
+    """A real hyperparameter without a default: leaving it out raises ``TypeError``."""
+    def check(owner, name, value):
+        if value is inspect.Parameter.empty:
+            raise TypeError(f"{owner}() missing required hyperparameter {name!r} (it has no "
+                            "default)")
+        return check_real(owner, name, value, **bounds)
+    return Hyperparameter(inspect.Parameter.empty, check)
 
 
 class LARS(Optimizer):
@@ -66,28 +79,14 @@ class LARS(Optimizer):
     rate on the device (no host read per step on a GPU).
     """
 
-    hyperparameter_names = ("lr", "momentum", "weight_decay", "trust_coefficient", "eps",
-                            "exclude_1d")
+    hyperparameters = Hyperparameters(
+        lr=_required_real(low=0.0),
+        momentum=real(0.9, low=0.0),
+        weight_decay=real(0.0, low=0.0),
+        trust_coefficient=real(0.001, low=0.0, low_open=True),
+        eps=real(1e-8, low=0.0),
+        exclude_1d=flag(True))
     state_keys = ("momentum_buffer",)
-
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
-                 eps=1e-8, exclude_1d=True, *, l1=0.0, max_norm=None, clip_grad_norm=None):
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
-                         l1=l1, max_norm=max_norm, clip_grad_norm=clip_grad_norm)
-
-    def check_hyperparameters(self, hyper):
-        owner = type(self).__name__
-        return {
-            "lr": check_real(owner, "lr", hyper["lr"], low=0.0),
-            "momentum": check_real(owner, "momentum", hyper["momentum"], low=0.0),
-            "weight_decay": check_real(owner, "weight_decay", hyper["weight_decay"], low=0.0),
-            "trust_coefficient": check_real(owner, "trust_coefficient",
-                                            hyper["trust_coefficient"], low=0.0,
-                                            low_open=True),
-            "eps": check_real(owner, "eps", hyper["eps"], low=0.0),
-            "exclude_1d": check_bool(owner, "exclude_1d", hyper["exclude_1d"]),
-        }
 
     def update(self, p, grad, state):
         buffer = self.state_buffer(state, p, "momentum_buffer")

@@ -5,6 +5,15 @@ the :class:`~dualnn.training.TrainingRun` (``run.model``, ``run.optimizer``, ``r
 ``run.epoch``; set ``run.stop_training = True`` to stop after the current epoch). Epoch
 numbers are absolute: they continue after a resume (``model.epochs_trained``).
 
+:meth:`Callback.on_step_begin` runs once per *optimizer step*, just before it, with the
+number of optimizer steps already taken. Step counts come from the optimizer itself
+(:func:`optimizer_steps`, saved in checkpoints), so they continue after a resume; they
+never count micro-batches (several micro-batches accumulate into one step), and a step
+that a :class:`~dualnn.precision.LossScaler` skips (non-finite gradients) does not
+advance them. The learning-rate schedules act per epoch (:class:`StepLR`,
+:class:`ExponentialLR`, :class:`CosineAnnealingLR`, ``LinearWarmup(warmup_epochs=...)``)
+or per optimizer step (:class:`PolynomialDecay`, ``LinearWarmup(warmup_steps=...)``).
+
 >>> cbs = [dn.callbacks.EarlyStopping(patience=3),                        # doctest: +SKIP
 ...        dn.callbacks.CosineAnnealingLR(T_max=30),
 ...        dn.callbacks.ModelCheckpoint("best.npz", save_best_only=True),
@@ -16,9 +25,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 
 from ..errors import ConfigurationError
+from ..optim.scaling import polynomial_decay
 from .atomic import write_atomic
 
 __all__ = [
@@ -33,8 +44,20 @@ __all__ = [
     "LRSchedule",
     "LinearWarmup",
     "ModelCheckpoint",
+    "PolynomialDecay",
     "StepLR",
+    "optimizer_steps",
 ]
+
+
+def optimizer_steps(optimizer):
+    """How many updates ``optimizer`` has applied (its parameters' ``state["step"]``).
+
+    Counted by the optimizer, so it survives checkpoints (the state is saved) and does not
+    move when a step is skipped (a :class:`~dualnn.precision.LossScaler` overflow) or when
+    a micro-batch only accumulates gradients.
+    """
+    return max((int(p.state.get("step", 0)) for p in optimizer.params), default=0)
 
 
 class Callback:
@@ -45,6 +68,14 @@ class Callback:
 
     def on_epoch_begin(self, run, epoch):
         """Before epoch ``epoch`` (absolute number) trains."""
+
+    def on_step_begin(self, run, step):
+        """Just before an optimizer step; ``step`` = optimizer steps already taken (from 0).
+
+        Called once per optimizer step, never per micro-batch; a step a loss scaler skips
+        is not counted, so the next call sees the same ``step`` again (see
+        :func:`optimizer_steps`).
+        """
 
     def on_epoch_end(self, run, epoch, logs):
         """After epoch ``epoch``; ``logs`` holds its metrics (``loss``, ``val_loss``...)."""
@@ -77,6 +108,10 @@ class CallbackList(Callback):
     def on_epoch_begin(self, run, epoch):
         for cb in self.callbacks:
             cb.on_epoch_begin(run, epoch)
+
+    def on_step_begin(self, run, step):
+        for cb in self.callbacks:
+            cb.on_step_begin(run, step)
 
     def on_epoch_end(self, run, epoch, logs):
         for cb in self.callbacks:
@@ -247,20 +282,27 @@ class ModelCheckpoint(Callback):
 # ---------------------------------------------------------------------------------- schedules
 
 class LRSchedule(Callback):
-    """Base of the per-epoch learning-rate schedules: sets ``optimizer.lr`` before each epoch.
+    """Base of the learning-rate schedules: sets ``optimizer.lr`` before each epoch or step.
 
-    The rate for an epoch is a function of the number of epochs completed before it
-    (``epoch - 1``, absolute, so resumed runs continue the schedule) and of the base rate:
-    ``base_lr`` if given, else ``optimizer.initial_lr`` if set, else the optimizer's ``lr``
-    at the first use, which is then stored as ``optimizer.initial_lr`` (checkpoints save and
-    restore that attribute, as torch keeps ``initial_lr``).
+    A per-epoch schedule (``per_step = False``) takes the rate of an epoch from the number
+    of epochs completed before it (``epoch - 1``, absolute, so resumed runs continue). A
+    per-step schedule (``per_step = True``) takes it from the number of optimizer steps
+    already taken (:func:`optimizer_steps`) before every optimizer step, and once at the
+    start of each epoch (so the logged ``lr`` is that of the epoch's first step).
+
+    The base rate is ``base_lr`` if given, else ``optimizer.initial_lr`` if set, else the
+    optimizer's ``lr`` at the first use, which is then stored as ``optimizer.initial_lr``
+    (checkpoints save and restore that attribute, as torch keeps ``initial_lr``).
     """
+
+    per_step = False
+    """True: :meth:`lr_at` is indexed by optimizer steps, else by completed epochs."""
 
     def __init__(self, base_lr=None):
         self.base_lr = base_lr
 
     def lr_at(self, index, base_lr):
-        """The rate after ``index`` completed epochs."""
+        """The rate after ``index`` completed epochs (or optimizer steps if ``per_step``)."""
         raise NotImplementedError
 
     def _base(self, optimizer):
@@ -273,7 +315,18 @@ class LRSchedule(Callback):
         return float(base)
 
     def on_epoch_begin(self, run, epoch):
-        run.optimizer.lr = self.lr_at(epoch - 1, self._base(run.optimizer))
+        index = optimizer_steps(run.optimizer) if self.per_step else epoch - 1
+        run.optimizer.lr = self.lr_at(index, self._base(run.optimizer))
+
+    def on_step_begin(self, run, step):
+        if self.per_step:
+            run.optimizer.lr = self.lr_at(step, self._base(run.optimizer))
+
+
+def _count(owner, name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigurationError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class StepLR(LRSchedule):
@@ -318,29 +371,95 @@ class CosineAnnealingLR(LRSchedule):
 
 
 class LinearWarmup(LRSchedule):
-    """Ramp linearly from ``start_factor * base`` to ``base`` over ``warmup_epochs``, then
-    follow ``then`` (another schedule, counted from the end of the warm-up) or stay at base.
+    """Ramp linearly from ``start_factor * base`` to ``base``, then follow ``then`` (another
+    schedule, counted from the end of the warm-up) or stay at base.
+
+    Give exactly one length: ``warmup_epochs`` (per epoch: the rate of epoch ``e``, with
+    ``i = e - 1`` completed epochs) or ``warmup_steps`` (per optimizer step: the rate of the
+    step after ``i`` optimizer steps). During the warm-up the rate is
+    ``base * (start_factor + (1 - start_factor) * i / warmup)``. In step mode ``then``
+    is indexed by optimizer steps too (``CosineAnnealingLR(T_max=...)`` then counts
+    steps).
+
+    Parameters
+    ----------
+    warmup_epochs : int, optional
+    start_factor : float
+    then : LRSchedule, optional
+    base_lr : float, optional
+    warmup_steps : int, optional (keyword-only)
     """
 
-    def __init__(self, warmup_epochs, start_factor=0.1, then=None, base_lr=None):
+    def __init__(self, warmup_epochs=None, start_factor=0.1, then=None, base_lr=None, *,
+                 warmup_steps=None):
         super().__init__(base_lr)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
-                or warmup_epochs < 1:
-            raise ConfigurationError(f"LinearWarmup: warmup_epochs must be a positive int, got "
-                                     f"{warmup_epochs!r}")
+        if (warmup_epochs is None) == (warmup_steps is None):
+            raise ConfigurationError("LinearWarmup: give exactly one of warmup_epochs (per "
+                                     "epoch) and warmup_steps (per optimizer step), got "
+                                     f"warmup_epochs={warmup_epochs!r}, "
+                                     f"warmup_steps={warmup_steps!r}")
+        self.per_step = warmup_steps is not None
+        if self.per_step:
+            warmup_steps = _count("LinearWarmup", "warmup_steps", warmup_steps, 1)
+        else:
+            warmup_epochs = _count("LinearWarmup", "warmup_epochs", warmup_epochs, 1)
         if then is not None and not isinstance(then, LRSchedule):
             raise ConfigurationError("LinearWarmup: then must be an LRSchedule or None")
+        if then is not None and then.per_step and not self.per_step:
+            raise ConfigurationError(f"LinearWarmup: then={type(then).__name__} counts "
+                                     "optimizer steps; use warmup_steps=... with it")
         self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
         self.start_factor = float(start_factor)
         self.then = then
 
     def lr_at(self, index, base_lr):
-        if index < self.warmup_epochs:
-            fraction = index / self.warmup_epochs
+        warmup = self.warmup_steps if self.per_step else self.warmup_epochs
+        if index < warmup:
+            fraction = index / warmup
             return base_lr * (self.start_factor + (1 - self.start_factor) * fraction)
         if self.then is None:
             return base_lr
-        return self.then.lr_at(index - self.warmup_epochs, base_lr)
+        return self.then.lr_at(index - warmup, base_lr)
+
+
+class PolynomialDecay(LRSchedule):
+    """Per optimizer step: linear warmup, then polynomial decay to ``end_lr``.
+
+    The rate of the step after ``i`` optimizer steps is
+    :func:`dualnn.optim.polynomial_decay` ``(i, total_steps, base, end_lr, power,
+    warmup_steps)``: ``base * (i + 1) / warmup_steps`` during the warm-up, then
+    ``end_lr + (base - end_lr) * (1 - progress) ** power`` with ``progress`` going from 0
+    to 1 over the remaining steps (``end_lr`` after ``total_steps``). ``power=1`` is
+    LAMB's BERT recipe, ``power=2`` the LARS recipe's.
+
+    Parameters
+    ----------
+    total_steps : int
+        Optimizer steps of the whole run (``epochs * steps per epoch``; > ``warmup_steps``).
+    end_lr : float
+        Final rate (>= 0).
+    power : float
+        Decay exponent (> 0).
+    warmup_steps : int
+        Optimizer steps of linear warmup (>= 0).
+    base_lr : float, optional
+        Peak rate; default the optimizer's (see :class:`LRSchedule`).
+    """
+
+    per_step = True
+
+    def __init__(self, total_steps, end_lr=0.0, power=1.0, warmup_steps=0, base_lr=None):
+        super().__init__(base_lr)
+        polynomial_decay(0, total_steps, 1.0, end_lr, power, warmup_steps)  # checks them
+        self.total_steps = int(total_steps)
+        self.end_lr = float(end_lr)
+        self.power = float(power)
+        self.warmup_steps = int(warmup_steps)
+
+    def lr_at(self, index, base_lr):
+        return polynomial_decay(index, self.total_steps, base_lr, self.end_lr, self.power,
+                                self.warmup_steps)
 
 
 # ---------------------------------------------------------------------------------- logging

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..data.loader import DataLoader
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
+from .callbacks import optimizer_steps
 from .checks import (
     check_data,
     has_batchnorm,
@@ -273,7 +274,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
                 logs = {"lr": optimizer.lr}
                 logs.update(_train_epoch(model, train_loss, optimizer, loader, epoch, dtype,
                                          labels, guard_each_step, log_interval, show, run,
-                                         interrupt))
+                                         interrupt, callbacks))
                 model.epochs_trained = epoch
                 if validation_data is not None:
                     scores = _evaluate_checked(model, loss_fn, X_val, y_val,
@@ -317,7 +318,7 @@ def _raise_if_interrupted(interrupt):
 
 
 def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_each_step,
-                 log_interval, show, run, interrupt):
+                 log_interval, show, run, interrupt, callbacks):
     backend = model.backend
     xp = backend.xp
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
@@ -364,6 +365,8 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                 if classify:
                     hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
                 backward_without_input_grad(model, loss_fn.backward())
+                # per-step schedules count optimizer steps (never micro-batches)
+                callbacks.on_step_begin(run, optimizer_steps(optimizer))
                 try:
                     optimizer.step(check_finite=guard_each_step)
                 except NonFiniteError as exc:

@@ -1,26 +1,31 @@
-"""LARS and LAMB as Numba ``@njit`` kernels over NumPy arrays, updated in place.
+"""LARS and LAMB as Numba kernels on NumPy arrays, updated in place (twins of ``reference.py``).
 
 Each op takes two passes over the flattened parameter: the first updates the state (LAMB's
 moments) and accumulates the two squared L2 norms in float64, the second applies the step
 scaled by the trust ratio. LAMB's direction ``r`` is recomputed in the second pass rather
-than stored, so no scratch array of the parameter's size is needed. The loops are serial:
-the sums are accumulated in index order, so results do not depend on thread count.
+than stored, so no scratch array of the parameter's size is needed.
 
-Preconditions (checked; ``TypeError`` for a non-NumPy argument, ``ValueError`` otherwise): every array float32 or float64 (one
-dtype), C-contiguous, of the parameter's shape. Scalars are cast to that dtype, so float32
-arrays compute in float32 as the reference does; only the norms accumulate in float64.
+The norm passes are serial: the sums are accumulated in index order, so results do not
+depend on the thread count. The apply passes are elementwise and run their parallel build
+from the thresholds of :mod:`dualnn.kernels._numba`.
 
-Numba is imported on the first call (:func:`kernels`), never at import.
+The arguments are checked once here (:func:`dualnn.kernels._numba.check`: float32/float64,
+one dtype, C-contiguous, the parameter's shape, writable state; ``ValueError`` naming the
+op otherwise). Scalars are cast to the arrays' dtype, so float32 arrays compute in float32
+as the reference does; only the norms accumulate in float64. Numba is imported on the first
+call, never at import.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from .._numba import COMPUTE_PARALLEL_THRESHOLD, PARALLEL_THRESHOLD, KernelSet, check, prange
+
+_SERIAL = math.inf
+"""Threshold that always picks the serial build (the order-dependent norm passes)."""
 
 
 def _k_lamb_moments(param, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2,
@@ -43,7 +48,7 @@ def _k_lamb_moments(param, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, be
 def _k_lamb_apply(param, exp_avg, exp_avg_sq, scale, bias_correction1, bias_correction2, eps,
                   weight_decay):
     # scale = lr * phi; r exactly as in _k_lamb_moments
-    for i in range(param.shape[0]):
+    for i in prange(param.shape[0]):
         p = param[i]
         r = ((exp_avg[i] / bias_correction1) / (np.sqrt(exp_avg_sq[i] / bias_correction2) + eps)
              + weight_decay * p)
@@ -60,7 +65,7 @@ def _k_squared_norms(a, b):
 
 
 def _k_lars_apply(param, grad, momentum_buffer, lr, momentum, weight_decay, local):
-    for i in range(param.shape[0]):
+    for i in prange(param.shape[0]):
         p = param[i]
         d = local * (grad[i] + weight_decay * p)
         b = momentum * momentum_buffer[i] + d
@@ -68,38 +73,18 @@ def _k_lars_apply(param, grad, momentum_buffer, lr, momentum, weight_decay, loca
         param[i] = p - lr * b
 
 
-_NAMES = ("lamb_moments", "lamb_apply", "squared_norms", "lars_apply")
-_built = {}
-_lock = threading.Lock()
+_KERNELS = KernelSet(globals(), kernels=(
+    "lamb_moments", "lamb_apply", "squared_norms", "lars_apply"))
 
 
-def kernels():
-    """``{name: jitted function}``, built (``numba.njit(cache=True)``) on first use."""
-    if not _built:
-        with _lock:
-            if not _built:
-                import numba
-
-                jitted = {name: numba.njit(cache=True, error_model="numpy")(
-                    globals()[f"_k_{name}"]) for name in _NAMES}
-                _built.update(jitted)
-    return _built
-
-
-def _flat_checked(name, param, **others):
-    for label, a in (("param", param), *others.items()):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: {label} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype not in _DTYPES or a.dtype != param.dtype:
-            raise ValueError(f"{name}: {label} has dtype {a.dtype}, expected float32 or "
-                             f"float64 matching param ({param.dtype})")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name}: {label} must be C-contiguous")
-        if a.shape != param.shape:
-            raise ValueError(f"{name}: {label} has shape {a.shape}, expected {param.shape}")
-    if not param.flags.writeable:
-        raise ValueError(f"{name}: param must be writable")
-    return [a.reshape(-1) for a in (param, *others.values())]
+def _flat_checked(name, param, *state):
+    """Flattened views of ``param`` and its state once :func:`check` passed."""
+    try:
+        check(param, *state, shapes=(param.shape,) * (1 + len(state)),
+              outputs=[param, *state[1:]])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return [a.reshape(-1) for a in (param, *state)]
 
 
 def _ratio(numerator, w_norm, u_norm, denominator):
@@ -123,20 +108,20 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
     float
         The trust ratio used (1.0 when ``adapt`` is false or a norm is 0).
     """
-    p, g, m, v = _flat_checked("lamb_update", param, grad=grad, exp_avg=exp_avg,
-                               exp_avg_sq=exp_avg_sq)
+    p, g, m, v = _flat_checked("lamb_update", param, grad, exp_avg, exp_avg_sq)
     if p.size == 0:
         return 1.0
     t = param.dtype.type
-    k = kernels()
     bc1, bc2 = t(1 - beta1 ** step), t(1 - beta2 ** step)
-    w_sq, r_sq = k["lamb_moments"](p, g, m, v, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
-                                   bc1, bc2, t(eps), t(weight_decay))
+    w_sq, r_sq = _KERNELS.get("lamb_moments", p.size, _SERIAL)(
+        p, g, m, v, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), bc1, bc2, t(eps),
+        t(weight_decay))
     phi = 1.0
     if adapt:
         w_norm, r_norm = math.sqrt(w_sq), math.sqrt(r_sq)
         phi = _ratio(w_norm, w_norm, r_norm, r_norm)
-    k["lamb_apply"](p, m, v, t(lr * t(phi)), bc1, bc2, t(eps), t(weight_decay))
+    _KERNELS.get("lamb_apply", p.size, COMPUTE_PARALLEL_THRESHOLD)(
+        p, m, v, t(lr * t(phi)), bc1, bc2, t(eps), t(weight_decay))
     return phi
 
 
@@ -154,16 +139,16 @@ def lars_update(param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=
     float
         The local rate used (1.0 when ``adapt`` is false or a norm is 0).
     """
-    p, g, b = _flat_checked("lars_update", param, grad=grad, momentum_buffer=momentum_buffer)
+    p, g, b = _flat_checked("lars_update", param, grad, momentum_buffer)
     if p.size == 0:
         return 1.0
     t = param.dtype.type
-    k = kernels()
     local = 1.0
     if adapt:
-        w_sq, g_sq = k["squared_norms"](p, g)
+        w_sq, g_sq = _KERNELS.get("squared_norms", p.size, _SERIAL)(p, g)
         w_norm, g_norm = math.sqrt(w_sq), math.sqrt(g_sq)
         local = _ratio(trust_coefficient * w_norm, w_norm, g_norm,
                        g_norm + weight_decay * w_norm + eps)
-    k["lars_apply"](p, g, b, t(lr), t(momentum), t(weight_decay), t(local))
+    _KERNELS.get("lars_apply", p.size, PARALLEL_THRESHOLD)(
+        p, g, b, t(lr), t(momentum), t(weight_decay), t(local))
     return local

@@ -162,3 +162,27 @@ def test_state_dict_round_trip_continues_identically(cls, kwargs):
     for a, b in zip(run(None), run(2)):
         np.testing.assert_array_equal(a, b)
     assert dn.optim.get("lamb") is dn.optim.LAMB and dn.optim.get("lars") is dn.optim.LARS
+
+
+def test_hyperparameters_are_declared_once_with_their_defaults():
+    import inspect
+
+    for cls, want in [
+        (dn.optim.LAMB, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6,
+                         "weight_decay": 0.01, "exclude_1d": True}),
+        (dn.optim.LARS, {"lr": inspect.Parameter.empty, "momentum": 0.9,
+                         "weight_decay": 0.0, "trust_coefficient": 0.001, "eps": 1e-8,
+                         "exclude_1d": True}),
+    ]:
+        assert "__init__" not in vars(cls) and "check_hyperparameters" not in vars(cls)
+        signature = inspect.signature(cls).parameters
+        assert {n: signature[n].default for n in want} == want
+        assert tuple(cls.hyperparameters) == tuple(want)
+
+
+def test_lars_needs_a_learning_rate():
+    backend = dn.backend.NumpyBackend()
+    params = [Parameter(backend.zeros((2, 2)), backend, name="w")]
+    with pytest.raises(TypeError, match="lr"):
+        dn.optim.LARS(params)
+    assert dn.optim.LARS(params, 2.0).get_config()["lr"] == 2.0

@@ -1,0 +1,328 @@
+"""Trust-ratio (LARS/LAMB) kernels: the reference, CPU and CUDA-simulator twins against the
+update rules written out plainly in float64, from one set of cases; then several steps,
+launch geometry, argument checks and the backend dispatch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dualnn.kernels.trust_ratio import reference as R
+
+from .cases import CUDASIM, DTYPE_NAMES
+
+DEVICES = ["reference", "cpu", pytest.param("cudasim", marks=CUDASIM)]
+
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (40, 15)]
+"""Up to 600 elements: several blocks on the simulator, still quick there."""
+
+EDGES = ["random", "zero-param", "zero-grad", "huge", "tiny"]
+
+LAMB_HYPER = [
+    {"step": 1, "lr": 0.01, "weight_decay": 0.0},
+    {"step": 3, "lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.01},
+]
+LARS_HYPER = [
+    {"lr": 0.5, "momentum": 0.0},
+    {"lr": 0.5, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.01,
+     "eps": 1e-8},
+]
+
+
+SIM_SHAPES = [(1,), (3, 5), (40, 15)]
+"""The simulator's subset (one Python thread per CUDA thread): fewer shapes, last hyper."""
+
+
+def cases(hypers):
+    """``(device, dtype, shape, edge, adapt, hyper)``: every combination on the reference and
+    the CPU; on the simulator (marked ``cudasim``) :data:`SIM_SHAPES` and the last hyper."""
+    out = []
+    for device in ("reference", "cpu", "cudasim"):
+        for dtype in DTYPE_NAMES:
+            for shape in SIM_SHAPES if device == "cudasim" else SHAPES:
+                for edge in EDGES:
+                    for adapt in (True, False):
+                        for k, hyper in enumerate(hypers):
+                            if device == "cudasim" and k != len(hypers) - 1:
+                                continue
+                            values = (device, dtype, shape, edge, adapt, hyper)
+                            case_id = "-".join([device, dtype, "x".join(map(str, shape)),
+                                                edge, "adapt" if adapt else "plain", str(k)])
+                            marks = [CUDASIM] if device == "cudasim" else []
+                            out.append(pytest.param(*values, id=case_id, marks=marks))
+    return out
+
+
+# ------------------------------------------------------------ the rules, written out plainly
+
+def golden_lamb(p, g, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0,
+                adapt=True):
+    p, g, m, v = (np.asarray(a, np.float64) for a in (p, g, m, v))
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g ** 2
+    r = m / (1 - beta1 ** step) / (np.sqrt(v / (1 - beta2 ** step)) + eps) + weight_decay * p
+    w_norm, r_norm = np.linalg.norm(p), np.linalg.norm(r)
+    phi = w_norm / r_norm if adapt and w_norm > 0 and r_norm > 0 else 1.0
+    return p - lr * phi * r, m, v
+
+
+def golden_lars(p, g, b, *, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
+                eps=1e-8, adapt=True):
+    p, g, b = (np.asarray(a, np.float64) for a in (p, g, b))
+    w_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+    local = 1.0
+    if adapt and w_norm > 0 and g_norm > 0:
+        local = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    b = momentum * b + local * (g + weight_decay * p)
+    return p - lr * b, b
+
+
+# ------------------------------------------------------------ one calling convention per device
+
+def run_update(device, name, arrays, hyper):
+    """Apply ``{name}_update`` in place to copies of ``arrays`` on ``device``; return them."""
+    arrays = [a.copy() for a in arrays]
+    if device == "reference":
+        new = getattr(R, f"{name}_update")(np, *arrays, **hyper)
+        out = [arrays[0], *arrays[2:]]
+        for target, value in zip(out, new):
+            target[...] = value
+    elif device == "cpu":
+        from dualnn.kernels.trust_ratio import cpu
+
+        getattr(cpu, f"{name}_update")(*arrays, **hyper)
+    else:
+        from dualnn.kernels.trust_ratio import cuda
+
+        partial_shape, ratio_shape = cuda.scratch_shapes(arrays[0].size)
+        dtype = arrays[0].dtype
+        getattr(cuda, f"{name}_update")(*arrays, partial=np.full(partial_shape, np.nan, dtype),
+                                        ratio=np.full(ratio_shape, np.nan, dtype), **hyper)
+    return [arrays[0], *arrays[2:]]
+
+
+def make_inputs(shape, dtype, edge, n_state, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(shape)
+    g = rng.standard_normal(shape)
+    if edge == "zero-param":
+        p[...] = 0
+    elif edge == "zero-grad":
+        g[...] = 0
+    elif edge == "huge":
+        p *= 1e15
+        g *= 1e15
+    elif edge == "tiny":
+        g *= 1e-20
+    state = [0.1 * rng.standard_normal(shape) for _ in range(n_state)]
+    if n_state == 2:
+        state[1] = np.abs(state[1])  # LAMB's second moment
+    return [a.astype(dtype) for a in (p, g, *state)]
+
+
+def assert_matches(got, want, dtype):
+    rtol = 1e-4 if dtype == "float32" else 1e-10
+    for g, w in zip(got, want):
+        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("device,dtype,shape,edge,adapt,hyper", cases(LAMB_HYPER))
+def test_lamb_matches_the_rule(device, dtype, shape, edge, adapt, hyper):
+    arrays = make_inputs(shape, dtype, edge, 2)
+    want = golden_lamb(*arrays, adapt=adapt, **hyper)
+    got = run_update(device, "lamb", arrays, dict(hyper, adapt=adapt))
+    assert_matches(got, want, dtype)
+
+
+@pytest.mark.parametrize("device,dtype,shape,edge,adapt,hyper", cases(LARS_HYPER))
+def test_lars_matches_the_rule(device, dtype, shape, edge, adapt, hyper):
+    arrays = make_inputs(shape, dtype, edge, 1)
+    want = golden_lars(*arrays, adapt=adapt, **hyper)
+    got = run_update(device, "lars", arrays, dict(hyper, adapt=adapt))
+    assert_matches(got, want, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_several_steps_follow_the_rule(device, dtype):
+    rng = np.random.default_rng(5)
+    shape = (6, 5)
+    lamb = make_inputs(shape, dtype, "random", 2)
+    lars = make_inputs(shape, dtype, "random", 1)
+    lamb_want = [lamb[0], lamb[2], lamb[3]]
+    lars_want = [lars[0], lars[2]]
+    lamb_got, lars_got = list(lamb_want), list(lars_want)
+    for step in range(1, 4):
+        g = rng.standard_normal(shape).astype(dtype)
+        hyper = {"step": step, "lr": 0.01, "weight_decay": 0.01}
+        lamb_want = golden_lamb(lamb_want[0], g, *lamb_want[1:], **hyper)
+        lamb_got = run_update(device, "lamb", [lamb_got[0], g, *lamb_got[1:]], hyper)
+        lars_want = golden_lars(lars_want[0], g, lars_want[1], lr=1.0, weight_decay=0.01)
+        lars_got = run_update(device, "lars", [lars_got[0], g, lars_got[1]],
+                              {"lr": 1.0, "weight_decay": 0.01})
+    assert_matches(lamb_got, lamb_want, dtype)
+    assert_matches(lars_got, lars_want, dtype)
+
+
+# ------------------------------------------------------------ reference and CPU specifics
+
+def test_reference_keeps_values_on_device():
+    # with array_api_strict the whole step runs without converting to host scalars
+    xp = pytest.importorskip("array_api_strict")
+    p = xp.asarray([[1.0, 2.0], [3.0, 4.0]], dtype=xp.float32)
+    g = xp.asarray([[0.5, 0.5], [0.5, 0.5]], dtype=xp.float32)
+    z = xp.zeros((2, 2), dtype=xp.float32)
+    new_p, _, _ = R.lamb_update(xp, p, g, z, z, step=1, lr=0.1)
+    new_q, _ = R.lars_update(xp, p, g, z, lr=0.1)
+    assert new_p.dtype == xp.float32 and new_q.dtype == xp.float32
+    want_p = golden_lamb(np.asarray(p), np.asarray(g), np.zeros((2, 2)), np.zeros((2, 2)),
+                         step=1, lr=0.1)[0]
+    np.testing.assert_allclose(np.asarray(new_p), want_p, rtol=1e-5)
+
+
+def test_cpu_returns_the_ratio_and_one_on_zero_norms():
+    from dualnn.kernels.trust_ratio import cpu
+
+    g = np.ones(5)
+    assert cpu.lars_update(np.zeros(5), g, np.zeros(5), lr=1.0) == 1.0
+    assert cpu.lamb_update(np.zeros(5), g, np.zeros(5), np.zeros(5), step=1, lr=1.0) == 1.0
+    p = np.full(5, 2.0)
+    local = cpu.lars_update(p.copy(), g, np.zeros(5), lr=1.0, trust_coefficient=0.1, eps=0.0)
+    assert local == pytest.approx(0.1 * np.linalg.norm(p) / np.linalg.norm(g))
+
+
+def test_cpu_uses_the_parallel_build_for_large_parameters():
+    from dualnn.kernels._numba import PARALLEL_THRESHOLD
+    from dualnn.kernels.trust_ratio import cpu
+
+    n = PARALLEL_THRESHOLD
+    arrays = make_inputs((n,), "float32", "random", 1)
+    want = golden_lars(*arrays, lr=0.5, weight_decay=1e-3)
+    got = run_update("cpu", "lars", arrays, {"lr": 0.5, "weight_decay": 1e-3})
+    assert_matches(got, want, "float32")
+    assert cpu._KERNELS.get("lars_apply", n, PARALLEL_THRESHOLD) \
+        is not cpu._KERNELS.get("lars_apply", 1, PARALLEL_THRESHOLD)
+
+
+@pytest.mark.parametrize("bad", ["dtype", "shape", "layout", "read-only", "not-numpy"])
+def test_cpu_rejects_bad_arrays(bad):
+    from dualnn.kernels.trust_ratio import cpu
+
+    p, g, b = np.ones((4, 3)), np.ones((4, 3)), np.zeros((4, 3))
+    if bad == "dtype":
+        g = g.astype(np.float32)
+    elif bad == "shape":
+        g = np.ones((3, 4))
+    elif bad == "layout":
+        g = np.ones((3, 4)).T
+    elif bad == "read-only":
+        b.setflags(write=False)
+    else:
+        g = [[1.0] * 3] * 4
+    with pytest.raises(ValueError, match="lars_update"):
+        cpu.lars_update(p, g, b, lr=1.0)
+
+
+# ------------------------------------------------------------ CUDA simulator specifics
+
+@CUDASIM
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_cudasim_grid_stride_and_block_merge(tiny_grid, name):
+    # 4 threads x 2 blocks over 35 elements: every thread loops, two partial sums merge
+    n_state = 2 if name == "lamb" else 1
+    arrays = make_inputs((5, 7), "float64", "random", n_state)
+    hyper = {"step": 2, "lr": 0.01} if name == "lamb" else {"lr": 1.0, "weight_decay": 0.01}
+    from dualnn.kernels.trust_ratio import cuda
+
+    assert cuda.scratch_shapes(35) == ((2, 2), (1,))
+    want = (golden_lamb if name == "lamb" else golden_lars)(*arrays, **hyper)
+    assert_matches(run_update("cudasim", name, arrays, hyper), want, "float64")
+
+
+@CUDASIM
+def test_cudasim_leaves_the_ratio_in_scratch(ck):
+    from dualnn.kernels.trust_ratio import cuda
+
+    p, g, b = np.full(8, 2.0), np.ones(8), np.zeros(8)
+    partial_shape, ratio_shape = cuda.scratch_shapes(8)
+    partial, ratio = np.zeros(partial_shape), np.zeros(ratio_shape)
+    cuda.lars_update(p, g, b, partial=partial, ratio=ratio, lr=1.0, trust_coefficient=0.1,
+                     eps=0.0)
+    assert ratio[0] == pytest.approx(0.1 * np.linalg.norm(np.full(8, 2.0)) / np.sqrt(8))
+
+
+@CUDASIM
+class TestLauncherChecks:
+    def test_wrong_scratch_shape(self, ck):
+        from dualnn.kernels.trust_ratio import cuda
+
+        p = np.ones(10)
+        _, ratio_shape = cuda.scratch_shapes(10)
+        with pytest.raises(ValueError, match="partial"):
+            cuda.lars_update(p, p.copy(), np.zeros(10), partial=np.zeros((2, 0)),
+                             ratio=np.zeros(ratio_shape), lr=1.0)
+
+    def test_mixed_dtypes(self, ck):
+        from dualnn.kernels.trust_ratio import cuda
+
+        p = np.ones(10)
+        partial_shape, ratio_shape = cuda.scratch_shapes(10)
+        with pytest.raises(TypeError, match="grad"):
+            cuda.lamb_update(p, p.astype(np.float32), np.zeros(10), np.zeros(10),
+                             partial=np.zeros(partial_shape), ratio=np.zeros(ratio_shape),
+                             step=1, lr=1.0)
+
+    def test_not_an_array(self, ck):
+        from dualnn.kernels.trust_ratio import cuda
+
+        with pytest.raises(TypeError, match="param"):
+            cuda.lars_update([1.0], np.ones(1), np.ones(1), partial=np.zeros((2, 1)),
+                             ratio=np.zeros(1), lr=1.0)
+
+
+@CUDASIM
+def test_cudasim_backend_runs_lars_and_lamb_through_the_kernels():
+    import dualnn as dn
+    from dualnn.parameter import Parameter
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    sim, ref = CudaSimBackend(), dn.backend.NumpyBackend(fused=False)
+    results = []
+    for backend in (sim, ref):
+        rng = np.random.default_rng(3)
+        params = [Parameter(backend.store(rng.standard_normal((6, 5))), backend, name="w"),
+                  Parameter(backend.store(rng.standard_normal(6)), backend, name="b")]
+        for opt in (dn.optim.LAMB(params, lr=0.01), dn.optim.LARS(params, lr=1.0)):
+            for _ in range(2):
+                for p in params:
+                    p.grad = backend.store(rng.standard_normal(p.shape))
+                opt.step()
+        results.append([np.array(p.data) for p in params])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------ backend dispatch
+
+def test_numpy_backend_dispatches_to_the_kernel_only_when_it_takes_the_arrays(monkeypatch):
+    from dualnn.kernels.trust_ratio import cpu
+
+    from dualnn.backend import NumpyBackend
+
+    calls = []
+    real = cpu.lars_update
+    monkeypatch.setattr(cpu, "lars_update", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = NumpyBackend(fused=True)
+    p, g, b = np.ones((4, 6)), np.full((4, 6), 0.5), np.zeros((4, 6))
+    want = golden_lars(p, g, b, lr=1.0)
+    fused.lars_update(p, g, b, lr=1.0)
+    assert calls == [1]
+    assert_matches([p, b], want, "float64")
+    # a strided view: the kernel cannot take it, the reference math runs, same result
+    base = np.ones((4, 12))
+    view = base[:, ::2]
+    fused.lars_update(view, g, np.zeros((4, 6)), lr=1.0)
+    assert calls == [1]
+    np.testing.assert_allclose(view, want[0], rtol=1e-12)
+    assert np.array_equal(base[:, 1::2], np.ones((4, 6)))
