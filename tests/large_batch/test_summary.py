@@ -69,15 +69,16 @@ def _step(model, opt, loss_fn, x, y):
 def _measured_peak(make_model, make_optimizer, batch):
     """Peak traced bytes from building the model through one training step.
 
-    A throwaway model takes a step first, untraced, so Numba compiles every kernel (for
-    the same dtypes) before tracing starts: compilation is not part of a step's memory.
+    A throwaway model takes a step first, untraced and at the same batch size (kernels
+    above a size threshold get their own parallel build), so Numba compiles every kernel
+    before tracing starts: compilation is not part of a step's memory.
     """
     rng = np.random.default_rng(0)
     host_x = rng.standard_normal((batch, 48)).astype(np.float32)
     host_y = rng.integers(0, 10, batch)
     loss_fn = dn.losses.SoftmaxCrossEntropy()
     warm = make_model()
-    _step(warm, make_optimizer(warm), loss_fn, host_x[:64].copy(), host_y[:64].copy())
+    _step(warm, make_optimizer(warm), loss_fn, host_x.copy(), host_y.copy())
     del warm
     gc.collect()
     tracemalloc.start()
