@@ -66,14 +66,15 @@ def test_kernels_never_import_dualnn():
 
 
 def test_import_is_light():
-    code = ("import sys, time; t = time.perf_counter(); import dualnn; "
-            "dt = time.perf_counter() - t; "
-            "assert 'cupy' not in sys.modules, 'cupy imported'; "
-            "assert 'numba' not in sys.modules, 'numba imported'; "
-            "assert 'torch' not in sys.modules; print(dt)")
+    """``import dualnn`` loads no optional heavy library (its cost is tracked by asv's
+    start-up benchmark, not timed here)."""
+    heavy = ["cupy", "numba", "torch", "mpi4py", "sklearn", "onnx", "onnxruntime",
+             "matplotlib", "scipy", "tqdm"]
+    code = ("import sys, dualnn; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert float(out.stdout.strip()) < 2.0  # budget 0.5 s; generous here for noisy CI
+    assert out.stdout.strip() == "[]", f"import dualnn loaded: {out.stdout.strip()}"
 
 
 # ---------------------------------------------------------------- the order of the packages
