@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from dualnn.experiments import large_batch as lb
 
 
 def test_task_is_deterministic_large_and_noisy():
-    start = time.perf_counter()
     task = lb.make_task()
-    assert time.perf_counter() - start < 5.0
     assert task.x_train.shape == (65536, 16) and task.x_train.dtype == np.float32
     assert len(task.x_test) == 16384 and task.y_train.dtype == np.int64
     again = lb.make_task()
