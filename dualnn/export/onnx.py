@@ -34,13 +34,9 @@ import tempfile
 
 import numpy as np
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import ConfigurationError, OnnxExportError, ShapeError
 
 __all__ = ["OnnxExportError", "export_onnx"]
-
-
-class OnnxExportError(ConfigurationError):
-    """The model holds a layer (named in the message) that has no ONNX translation."""
 
 
 def _import_onnx():
