@@ -159,3 +159,48 @@ def test_tensor_errors_name_the_argument():
                     torch.ones(2, requires_grad=True))
     with pytest.raises(ConfigurationError, match="detach"):
         dn.backend.NumpyBackend().asarray(torch.ones(2, requires_grad=True))
+
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:  # noqa: BLE001 - any import/driver failure means no GPU
+        return False
+
+
+class _Producer:
+    """A foreign DLPack producer (not a CuPy array) wrapping a CUDA array."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")
+def test_gpu_backend_imports_device_dlpack_without_host_round_trip(monkeypatch):
+    import cupy
+
+    from dualnn.backend.cupy_backend import CupyBackend
+
+    backend = CupyBackend(0)
+    source = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
+
+    def no_host(*args, **kwargs):
+        raise AssertionError("went through host memory")
+
+    monkeypatch.setattr(np, "from_dlpack", no_host)
+    same = backend.asarray(_Producer(source))
+    assert isinstance(same, cupy.ndarray) and same.data.ptr == source.data.ptr
+    host_tensor = torch.arange(6, dtype=torch.float32)  # CPU memory: copied to the GPU
+    monkeypatch.undo()
+    moved = backend.asarray(host_tensor, "float32")
+    assert isinstance(moved, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(moved), host_tensor.numpy())
