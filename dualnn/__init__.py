@@ -35,5 +35,5 @@ from .training import History, evaluate, fit, load, predict, save  # noqa: E402
 __all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load", "predict",
             "save", "training"]
 
-from .export import export_onnx  # noqa: E402  (imports onnx only when called)
+from .export import export_onnx  # noqa: E402  (onnx itself is imported only when called)
 __all__ += ["export_onnx"]

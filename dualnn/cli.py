@@ -264,9 +264,9 @@ def load_training_data(args, standardize=False):
                                           ("--test-split", args.test_split),
                                           ("--standardize", standardize)) if value]
         if given:
+            note = " (already standardized)" if standardize else ""
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
-                             f"--data files; {args.data!r} is a bundled dataset (already "
-                             "standardized)")
+                             f"--data files; {args.data!r} is a bundled dataset{note}")
         ds = dn.datasets.load(args.data, args.data_dir, seed=0)
         return SimpleNamespace(name=ds.name, X_train=ds.X_train, y_train=ds.y_train,
                                X_test=ds.X_test, y_test=ds.y_test, n_features=ds.n_features,
