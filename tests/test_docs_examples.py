@@ -11,13 +11,17 @@ plain comments, adapt a page to the test:
   run before the page's next block, to define the names a fragment assumes (``model``,
   ``X``) on tiny data.
 
+Pages listed in ``OWN_PROCESS`` (with the reason) run as one script in a new interpreter.
 Other fences (``bash``, ``console``, ``text``) are not run. To stay fast on a busy machine,
 ``dn.datasets.load`` returns only the first 200 training and 60 test rows here.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -34,6 +38,12 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<info>[^`\n]*)$")
 # machine, most of it importing scikit-learn, matplotlib and onnxruntime).
 SECONDS_PER_PAGE = 30.0
 TINY_TRAIN, TINY_TEST = 200, 60
+
+# Pages whose examples change the process for good run in a fresh interpreter instead.
+OWN_PROCESS = {
+    "docs/distributed.md": "dn.distributed.init() starts MPI and installs an exception hook "
+                           "that stay for the rest of the process",
+}
 
 
 def extract(text):
@@ -126,22 +136,42 @@ def test_images_referenced_by_a_page_exist(page):
             assert (page.parent / target).is_file(), f"{_page_id(page)}: missing {target}"
 
 
+# Defines ``_tiny_load``: ``dn.datasets.load`` cut to a few hundred rows (same features and
+# classes). Source text, so that pages run in their own process get it too.
+TINY_LOADER = f"""
+import dataclasses
+import dualnn as dn
+_real_load = dn.datasets.load
+def _tiny_load(*args, **kwargs):
+    data = _real_load(*args, **kwargs)
+    return dataclasses.replace(data, X_train=data.X_train[:{TINY_TRAIN}],
+                               y_train=data.y_train[:{TINY_TRAIN}],
+                               X_test=data.X_test[:{TINY_TEST}], y_test=data.y_test[:{TINY_TEST}])
+"""
+
+
 @pytest.fixture
 def tiny_datasets(monkeypatch):
-    """``dn.datasets.load`` cut to a few hundred rows (same features and classes)."""
-    import dataclasses
-
     import dualnn as dn
 
-    real = dn.datasets.load
+    namespace = {}
+    exec(TINY_LOADER, namespace)  # noqa: S102
+    monkeypatch.setattr(dn.datasets, "load", namespace["_tiny_load"])
 
-    def load(*args, **kwargs):
-        data = real(*args, **kwargs)
-        return dataclasses.replace(data, X_train=data.X_train[:TINY_TRAIN],
-                                   y_train=data.y_train[:TINY_TRAIN],
-                                   X_test=data.X_test[:TINY_TEST], y_test=data.y_test[:TINY_TEST])
 
-    monkeypatch.setattr(dn.datasets, "load", load)
+def _run_in_own_process(page, tmp_path):
+    """All of ``page``'s blocks as one script in a new interpreter (cwd ``tmp_path``)."""
+    parts = [TINY_LOADER, "dn.datasets.load = _tiny_load\n"]
+    for kind, line, code, reason in extract(page.read_text()):
+        if reason is None:
+            parts.append(f"# ---- {_page_id(page)}:{line} ({kind})\n{code}\n")
+    script = tmp_path / "page.py"
+    script.write_text("\n".join(parts))
+    env = {**os.environ, "DUALNN_DEVICE": "cpu", "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, (f"{_page_id(page)} (run as {script}) failed:\n"
+                                    f"{result.stderr[-3000:]}")
 
 
 @pytest.mark.parametrize("page", _pages_with_examples(), ids=_page_id)
@@ -151,6 +181,12 @@ def test_page_examples_run(page, tmp_path, monkeypatch, tiny_datasets):
     import dualnn as dn
     from dualnn.device import _reset_for_tests
 
+    if _page_id(page) in OWN_PROCESS:
+        started = time.perf_counter()
+        _run_in_own_process(page, tmp_path)
+        elapsed = time.perf_counter() - started
+        assert elapsed < SECONDS_PER_PAGE, f"{_page_id(page)} took {elapsed:.1f} s"
+        return
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DUALNN_DEVICE", "cpu")
