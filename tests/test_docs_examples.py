@@ -174,6 +174,7 @@ def _run_in_own_process(page, tmp_path):
                                     f"{result.stderr[-3000:]}")
 
 
+@pytest.mark.filterwarnings("ignore:.*stopped at max_iter")  # tiny data, few epochs
 @pytest.mark.parametrize("page", _pages_with_examples(), ids=_page_id)
 def test_page_examples_run(page, tmp_path, monkeypatch, tiny_datasets):
     import matplotlib
