@@ -207,7 +207,7 @@ def build_parser():
 
 
 def _file_options(parser, standardize=True):
-    """``--label``, ``--test-split``, ``--seed`` and ``--standardize`` for ``--data FILE``."""
+    """``--label``, ``--test-split`` (and ``--standardize``) for ``--data FILE``."""
     parser.add_argument("--label", type=_label, metavar="NAME",
                         help="--data CSV: the label column's header name or 0-based index "
                              "(default the last column)")
