@@ -38,3 +38,5 @@ __all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load
 from .precision import LossScaler  # noqa: E402
 from .summary import estimate_memory, summary  # noqa: E402  (the function, not the module)
 __all__ += ["estimate_memory", "LossScaler", "summary"]
+from .export import export_onnx  # noqa: E402  (onnx itself is imported only when called)
+__all__ += ["export_onnx"]

@@ -1,8 +1,12 @@
-"""The ``dualnn`` command: train, evaluate, predict, info.
+"""The ``dualnn`` command: train, evaluate, predict, export, info.
 
 ``dualnn train`` with no options trains a 64-128-128-10 network (BatchNorm + ReLU, Adam)
 on scikit-learn's bundled handwritten digits for 30 epochs, prints the test accuracy and
-the time, and saves a checkpoint (``./dualnn-digits.npz``).
+the time, and saves a checkpoint (``./dualnn-digits.npz``). ``--data`` takes a bundled
+dataset's name or a data file (``.npz``, ``.npy`` pair, ``.csv``: see
+:func:`dualnn.data.files.load_data_file`); ``--standardize`` statistics are saved in the
+checkpoint and ``dualnn predict`` applies them. ``dualnn export`` writes a checkpoint as
+ONNX.
 
 Errors print one line, ``dualnn: error: ...``, on stderr and exit with status 2 (usage)
 or 1 (runtime); ``--debug`` shows the traceback instead.
@@ -80,6 +84,43 @@ def _positive_float(text):
     return value
 
 
+def _test_split(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid test split {text!r}: not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"invalid test split {text!r}: must be in [0, 1)")
+    return value
+
+
+def _label(text):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+DATA_FILE_SUFFIXES = (".npz", ".npy", ".csv")
+
+
+def is_data_file(name):
+    """True when ``--data`` names a file (or ``.npy`` pair prefix) rather than a dataset."""
+    from dualnn.datasets import NAMES
+
+    if name in NAMES:
+        return False
+    return (name.lower().endswith(DATA_FILE_SUFFIXES) or os.sep in name or "/" in name
+            or os.path.exists(name) or os.path.exists(name + "X.npy"))
+
+
+def _data_choice(text):
+    from dualnn.datasets import NAMES
+
+    if text in NAMES or is_data_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}: expected one of {', '.join(NAMES)} or a data file "
+        f"({', '.join(DATA_FILE_SUFFIXES)}, or the prefix of an X.npy/y.npy pair)")
+
+
 def build_parser():
     from dualnn.datasets import NAMES
 
@@ -91,11 +132,14 @@ def build_parser():
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    data_help = f"dataset: {', '.join(NAMES)} (default digits)"
+    data_help = (f"dataset: {', '.join(NAMES)} (default digits), or a data file: .npz (X, y), "
+                 ".npy pair (X.npy beside y.npy) or .csv (label in the last column)")
     train = sub.add_parser("train", parents=[debug], help="train a network on a dataset",
                            description="Train a fully connected network and save a checkpoint.")
-    train.add_argument("--data", default="digits", choices=NAMES, metavar="NAME", help=data_help)
+    train.add_argument("--data", default="digits", type=_data_choice, metavar="NAME|PATH",
+                       help=data_help)
     train.add_argument("--data-dir", help="directory holding the MNIST/Fashion-MNIST files")
+    _file_options(train)
     train.add_argument("--hidden", type=_layer_sizes, default=[128, 128], metavar="SIZES",
                        help="hidden layer sizes, comma-separated (default 128,128)")
     train.add_argument("--activation", default="relu",
@@ -117,25 +161,44 @@ def build_parser():
                        help="checkpoint path (default ./dualnn-<data>.npz)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--plot", metavar="PNG",
+                       help="save the training curves (loss, accuracy per epoch) to this image "
+                            "(.png, .svg, .pdf); needs matplotlib")
 
     evaluate = sub.add_parser("evaluate", parents=[debug],
                               help="evaluate a checkpoint on a dataset's test split")
     evaluate.add_argument("checkpoint", metavar="CKPT")
-    evaluate.add_argument("--data", default="digits", choices=NAMES, metavar="NAME",
-                          help=data_help)
+    evaluate.add_argument("--data", default="digits", type=_data_choice, metavar="NAME|PATH",
+                          help=data_help + "; a file is split as in training (give the same "
+                          "--test-split) and standardized with the checkpoint's "
+                          "statistics")
     evaluate.add_argument("--data-dir")
+    _file_options(evaluate, standardize=False)
     evaluate.add_argument("--device", default="cpu")
 
     predict = sub.add_parser(
         "predict", parents=[debug], help="run a checkpoint on the rows of a .npy/.csv file",
-        description="Run a checkpoint on a 2-D .npy or .csv file of feature rows (already "
-                    "preprocessed as in training: dualnn's datasets are standardized with "
-                    "the training split's statistics). Prints the predicted class of each row, "
+        description="Run a checkpoint on a 2-D .npy or .csv file of feature rows (features "
+                    "only, no label column). When the checkpoint was trained with "
+                    "--standardize, the rows are standardized with its saved training "
+                    "statistics first; otherwise they must be preprocessed as in training. "
+                    "Prints the predicted class of each row (its name for text CSV labels), "
                     "or writes the raw outputs with --output.")
     predict.add_argument("checkpoint", metavar="CKPT")
     predict.add_argument("file", metavar="FILE")
     predict.add_argument("--output", help="write the model's outputs to this .npy or .csv")
     predict.add_argument("--device", default="cpu")
+
+    export = sub.add_parser(
+        "export", parents=[debug], help="write a checkpoint's model as an ONNX file",
+        description="Rebuild the model of a checkpoint and write it as ONNX (inference, eval "
+                    "mode; needs the onnx package). The file is written atomically: a failed "
+                    "export leaves no partial file. Standardization saved with --standardize "
+                    "is not part of the graph: apply it to the inputs.")
+    export.add_argument("checkpoint", metavar="CKPT")
+    export.add_argument("output", metavar="ONNX")
+    export.add_argument("--opset", type=_positive_int, default=17,
+                        help="ONNX opset, >= 13 (default 17)")
 
     sub.add_parser("info", parents=[debug],
                    help="versions, devices, BLAS, kernels and thread policy")
@@ -144,6 +207,21 @@ def build_parser():
                         "with --large-batch, run the large-batch experiment "
                         "(dualnn bench --large-batch --help)")
     return parser
+
+
+def _file_options(parser, standardize=True):
+    """``--label``, ``--test-split`` (and ``--standardize``) for ``--data FILE``."""
+    parser.add_argument("--label", type=_label, metavar="NAME",
+                        help="--data CSV: the label column's header name or 0-based index "
+                             "(default the last column)")
+    parser.add_argument("--test-split", type=_test_split, default=None, metavar="F",
+                        help="--data file: fraction of rows held out for testing (default 0.2; "
+                             "ignored when the file has X_test/y_test)")
+    if standardize:
+        parser.add_argument("--standardize", action="store_true",
+                            help="--data file: scale features to mean 0, std 1 with the "
+                                 "training rows' statistics (saved in the checkpoint and "
+                                 "applied by dualnn predict)")
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -172,11 +250,105 @@ def build_model(n_in, n_out, hidden, activation="relu", batch_norm=True, dropout
     return dn.Sequential(*layers)
 
 
+# Checkpoint ``extra`` arrays written by ``dualnn train`` and read by evaluate/predict.
+EXTRA_MEAN, EXTRA_STD, EXTRA_CLASSES = "standardize_mean", "standardize_std", "classes"
+
+
+def load_training_data(args, standardize=False):
+    """The ``--data`` of ``args``: a bundled dataset or a data file, as a namespace with
+    ``name, X_train, y_train, X_test, y_test, n_features, n_classes, mean, std, classes``
+    (``X_test`` None without a test split; ``mean``/``std`` None unless standardized)."""
+    from types import SimpleNamespace
+
+    import dualnn as dn
+
+    if not is_data_file(args.data):
+        given = [flag for flag, value in (("--label", args.label),
+                                          ("--test-split", args.test_split),
+                                          ("--standardize", standardize)) if value]
+        if given:
+            note = " (already standardized)" if standardize else ""
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             f"--data files; {args.data!r} is a bundled dataset{note}")
+        ds = dn.datasets.load(args.data, args.data_dir, seed=0)
+        return SimpleNamespace(name=ds.name, X_train=ds.X_train, y_train=ds.y_train,
+                               X_test=ds.X_test, y_test=ds.y_test, n_features=ds.n_features,
+                               n_classes=ds.n_classes, mean=None, std=None, classes=None)
+    from dualnn.data.files import load_data_file
+
+    split = 0.2 if args.test_split is None else args.test_split
+    data = load_data_file(args.data, label=args.label, test_split=split,
+                          standardize=standardize, seed=0)
+    n_classes = _class_count(data)
+    stem = os.path.basename(os.path.normpath(data.path))
+    name = os.path.splitext(stem)[0]
+    if stem.endswith(("X.npy", "y.npy")):  # train_X.npy -> train
+        name = name[:-1]
+    name = name.rstrip("_-.") or "data"
+    return SimpleNamespace(name=name, X_train=data.X_train, y_train=data.y_train,
+                           X_test=data.X_test, y_test=data.y_test,
+                           n_features=data.X_train.shape[1], n_classes=n_classes,
+                           mean=data.mean, std=data.std, classes=data.classes)
+
+
+def _class_count(data):
+    """Number of classes of a data file's integer labels (the CLI trains classifiers)."""
+    from dualnn.errors import DataFileFormatError
+
+    labels = [y for y in (data.y_train, data.y_test) if y is not None]
+    if any(y.ndim != 1 or y.dtype.kind not in "iu" for y in labels):
+        y = data.y_train
+        raise DataFileFormatError(
+            f"{data.path}: dualnn train needs one integer class label per row, got y of shape "
+            f"{y.shape} and dtype {y.dtype} (for regression or one-hot targets use the Python "
+            "API: dn.fit with an MSE loss)")
+    if data.classes:
+        return len(data.classes)
+    low = min(int(y.min()) for y in labels)
+    if low < 0:
+        raise DataFileFormatError(f"{data.path}: class labels must be >= 0, got {low}")
+    return max(int(y.max()) for y in labels) + 1
+
+
+def _check_plot_target(path):
+    """Fail before training, not after, when ``--plot`` cannot be written."""
+    from dualnn.errors import ConfigurationError
+
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigurationError("--plot needs matplotlib: pip install 'dualnn[plot]'") \
+            from None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if suffix not in formats:
+        raise ConfigurationError(f"--plot {path!r}: unknown image format {suffix!r}; use one "
+                                 f"of {', '.join('.' + f for f in sorted(formats))}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigurationError(f"--plot {path!r}: directory {folder!r} does not exist")
+
+
+def _checkpoint_extra(dataset):
+    import numpy as np
+
+    extra = {}
+    if dataset.mean is not None:
+        extra[EXTRA_MEAN], extra[EXTRA_STD] = dataset.mean, dataset.std
+    if dataset.classes:
+        extra[EXTRA_CLASSES] = np.array(dataset.classes, dtype=str)
+    return extra
+
+
 def cmd_train(args, out):
     import dualnn as dn
 
     device = _set_device(args.device)
-    dataset = dn.datasets.load(args.data, args.data_dir, seed=0)
+    if args.plot:
+        _check_plot_target(args.plot)
+    dataset = load_training_data(args, standardize=args.standardize)
     dn.seed(args.seed)
     model = build_model(dataset.n_features, dataset.n_classes, args.hidden, args.activation,
                         args.batch_norm, args.dropout)
@@ -188,29 +360,46 @@ def cmd_train(args, out):
           f"{', batch norm' if args.batch_norm else ''}"
           f"{f', dropout {args.dropout}' if args.dropout else ''}) with "
           f"{type(optimizer).__name__} lr={optimizer.lr:g} on {dataset.name} "
-          f"({len(dataset.X_train)} train / {len(dataset.X_test)} test) for {args.epochs} "
+          f"({len(dataset.X_train)} train / "
+          f"{0 if dataset.X_test is None else len(dataset.X_test)} test) for {args.epochs} "
           f"epochs, batch {args.batch_size}, device {device}", file=out)
     started = time.perf_counter()
+    # With --plot the test split is also scored each epoch, to draw it beside training.
+    validation = ((dataset.X_test, dataset.y_test)
+                  if args.plot and dataset.X_test is not None else None)
     history = dn.fit(model, loss_fn, optimizer, dataset.X_train, dataset.y_train,
                      epochs=args.epochs, batch_size=args.batch_size,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, validation_data=validation)
     elapsed = time.perf_counter() - started
     path = args.output or f"dualnn-{dataset.name}.npz"
+    extra = _checkpoint_extra(dataset)
     if history.stopped is not None:  # Ctrl-C: fit stopped at a completed step
-        dn.save(path, model, optimizer)
+        dn.save(path, model, optimizer, extra=extra)
         print(f"interrupted after step {history.stopped['step']} of epoch "
               f"{history.stopped['epoch']} ({len(history)} epoch(s) completed); saved "
               f"checkpoint to {os.path.abspath(path)}", file=out)
+        _save_plot(args, history, out)
         return 130
-    scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
-    dn.save(path, model, optimizer)
+    dn.save(path, model, optimizer, extra=extra)
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy "
           f"{100 * history['accuracy'][-1]:.2f}%", file=out)
-    print(f"test accuracy {100 * scores['accuracy']:.2f}% (test loss {scores['loss']:.4f}); "
-          f"trained in {elapsed:.2f} s "
-          f"({sum(history['samples_per_sec']) / len(history):.0f} samples/s)", file=out)
+    timing = (f"trained in {elapsed:.2f} s "
+              f"({sum(history['samples_per_sec']) / len(history):.0f} samples/s)")
+    if dataset.X_test is None:
+        print(f"no test set (--test-split 0); {timing}", file=out)
+    else:
+        scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
+        print(f"test accuracy {100 * scores['accuracy']:.2f}% (test loss "
+              f"{scores['loss']:.4f}); {timing}", file=out)
     print(f"saved checkpoint to {os.path.abspath(path)}", file=out)
+    _save_plot(args, history, out)
     return 0
+
+
+def _save_plot(args, history, out):
+    if args.plot and len(history):
+        history.plot(args.plot)
+        print(f"saved training curves to {os.path.abspath(args.plot)}", file=out)
 
 
 def cmd_evaluate(args, out):
@@ -218,8 +407,12 @@ def cmd_evaluate(args, out):
 
     _set_device(args.device)
     checkpoint = dn.load(args.checkpoint)
-    dataset = dn.datasets.load(args.data, args.data_dir, seed=0)
-    scores = dn.evaluate(checkpoint.model, dn.losses.SoftmaxCrossEntropy(), dataset.X_test,
+    dataset = load_training_data(args)
+    if dataset.X_test is None:
+        raise UsageError(f"{args.data!r} has no test rows to evaluate on: give --test-split "
+                         "as in training (default 0.2)")
+    X_test = _standardize_like_training(checkpoint, dataset.X_test, args.data)
+    scores = dn.evaluate(checkpoint.model, dn.losses.SoftmaxCrossEntropy(), X_test,
                          dataset.y_test)
     line = f"{dataset.name} test: loss {scores['loss']:.4f}"
     if "accuracy" in scores:
@@ -258,7 +451,7 @@ def cmd_predict(args, out):
 
     _set_device(args.device)
     checkpoint = dn.load(args.checkpoint)
-    rows = _read_rows(args.file)
+    rows = _standardize_like_training(checkpoint, _read_rows(args.file), args.file)
     outputs = dn.predict(checkpoint.model, rows)
     if args.output:
         if args.output.lower().endswith(".csv"):
@@ -270,9 +463,40 @@ def cmd_predict(args, out):
         return 0
     if outputs.ndim == 2 and outputs.shape[1] > 1:
         values = outputs.argmax(axis=1)
+        names = checkpoint.extra.get(EXTRA_CLASSES)
+        if names is not None and len(names) == outputs.shape[1]:
+            values = names[values]
     else:
         values = outputs.reshape(len(outputs), -1)[:, 0]
     out.write("\n".join(str(v) for v in values.tolist()) + "\n")
+    return 0
+
+
+def _standardize_like_training(checkpoint, X, source):
+    """``X`` scaled with the training statistics saved by ``dualnn train --standardize``."""
+    from dualnn.data.files import apply_standardization
+    from dualnn.errors import ShapeError
+
+    mean = checkpoint.extra.get(EXTRA_MEAN)
+    if mean is None:
+        return X
+    if len(X.shape) != 2 or X.shape[1] != mean.shape[0]:
+        raise ShapeError(f"{source}: rows of shape {tuple(X.shape)} have "
+                         f"{X.shape[-1] if len(X.shape) else 0} features, the checkpoint's "
+                         f"model was trained on {mean.shape[0]} features")
+    return apply_standardization(X, mean, checkpoint.extra[EXTRA_STD])
+
+
+def cmd_export(args, out):
+    import dualnn as dn
+
+    _set_device("cpu")
+    checkpoint = dn.load(args.checkpoint)
+    path = dn.export_onnx(checkpoint.model, args.output, opset=args.opset)
+    note = (" (inputs must be standardized with the checkpoint's saved statistics)"
+            if EXTRA_MEAN in checkpoint.extra else "")
+    print(f"wrote ONNX (opset {args.opset}) of the checkpoint's model to "
+          f"{os.path.abspath(path)}{note}", file=out)
     return 0
 
 
@@ -354,7 +578,7 @@ def cmd_info(args, out):
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "info": cmd_info}
+            "export": cmd_export, "info": cmd_info}
 
 
 # ---------------------------------------------------------------------------------- main
@@ -435,7 +659,8 @@ def main(argv=None):
             print(f"dualnn {__version__}", file=out)
             return 0
         if not args.command:
-            raise UsageError("a command is required: train, evaluate, predict or info")
+            raise UsageError("a command is required: train, evaluate, predict, export or "
+                             "info")
         return COMMANDS[args.command](args, out)
     except UsageError as exc:
         if debug:
@@ -450,6 +675,8 @@ def main(argv=None):
             raise
         from dualnn.errors import DualnnError
         if isinstance(exc, (DualnnError, OSError)):
+            return _fail(str(exc), EXIT_RUNTIME, err)
+        if isinstance(exc, ImportError):  # an optional extra (onnx, matplotlib) is missing
             return _fail(str(exc), EXIT_RUNTIME, err)
         return _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the "
                      "traceback)", EXIT_RUNTIME, err)

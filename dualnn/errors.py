@@ -40,6 +40,15 @@ class DataFileNotFoundError(DataFileError, FileNotFoundError):
     """A data file does not exist."""
 
 
+class DataFileFormatError(DataFileError, ShapeError):
+    """A data file was read but its contents are wrong: a missing array, a ragged CSV row,
+    a non-numeric cell, a label column that mixes text and numbers.
+
+    Also a :class:`ShapeError` (and ``ValueError``) so that code written against earlier
+    releases, where :func:`~dualnn.data.files.load_data_file` raised ``ShapeError`` for
+    these, keeps catching it."""
+
+
 class DeviceMismatchError(DualnnError, ValueError):
     """An array lives on another device (or array library) than the model that received it."""
 
@@ -74,18 +83,24 @@ class ConfigurationError(DualnnError, ValueError):
     """An argument has a value dualnn does not accept (unknown name, out of range)."""
 
 
+class OnnxExportError(ConfigurationError):
+    """The model holds a layer (named in the message) that has no ONNX translation."""
+
+
 __all__ = [
-    "DualnnError",
-    "ShapeError",
-    "NonFiniteInputError",
-    "LabelError",
+    "CheckpointError",
+    "ConfigurationError",
     "DataFileError",
+    "DataFileFormatError",
     "DataFileNotFoundError",
     "DeviceMismatchError",
     "DeviceUnavailableError",
+    "DualnnError",
+    "LabelError",
     "NonFiniteError",
-    "CheckpointError",
-    "ConfigurationError",
+    "NonFiniteInputError",
+    "OnnxExportError",
+    "ShapeError",
 ]
 
 

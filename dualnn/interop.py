@@ -7,6 +7,10 @@ arrays, which export ``__dlpack__`` themselves, so ``torch.from_dlpack(layer.wei
 or ``torch.from_dlpack(dn.predict(model, X))`` is a view, not a copy (:func:`to_torch` is
 that call with a clear error when PyTorch is missing).
 
+:func:`dualnn.fit`, :func:`~dualnn.evaluate`, :func:`~dualnn.predict` and every backend's
+``asarray`` accept such arrays directly (a PyTorch CPU tensor is read in place; on the GPU
+backend a CUDA tensor becomes a CuPy array without passing through host memory).
+
 >>> import torch                                            # doctest: +SKIP
 >>> x = from_dlpack(torch.randn(8, 4))    # a NumPy view of the tensor  # doctest: +SKIP
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 from .errors import ConfigurationError, ShapeError
 
-__all__ = ["from_dlpack", "to_torch"]
+__all__ = ["from_dlpack", "host_view", "to_torch"]
 
 
 def from_dlpack(array, backend=None, dtype=None):
@@ -54,25 +58,36 @@ def from_dlpack(array, backend=None, dtype=None):
         raise ShapeError(f"from_dlpack: expected an object with __dlpack__ (a NumPy array, a "
                          f"PyTorch tensor, ...), got {type(array).__name__}")
     try:
-        view = backend.xp.from_dlpack(array)
-    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
-        if "grad" in str(exc):
-            raise ConfigurationError(f"from_dlpack: the producer refused the export ({exc}); "
-                                     f"pass tensor.detach()") from None
-        view = _via_host(array, backend, exc)
+        view = backend.from_dlpack(array)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"from_dlpack: {exc}") from None
     return view if dtype is None else backend.asarray(view, dtype)
 
 
-def _via_host(array, backend, first_error):
-    """Another device than ``backend``'s: copy through host memory."""
+def host_view(array, what="X"):
+    """A NumPy view of a DLPack ``array`` in host memory (a copy for device memory), for
+    the host-side checks and batching of :func:`dualnn.fit`, ``evaluate`` and ``predict``.
+
+    Raises
+    ------
+    ShapeError
+        The producer refuses the export (a tensor that requires grad, an unsupported
+        dtype such as bfloat16); the message names ``what``.
+    """
     import numpy as np
 
     try:
-        host = np.from_dlpack(array, device="cpu", copy=None)
-    except (BufferError, RuntimeError, TypeError, ValueError):
-        raise ConfigurationError(f"from_dlpack: cannot import a {type(array).__name__} into "
-                                 f"{backend.name} ({first_error})") from None
-    return backend.asarray(host)
+        return np.from_dlpack(array)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        first = exc
+    if "grad" not in str(first):
+        try:  # device memory (e.g. a CUDA tensor): one copy to the host
+            return np.from_dlpack(array, device="cpu", copy=None)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass
+    hint = "; pass tensor.detach()" if "grad" in str(first) else ""
+    raise ShapeError(f"{what}: cannot read this {type(array).__name__} through DLPack "
+                     f"({first}){hint}") from None
 
 
 def to_torch(array):

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from dualnn.data.files import apply_standardization, load_data_file
-from dualnn.errors import ConfigurationError, DualnnError, ShapeError
+from dualnn.errors import (
+    ConfigurationError,
+    DataFileError,
+    DataFileFormatError,
+    DataFileNotFoundError,
+    DualnnError,
+    ShapeError,
+)
 
 
 @pytest.fixture
@@ -93,7 +100,7 @@ def test_npy_pair_with_test_files_and_missing_partner(tmp_path, arrays):
     data = load_data_file(tmp_path / "X.npy")
     np.testing.assert_array_equal(data.X_test, X[40:])
     np.save(tmp_path / "a_X.npy", X)
-    with pytest.raises(ShapeError, match=r"a_y\.npy: no such file"):
+    with pytest.raises(DataFileNotFoundError, match=r"a_y\.npy: no such file"):
         load_data_file(tmp_path / "a_X.npy")
 
 
@@ -137,7 +144,7 @@ def test_csv_label_by_name_or_index_and_no_header(tmp_path):
 ])
 def test_csv_errors_name_file_row_and_column(tmp_path, text, message):
     (tmp_path / "bad.csv").write_text(text)
-    with pytest.raises(ShapeError, match=message) as info:
+    with pytest.raises(DataFileFormatError, match=message) as info:
         load_data_file(tmp_path / "bad.csv", test_split=0)
     assert "bad.csv" in str(info.value)
 
@@ -165,9 +172,9 @@ def test_npz_errors(tmp_path, arrays):
     with pytest.raises(ShapeError, match=r"inf\.npz: X .*row 7"):
         load_data_file(tmp_path / "inf.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ShapeError, match=r"junk\.npz: cannot read"):
+    with pytest.raises(DataFileError, match=r"junk\.npz: cannot read"):
         load_data_file(tmp_path / "junk.npz")
-    with pytest.raises(ShapeError, match=r"gone\.npz: no such file"):
+    with pytest.raises(DataFileNotFoundError, match=r"gone\.npz: no such file"):
         load_data_file(tmp_path / "gone.npz")
 
 

@@ -38,6 +38,12 @@ def seed_all(seed):
         backend.seed(seed)
 
 
+def is_dlpack_foreign(a):
+    """True for an array of another library that exports ``__dlpack__`` (NumPy arrays,
+    which every backend reads directly, excluded)."""
+    return hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray)
+
+
 class ArrayAPIBackend:
     """Backend for any Array API namespace; every op runs the reference math.
 
@@ -88,10 +94,39 @@ class ArrayAPIBackend:
         except Exception:  # namespaces that reject the call for this array type
             return False
 
+    def from_dlpack(self, a):
+        """``a`` (any object with ``__dlpack__``: a PyTorch tensor, a NumPy, CuPy or JAX
+        array) as an array of this backend, sharing its memory when it lives on this
+        backend's device; otherwise copied here through host memory.
+
+        Raises
+        ------
+        ConfigurationError
+            The producer refuses the export (e.g. a PyTorch tensor that requires grad:
+            pass ``tensor.detach()``) or it cannot reach this device.
+        """
+        try:
+            return self.xp.from_dlpack(a)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            first = exc
+        if "grad" in str(first):
+            raise ConfigurationError(f"{type(a).__name__} refused the DLPack export ({first}); "
+                                     "pass tensor.detach()") from None
+        try:  # another device: through host memory
+            host = np.from_dlpack(a, device="cpu", copy=None)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            raise ConfigurationError(f"cannot import a {type(a).__name__} into {self.name} "
+                                     f"through DLPack ({first})") from None
+        return self.asarray(host)
+
     def asarray(self, a, dtype=None):
-        """Copy or move ``a`` (host array, list, scalar or own array) onto this device."""
+        """Copy or move ``a`` (host array, list, scalar, own array, or any ``__dlpack__``
+        array such as a PyTorch tensor) onto this device; own arrays and DLPack arrays on
+        this device are not copied unless a cast is asked for."""
         if dtype is not None:
             dtype = self.dtype(dtype)
+        if not self.owns(a) and is_dlpack_foreign(a):
+            a = self.from_dlpack(a)
         if self.owns(a):
             return a if dtype is None or a.dtype == dtype else self.xp.astype(a, dtype)
         host = np.asarray(a)

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 
 from ..kernels.ops import ACTIVATIONS, LABEL_DTYPES
-from .base import ArrayAPIBackend, dtype_name
+from .base import ArrayAPIBackend, dtype_name, is_dlpack_foreign
 from .fused import FusedDispatch
 from .numpy_backend import fused_kernels_enabled
 
@@ -275,9 +275,15 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
         with self.cupy.cuda.Device(self.device_id):
             if dtype is not None:
                 dtype = self.dtype(dtype)
+            if not isinstance(a, self.cupy.ndarray) and is_dlpack_foreign(a):
+                a = self.from_dlpack(a)  # a CUDA tensor on this device: no host round trip
             if isinstance(a, self.cupy.ndarray):
                 return self.cupy.ascontiguousarray(a, dtype=dtype)
             return self.cupy.ascontiguousarray(self.cupy.asarray(np.asarray(a), dtype=dtype))
+
+    def from_dlpack(self, a):
+        with self.cupy.cuda.Device(self.device_id):
+            return super().from_dlpack(a)
 
     def matmul(self, a, b, out=None):
         with self.cupy.cuda.Device(self.device_id):

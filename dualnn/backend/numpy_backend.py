@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..kernels.ops import ACTIVATIONS
 from .allocation import aligned_empty, aligned_zeros
-from .base import ArrayAPIBackend
+from .base import ArrayAPIBackend, is_dlpack_foreign
 from .fused import FusedDispatch
 
 
@@ -39,6 +39,8 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         return isinstance(a, np.ndarray)
 
     def asarray(self, a, dtype=None):
+        if is_dlpack_foreign(a):  # e.g. a PyTorch CPU tensor: a view, not a copy
+            a = self.from_dlpack(a)
         return np.ascontiguousarray(a, dtype=None if dtype is None else self.dtype(dtype))
 
     def to_host(self, a):

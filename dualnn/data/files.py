@@ -22,9 +22,13 @@ Formats
     indices, other numbers ``float64`` targets, and text labels class indices into the
     sorted ``classes``.
 
-Every problem with a file raises :class:`~dualnn.errors.ShapeError` naming the file and
-what is wrong (a missing array, a ragged row, a non-numeric cell with its row and column);
-bad arguments raise :class:`~dualnn.errors.ConfigurationError`. Imports NumPy only.
+Every problem with a file raises a :class:`~dualnn.errors.DataFileError` naming the file
+and what is wrong: :class:`~dualnn.errors.DataFileNotFoundError` when it does not exist,
+``DataFileError`` when it cannot be read, :class:`~dualnn.errors.DataFileFormatError` (also
+a ``ShapeError``) when its contents are wrong (a missing array, a ragged row, a non-numeric
+cell with its row and column); non-finite numbers raise
+:class:`~dualnn.errors.NonFiniteInputError`; bad arguments raise
+:class:`~dualnn.errors.ConfigurationError`. Imports NumPy only.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import (
+    ConfigurationError,
+    DataFileError,
+    DataFileFormatError,
+    DataFileNotFoundError,
+    ShapeError,
+)
 from .loader import check_finite_rows
 
 __all__ = ["DataFile", "apply_standardization", "load_data_file"]
@@ -128,8 +138,14 @@ def load_data_file(path, label=None, test_split=0.2, standardize=False, seed=0, 
 
     Raises
     ------
-    ShapeError
-        The file is missing, unreadable, or its contents are wrong (message names the file).
+    DataFileNotFoundError
+        The file (or the partner of an ``.npy`` pair) does not exist.
+    DataFileError
+        The file cannot be read as its format.
+    DataFileFormatError
+        Its contents are wrong (message names the file, and the row and column for CSV).
+    NonFiniteInputError
+        A feature or float label is NaN or infinite.
     ConfigurationError
         Unknown format, ``label`` not in the header, ``test_split`` out of range.
     """
@@ -154,8 +170,8 @@ def load_data_file(path, label=None, test_split=0.2, standardize=False, seed=0, 
     if X_test is not None:
         _check_pair(path, X_test, y_test, "X_test", "y_test")
         if X_test.shape[1] != X.shape[1]:
-            raise ShapeError(f"{path}: X has {X.shape[1]} features but X_test has "
-                             f"{X_test.shape[1]}")
+            raise DataFileFormatError(f"{path}: X has {X.shape[1]} features but X_test has "
+                                      f"{X_test.shape[1]}")
     elif test_split > 0:
         X, y, X_test, y_test = _split(path, X, y, test_split, seed)
     mean = std = None
@@ -173,20 +189,20 @@ def load_data_file(path, label=None, test_split=0.2, standardize=False, seed=0, 
 
 def _check_pair(path, X, y, x_name, y_name):
     if X.ndim != 2:
-        raise ShapeError(f"{path}: {x_name} must be 2-D (samples, features), got shape "
-                         f"{X.shape}")
+        raise DataFileFormatError(f"{path}: {x_name} must be 2-D (samples, features), got shape "
+                                  f"{X.shape}")
     if X.dtype.kind not in "fiub":
-        raise ShapeError(f"{path}: {x_name} must hold numbers, got dtype {X.dtype}")
+        raise DataFileFormatError(f"{path}: {x_name} must hold numbers, got dtype {X.dtype}")
     if X.shape[0] == 0:
-        raise ShapeError(f"{path}: {x_name} has no rows")
+        raise DataFileFormatError(f"{path}: {x_name} has no rows")
     check_finite_rows(X, f"{path}: {x_name}")
     if y is None:
         return
     if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
-        raise ShapeError(f"{path}: {y_name} must have one row per row of {x_name} "
-                         f"({X.shape[0]}), got shape {y.shape}")
+        raise DataFileFormatError(f"{path}: {y_name} must have one row per row of {x_name} "
+                                  f"({X.shape[0]}), got shape {y.shape}")
     if y.dtype.kind not in "fiub":
-        raise ShapeError(f"{path}: {y_name} must hold numbers, got dtype {y.dtype}")
+        raise DataFileFormatError(f"{path}: {y_name} must hold numbers, got dtype {y.dtype}")
     if y.dtype.kind == "f":
         check_finite_rows(y, f"{path}: {y_name}")
 
@@ -209,26 +225,26 @@ def _load_npy(path):
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ShapeError(f"{path}: no such file") from None
+        raise DataFileNotFoundError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
-        raise ShapeError(f"{path}: cannot read as a .npy array ({exc})") from None
+        raise DataFileError(f"{path}: cannot read as a .npy array ({exc})") from None
 
 
 def _read_npz(path, with_labels):
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ShapeError(f"{path}: no such file") from None
+        raise DataFileNotFoundError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
-        raise ShapeError(f"{path}: cannot read as a .npz archive ({exc})") from None
+        raise DataFileError(f"{path}: cannot read as a .npz archive ({exc})") from None
     with archive:
         names = set(archive.files)
         needed = ["X", "y"] if with_labels else ["X"]
         missing = [name for name in needed if name not in names]
         if missing:
-            raise ShapeError(f"{path}: missing array {' and '.join(missing)} (the archive holds "
-                             f"{sorted(names) or 'nothing'}; expected X, y and optionally "
-                             f"X_test, y_test)")
+            raise DataFileFormatError(f"{path}: missing array {' and '.join(missing)} (the "
+                                      f"archive holds {sorted(names) or 'nothing'}; expected "
+                                      f"X, y and optionally X_test, y_test)")
         try:
             X = archive["X"]
             y = archive["y"] if with_labels else None
@@ -237,13 +253,15 @@ def _read_npz(path, with_labels):
             present = [name for name in test_names if name in names]
             if present and len(present) != len(test_names):
                 lacking = sorted(set(test_names) - set(present))
-                raise ShapeError(f"{path}: has {present[0]} but not {lacking[0]}; give both "
-                                 f"test arrays or neither")
+                raise DataFileFormatError(f"{path}: has {present[0]} but not {lacking[0]}; give "
+                                          f"both test arrays or neither")
             if present:
                 X_test = archive["X_test"]
                 y_test = archive["y_test"] if with_labels else None
+        except DataFileFormatError:
+            raise
         except ValueError as exc:  # e.g. an object array refused without pickle
-            raise ShapeError(f"{path}: cannot read its arrays ({exc})") from None
+            raise DataFileError(f"{path}: cannot read its arrays ({exc})") from None
     return X, y, X_test, y_test
 
 
@@ -271,10 +289,11 @@ def _read_npy_pair(path, with_labels):
     prefix, _ = _npy_prefix(path)
     x_file, y_file = prefix + "X.npy", prefix + "y.npy"
     if not os.path.exists(x_file):
-        raise ShapeError(f"{x_file}: no such file (the X array of the .npy pair {path!r})")
+        raise DataFileNotFoundError(f"{x_file}: no such file (the X array of the .npy pair "
+                                    f"{path!r})")
     if with_labels and not os.path.exists(y_file):
-        raise ShapeError(f"{y_file}: no such file (the y array of the .npy pair {path!r}; "
-                         f"expected beside {x_file})")
+        raise DataFileNotFoundError(f"{y_file}: no such file (the y array of the .npy pair "
+                                    f"{path!r}; expected beside {x_file})")
     X = _load_npy(x_file)
     y = _load_npy(y_file) if with_labels else None
     X_test = y_test = None
@@ -301,28 +320,28 @@ def _read_csv(path, label, with_labels):
             rows = [(number, row) for number, row in enumerate(csv.reader(handle), start=1)
                     if any(cell.strip() for cell in row)]
     except FileNotFoundError:
-        raise ShapeError(f"{path}: no such file") from None
+        raise DataFileNotFoundError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ShapeError(f"{path}: cannot read as CSV ({exc})") from None
+        raise DataFileError(f"{path}: cannot read as CSV ({exc})") from None
     if not rows:
-        raise ShapeError(f"{path}: the CSV file is empty")
+        raise DataFileFormatError(f"{path}: the CSV file is empty")
     header = None
     reference = rows[0][0]  # the row that fixes the number of columns
     if not all(_is_number(cell) for cell in rows[0][1]):
         header = [cell.strip() for cell in rows[0][1]]
         rows = rows[1:]
         if not rows:
-            raise ShapeError(f"{path}: the CSV file has a header but no data rows")
+            raise DataFileFormatError(f"{path}: the CSV file has a header but no data rows")
     width = len(header) if header is not None else len(rows[0][1])
     for number, row in rows:
         if len(row) != width:
-            raise ShapeError(f"{path}: ragged CSV row {number}: {len(row)} columns, expected "
-                             f"{width} (as in row {reference})")
+            raise DataFileFormatError(f"{path}: ragged CSV row {number}: {len(row)} columns, "
+                                      f"expected {width} (as in row {reference})")
     names = header or [f"column {i}" for i in range(width)]
     target = _label_column(path, label, header, width) if with_labels else None
     if target is not None and width < 2:
-        raise ShapeError(f"{path}: needs at least one feature column besides the label "
-                         f"column, the file has {width} column")
+        raise DataFileFormatError(f"{path}: needs at least one feature column besides the label "
+                                  f"column, the file has {width} column")
     features = [i for i in range(width) if i != target]
     X = np.empty((len(rows), len(features)), dtype=np.float64)
     for r, (number, row) in enumerate(rows):
@@ -331,11 +350,11 @@ def _read_csv(path, label, with_labels):
             try:
                 X[r, c] = float(cell)
             except ValueError:
-                raise ShapeError(f"{path}: non-numeric value {cell!r} at row {number} column "
-                                 f"{column + 1} ({names[column]})") from None
+                raise DataFileFormatError(f"{path}: non-numeric value {cell!r} at row {number} "
+                                          f"column {column + 1} ({names[column]})") from None
             if not math.isfinite(X[r, c]):
-                raise ShapeError(f"{path}: non-finite value {cell!r} at row {number} column "
-                                 f"{column + 1} ({names[column]})")
+                raise DataFileFormatError(f"{path}: non-finite value {cell!r} at row {number} "
+                                          f"column {column + 1} ({names[column]})")
     info = {"feature_names": [names[i] for i in features] if header else None}
     if target is None:
         return X, None, info
@@ -366,22 +385,23 @@ def _csv_labels(path, cells, column, name):
     """Labels as int64 class indices, float64 targets, or indices into sorted text classes."""
     empty = [number for number, cell in cells if cell == ""]
     if empty:
-        raise ShapeError(f"{path}: empty label at row {empty[0]} column {column + 1} ({name})")
+        raise DataFileFormatError(f"{path}: empty label at row {empty[0]} column {column + 1} "
+                                  f"({name})")
     if all(_is_number(cell) for _, cell in cells):
         values = np.array([float(cell) for _, cell in cells])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             number, cell = cells[bad[0]]
-            raise ShapeError(f"{path}: non-finite label {cell!r} at row {number} column "
-                             f"{column + 1} ({name})")
+            raise DataFileFormatError(f"{path}: non-finite label {cell!r} at row {number} column "
+                                      f"{column + 1} ({name})")
         if np.all(values == np.round(values)):
             return values.astype(np.int64), None
         return values, None
     numeric = [(number, cell) for number, cell in cells if _is_number(cell)]
     if numeric and len(numeric) < len(cells):
         number, cell = numeric[0]
-        raise ShapeError(f"{path}: the label column {name} mixes text and numbers (number "
-                         f"{cell!r} at row {number})")
+        raise DataFileFormatError(f"{path}: the label column {name} mixes text and numbers (number "
+                                  f"{cell!r} at row {number})")
     classes = sorted({cell for _, cell in cells})
     index = {value: i for i, value in enumerate(classes)}
     return np.array([index[cell] for _, cell in cells], dtype=np.int64), classes

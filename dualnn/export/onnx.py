@@ -34,13 +34,9 @@ import tempfile
 
 import numpy as np
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import ConfigurationError, OnnxExportError, ShapeError
 
 __all__ = ["OnnxExportError", "export_onnx"]
-
-
-class OnnxExportError(ConfigurationError):
-    """The model holds a layer (named in the message) that has no ONNX translation."""
 
 
 def _import_onnx():
@@ -176,6 +172,12 @@ def _model_dtype(leaves, dtype):
     return dtype
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(data, path):
     """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -185,6 +187,7 @@ def _write_atomically(data, path):
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

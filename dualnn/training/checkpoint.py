@@ -11,7 +11,11 @@ loading a checkpoint never runs code:
   optimizer's type, hyperparameters and step counts, ``epoch``, the backend generator
   state (``backend.get_rng_state()``) and the device it was saved on;
 - ``model/<name>``: every parameter and buffer (``model.state_dict()``, host arrays);
-- ``optim/<index>/<key>``: the optimizer's per-parameter state arrays.
+- ``optim/<index>/<key>``: the optimizer's per-parameter state arrays;
+- ``extra/<name>``: optional caller arrays (``save(..., extra={...})``, e.g. the
+  standardization statistics of the training data), listed under ``"extra"`` in the
+  metadata and restored as :attr:`Checkpoint.extra`. Files without them load as before,
+  and older readers ignore them.
 
 Arrays are host (NumPy) copies, so a checkpoint saved on a GPU loads on the CPU and back.
 Writing is atomic (:func:`dualnn.training.atomic.write_atomic`): a reader sees the old
@@ -38,6 +42,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "load", "save"]
 FORMAT = "dualnn-checkpoint"
 FORMAT_VERSION = 1
 _META = "__meta__"
+_EXTRA = "extra/"
 
 
 class Checkpoint:
@@ -54,13 +59,16 @@ class Checkpoint:
         Epochs trained when saved (also set as ``model.epochs_trained``).
     metadata : dict
         The decoded ``__meta__`` record.
+    extra : dict of str -> ndarray
+        The arrays passed to :func:`save` as ``extra=`` (host NumPy arrays; empty when none).
     """
 
-    def __init__(self, model, optimizer, epoch, metadata):
+    def __init__(self, model, optimizer, epoch, metadata, extra=None):
         self.model = model
         self.optimizer = optimizer
         self.epoch = epoch
         self.metadata = metadata
+        self.extra = dict(extra or {})
 
     def __iter__(self):  # model, optimizer, epoch = dn.load(path)
         return iter((self.model, self.optimizer, self.epoch))
@@ -104,7 +112,30 @@ def _json_safe(value):
         return None
 
 
-def save(path, model, optimizer=None, epoch=None):
+def _extra_arrays(extra):
+    """``{"extra/<name>": host array}`` and their metadata entries, validated."""
+    if extra is None:
+        return {}, {}
+    if not isinstance(extra, dict):
+        raise ConfigurationError(f"save: extra must be a dict of name -> array, got "
+                                 f"{type(extra).__name__}")
+    arrays, entries = {}, {}
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"save: extra names must be non-empty strings, got "
+                                     f"{name!r}")
+        if type(value).__module__.split(".")[0] == "cupy":
+            value = value.get()
+        host = np.ascontiguousarray(value)
+        if host.dtype.kind not in "biufcUS":
+            raise ConfigurationError(f"save: extra[{name!r}] must hold numbers or text, got "
+                                     f"dtype {host.dtype} (checkpoints never pickle)")
+        arrays[_EXTRA + name] = host
+        entries[name] = {"shape": list(host.shape), "dtype": host.dtype.str}
+    return arrays, entries
+
+
+def save(path, model, optimizer=None, epoch=None, *, extra=None):
     """Write an atomic, device-agnostic checkpoint of ``model`` (and ``optimizer``).
 
     Parameters
@@ -116,6 +147,10 @@ def save(path, model, optimizer=None, epoch=None):
     optimizer : Optimizer, optional
     epoch : int, optional
         Epochs trained; default ``model.epochs_trained`` (0 for an untrained model).
+    extra : dict of str -> array, optional
+        More arrays to keep with the model (numbers or text, any shape; device arrays are
+        copied to the host), e.g. ``{"mean": mean, "std": std}`` of the training inputs.
+        :func:`load` returns them as ``checkpoint.extra``.
 
     Returns
     -------
@@ -134,7 +169,7 @@ def save(path, model, optimizer=None, epoch=None):
         epoch = int(getattr(model, "epochs_trained", 0) or 0)
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise ConfigurationError(f"save: epoch must be an int >= 0, got {epoch!r}")
-    arrays = {}
+    arrays, extra_entries = _extra_arrays(extra)
     entries = {}
     for name, value in model.state_dict().items():
         arrays[f"model/{name}"] = np.ascontiguousarray(value)
@@ -154,6 +189,8 @@ def save(path, model, optimizer=None, epoch=None):
         "rng_state": _json_safe(backend.get_rng_state()),
         "saved_on": backend.device,
     }
+    if extra_entries:
+        meta["extra"] = extra_entries
     if optimizer is not None:
         sd = optimizer.state_dict()
         state_meta = {}
@@ -253,6 +290,13 @@ def _check_internal(path, meta, arrays):
                 for key in record["arrays"]:
                     if f"optim/{index}/{key}" not in arrays:
                         raise CheckpointError(f"{path!r}: array optim/{index}/{key} is missing")
+        for name, info in (meta.get("extra") or {}).items():
+            value = arrays.get(_EXTRA + name)
+            if value is None:
+                raise CheckpointError(f"{path!r}: array {_EXTRA}{name} is missing")
+            if list(value.shape) != list(info["shape"]) or value.dtype.str != info["dtype"]:
+                raise CheckpointError(f"{path!r}: array {_EXTRA}{name} does not match its "
+                                      "metadata; the file is corrupt")
         epoch = meta["epoch"]
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise CheckpointError(f"{path!r}: bad epoch {epoch!r}")
@@ -386,7 +430,8 @@ def load(path, model=None, optimizer=None):
     Returns
     -------
     Checkpoint
-        ``.model``, ``.optimizer`` (or None), ``.epoch``.
+        ``.model``, ``.optimizer`` (or None), ``.epoch``, ``.extra`` (the ``extra=``
+        arrays of :func:`save`, ``{}`` when none).
 
     Raises
     ------
@@ -435,4 +480,5 @@ def load(path, model=None, optimizer=None):
     model.epochs_trained = int(meta["epoch"])
     if rng_state is not None:
         model.backend.set_rng_state(rng_state)
-    return Checkpoint(model, optimizer, int(meta["epoch"]), meta)
+    extra = {name: arrays[_EXTRA + name] for name in meta.get("extra") or {}}
+    return Checkpoint(model, optimizer, int(meta["epoch"]), meta, extra)

@@ -45,6 +45,9 @@ def host_view(model, data, what):
     backend = model.backend
     if data is not None and not isinstance(data, np.ndarray) and backend.owns(data):
         return backend.to_host(data)
+    if hasattr(data, "__dlpack__") and not isinstance(data, np.ndarray):
+        from ..interop import host_view as dlpack_host_view
+        return dlpack_host_view(data, what)  # e.g. a PyTorch tensor: a view, not a copy
     return open_array(data, what)
 
 

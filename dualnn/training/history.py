@@ -68,6 +68,24 @@ class History:
         """``{"epoch": [...], <metric>: [...]}`` (JSON-serializable)."""
         return {"epoch": list(self.epoch), **{k: list(v) for k, v in self.history.items()}}
 
+    def plot(self, path=None, metrics=None):
+        """Draw the training curves (:func:`dualnn.plotting.plot_history`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Save the figure there (format from the extension, e.g. ``.png``).
+        metrics : list of str, optional
+            Default ``"loss"`` and ``"accuracy"`` (each with its ``val_`` curve).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from ..plotting import plot_history
+
+        return plot_history(self, path, metrics)
+
     def __repr__(self):
         span = f"{self.epoch[0]}..{self.epoch[-1]}" if self.epoch else "none"
         return f"History(epochs={span}, metrics={sorted(self.history)})"
