@@ -1,0 +1,167 @@
+"""What :func:`~dualnn.fit` does differently once ``dn.distributed.init()`` has run.
+
+Data parallelism (see the "Training on several workers" page): every rank holds the
+whole model and trains on its shard of every epoch; :func:`setup` joins the ranks before
+the first epoch, the optimizer step averages the gradients (one all-reduce of a flat
+buffer per step, by :class:`~dualnn.distributed.DistributedOptimizer`), and
+:func:`reduce_logs` turns the per-rank epoch logs into the job's logs.
+
+Errors
+------
+- An error found while checking ``fit``'s arguments on one rank is raised on *every*
+  rank (:func:`agree_on_errors`): the failing rank raises its own exception, the others
+  a :class:`RankFailedError` naming that rank and its error. No rank is left waiting.
+- An exception after the ranks have joined (a callback, a non-finite loss seen by one
+  rank ...) cannot be raised on the others, which wait in the next collective: the rank
+  prints it with its number and ends the job (``MPI_Abort``).
+
+With one process, or before ``init``, none of this runs: :func:`context` is None.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import numpy as np
+
+from ..distributed.errors import DistributedError
+
+__all__ = ["RankFailedError", "agree_on_errors", "context", "reduce_logs", "setup"]
+
+
+class RankFailedError(DistributedError, RuntimeError):
+    """Another rank's ``fit`` failed before training; raised on the ranks that did not."""
+
+
+def context():
+    """The :class:`~dualnn.distributed.TrainingContext` when ``init`` has run and the job
+    has more than one rank, else None."""
+    if "dualnn.distributed.runtime" not in sys.modules:  # never initialised: stay cheap
+        return None
+    from .. import distributed
+
+    ctx = distributed.current()
+    return ctx if ctx is not None and ctx.size > 1 else None
+
+
+class _Joined:
+    """Per-call flag: set once every rank passed the checks (:func:`setup`)."""
+
+    def __init__(self):
+        self.done = False
+
+
+def agree_on_errors(fit):
+    """Decorate ``fit`` so that its argument errors end every rank alike.
+
+    Every rank takes part in exactly one all-gather of its status: in :func:`setup`
+    (after its own checks passed) or here (when they raised). Past that point an
+    exception ends the job naming the rank (``MPI_Abort``), since the other ranks are
+    waiting in a collective.
+    """
+
+    @functools.wraps(fit)
+    def wrapper(*args, **kwargs):
+        ctx = context()
+        if ctx is None:
+            return fit(*args, **kwargs)
+        joined = _Joined()
+        try:
+            return fit(*args, _joined=joined, **kwargs)
+        except RankFailedError:  # from the status all-gather: every rank raises
+            raise
+        except BaseException as exc:
+            if not joined.done:
+                _agree(ctx, exc)  # tells the others, then raises here
+                raise
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            import traceback
+
+            from ..distributed.communicator import report_and_abort
+            from ..distributed.runtime import communicator
+
+            traceback.print_exc()
+            report_and_abort(communicator("cpu"), exc)
+            raise
+
+    return wrapper
+
+
+def _agree(ctx, exc=None):
+    """All-gather every rank's status; raise :class:`RankFailedError` on a rank that is
+    fine when another is not (a failing rank raises its own error afterwards)."""
+    from ..distributed.runtime import communicator
+
+    mine = None if exc is None else f"{type(exc).__name__}: {exc}"
+    everyone = communicator("cpu").allgather(mine)
+    failed = [(r, text) for r, text in enumerate(everyone) if text is not None]
+    if failed and exc is None:
+        first, text = failed[0]
+        raise RankFailedError(f"fit failed on rank {first} of {ctx.size} before training "
+                              f"started: {text}")
+
+
+def setup(ctx, joined, model, optimizer, loader, validation):
+    """Join the ranks before the first epoch.
+
+    Checks that the ranks agree (statuses, then the model's layers, shapes, dtypes),
+    copies rank 0's parameters, buffers, optimizer state and host RNG to every rank
+    (the RNG the loader shuffles with), shards the loader, wraps the optimizer and
+    shards the validation rows.
+
+    Parameters
+    ----------
+    ctx : TrainingContext
+    joined : object with a ``done`` flag, from :func:`agree_on_errors`
+    model, optimizer, loader
+    validation : (X_val (m, ...), y_val (m, ...)) or None
+
+    Returns
+    -------
+    optimizer : DistributedOptimizer
+    loader : ShardedLoader
+        Batches of ``loader.batch_size`` rows per rank; every rank gets the same number.
+    validation : (X_shard, y_shard) or None
+        This rank's contiguous share of the validation rows (all of them when there
+        are fewer rows than ranks).
+    """
+    from .. import distributed
+
+    _agree(ctx)
+    joined.done = True
+    ctx.check_consistent(model)
+    ctx.broadcast_model(model, optimizer)
+    loader = ctx.shard_loader(loader)
+    if not isinstance(optimizer, distributed.DistributedOptimizer):
+        optimizer = distributed.DistributedOptimizer(optimizer)
+    if validation is not None and len(validation[0]) >= ctx.size:
+        bounds = np.linspace(0, len(validation[0]), ctx.size + 1).astype(int)
+        piece = slice(bounds[ctx.rank], bounds[ctx.rank + 1])
+        validation = (validation[0][piece], validation[1][piece])
+    return optimizer, loader, validation
+
+
+def reduce_logs(ctx, logs, validation_rows):
+    """The job's epoch logs from this rank's (one small all-reduce).
+
+    ``loss`` and ``accuracy``: mean over ranks (every rank trained on as many rows);
+    ``samples_per_sec``: sum; ``epoch_time``: max; ``val_*``: weighted by each rank's
+    ``validation_rows``; ``lr`` and anything else: rank 0's (they agree).
+    """
+    weights = {"loss": 1.0 / ctx.size, "accuracy": 1.0 / ctx.size, "samples_per_sec": 1.0}
+    summed = {k: float(v) * weights[k] for k, v in logs.items() if k in weights}
+    val = {k: float(v) * validation_rows for k, v in logs.items() if k.startswith("val_")}
+    if val:
+        summed.update(val)
+        summed["val_rows"] = float(validation_rows)
+    reduced = ctx.reduce_metrics(summed, op="sum")
+    rows = reduced.pop("val_rows", None)
+    out = dict(logs)
+    out.update(reduced)
+    for k in val:
+        out[k] = reduced[k] / rows
+    if "epoch_time" in logs:
+        out["epoch_time"] = ctx.reduce_metrics({"t": logs["epoch_time"]}, op="max")["t"]
+    return out
