@@ -116,6 +116,9 @@ def build_parser():
                        help="checkpoint path (default ./dualnn-<data>.npz)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="train data-parallel on N processes (MPI; --batch-size is per "
+                            "worker; needs mpi4py: pip install -e \".[mpi]\"); default 1")
 
     evaluate = sub.add_parser("evaluate", parents=[debug],
                               help="evaluate a checkpoint on a dataset's test split")
@@ -169,9 +172,40 @@ def build_model(n_in, n_out, hidden, activation="relu", batch_norm=True, dropout
     return dn.Sequential(*layers)
 
 
+ENV_CLI_WORKER = "DUALNN_CLI_WORKER"
+"""Set in the processes ``dualnn train --workers N`` starts: they train, not launch."""
+
+
+def _launch_workers(args):
+    """Run this ``dualnn train`` command again on ``args.workers`` MPI ranks."""
+    from dualnn.distributed import _mpi, launch
+
+    if not _mpi.mpi4py_available() or _mpi.find_mpiexec() is None:
+        from dualnn.distributed.errors import MPIUnavailableError
+
+        missing = "mpi4py" if not _mpi.mpi4py_available() else "mpiexec"
+        raise MPIUnavailableError(
+            f"--workers {args.workers} needs mpi4py and mpiexec, and {missing} is not "
+            f"installed. Install the MPI extra: {_mpi.INSTALL_HINT}")
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+    env = {ENV_CLI_WORKER: "1"}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[name] = os.environ.get(name, threads)
+    return launch.run_streaming(["-m", "dualnn.cli", *args.argv], args.workers, env=env)
+
+
 def cmd_train(args, out):
     import dualnn as dn
 
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1 (processes to train on), got {args.workers}")
+    if args.workers > 1 and os.environ.get(ENV_CLI_WORKER) != "1":
+        return _launch_workers(args)
+    rank = 0
+    if args.workers > 1:
+        rank, _, _ = dn.distributed.init()
+        if rank != 0:  # one result: rank 0 reports, the others only train
+            out = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     device = _set_device(args.device)
     dataset = dn.datasets.load(args.data, args.data_dir, seed=0)
     dn.seed(args.seed)
@@ -186,7 +220,9 @@ def cmd_train(args, out):
           f"{f', dropout {args.dropout}' if args.dropout else ''}) with "
           f"{type(optimizer).__name__} lr={optimizer.lr:g} on {dataset.name} "
           f"({len(dataset.X_train)} train / {len(dataset.X_test)} test) for {args.epochs} "
-          f"epochs, batch {args.batch_size}, device {device}", file=out)
+          f"epochs, batch {args.batch_size}"
+          f"{f' per worker x {args.workers} workers' if args.workers > 1 else ''}, "
+          f"device {device}", file=out)
     started = time.perf_counter()
     history = dn.fit(model, loss_fn, optimizer, dataset.X_train, dataset.y_train,
                      epochs=args.epochs, batch_size=args.batch_size,
@@ -194,13 +230,15 @@ def cmd_train(args, out):
     elapsed = time.perf_counter() - started
     path = args.output or f"dualnn-{dataset.name}.npz"
     if history.stopped is not None:  # Ctrl-C: fit stopped at a completed step
-        dn.save(path, model, optimizer)
+        if rank == 0:
+            dn.save(path, model, optimizer)
         print(f"interrupted after step {history.stopped['step']} of epoch "
               f"{history.stopped['epoch']} ({len(history)} epoch(s) completed); saved "
               f"checkpoint to {os.path.abspath(path)}", file=out)
         return 130
     scores = dn.evaluate(model, loss_fn, dataset.X_test, dataset.y_test)
-    dn.save(path, model, optimizer)
+    if rank == 0:
+        dn.save(path, model, optimizer)
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy "
           f"{100 * history['accuracy'][-1]:.2f}%", file=out)
     print(f"test accuracy {100 * scores['accuracy']:.2f}% (test loss {scores['loss']:.4f}); "
@@ -344,6 +382,8 @@ def cmd_info(args, out):
         rows.append(("blas" if index == 0 else "", line))
     for key, value in thread_policy_report().items():
         rows.append((f"thread policy {key}", value))
+    for key, value in dn.distributed.describe().items():  # never starts MPI
+        rows.append((f"distributed {key}", value))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
@@ -370,6 +410,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
+    if argv[:1] == ["bench"] and any(a == "--workers" or a.startswith("--workers=")
+                                     for a in argv):
+        from dualnn.distributed.bench import main as distributed_bench_main
+        distributed_bench_main(argv[1:])
+        return 0
     if argv[:1] == ["bench"]:  # its own option parser, shared with python -m dualnn.bench
         from dualnn.benchmarks import main as bench_main
         return bench_main(argv[1:], prog="dualnn bench")
@@ -385,6 +430,7 @@ def main(argv=None):
             return 0
         if not args.command:
             raise UsageError("a command is required: train, evaluate, predict or info")
+        args.argv = argv
         return COMMANDS[args.command](args, out)
     except UsageError as exc:
         if debug:

@@ -108,6 +108,35 @@ def dead_ranks(rank_map, output):
     return found
 
 
+def run_streaming(args, n, env=None):
+    """Like :func:`run`, but the job's output goes to this process's stdout and stderr
+    as it comes (no timeout); Ctrl-C stops the whole job. Returns the exit status.
+
+    A rank that died without a report (killed by a signal) is named on stderr.
+    """
+    full_env = launcher_env()
+    full_env.update(env or {})
+    with tempfile.TemporaryDirectory(prefix="dualnn-job-") as scratch:
+        full_env[ENV_RANK_MAP] = os.path.join(scratch, "ranks.json")
+        proc = subprocess.Popen(command(args, n), stderr=subprocess.PIPE, text=True,
+                                env=full_env, start_new_session=True)
+        seen = []
+        try:
+            for line in proc.stderr:
+                seen.append(line)
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            proc.wait()
+        except KeyboardInterrupt:
+            kill_group(proc)
+            raise
+        if proc.returncode:
+            for r, pid in dead_ranks(full_env[ENV_RANK_MAP], "".join(seen)):
+                sys.stderr.write(f"dualnn.distributed: rank {r} of {n} (pid {pid}) ended "
+                                 "without an error report (killed by a signal?)\n")
+    return proc.returncode
+
+
 def kill_group(proc, grace=2.0):
     """SIGTERM ``proc``'s process group, then SIGKILL it after ``grace`` seconds."""
     try:
