@@ -220,7 +220,7 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
     if ctx is not None:  # several ranks: join them, shard the data, average gradients
         optimizer, loader, validation_data = workers.setup(
             ctx, _joined, model, optimizer, loader,
-            None if validation_data is None else (X_val, y_val))
+            None if validation_data is None else (X_val, y_val), epochs)
         if validation_data is not None:
             X_val, y_val = validation_data
         steps_per_epoch = len(loader)

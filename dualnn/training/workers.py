@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from ..distributed.errors import DistributedError
+from ..distributed.errors import DistributedError, RankMismatchError
 
 __all__ = ["RankFailedError", "agree_on_errors", "context", "reduce_logs", "setup"]
 
@@ -69,7 +69,7 @@ def agree_on_errors(fit):
         joined = _Joined()
         try:
             return fit(*args, _joined=joined, **kwargs)
-        except RankFailedError:  # from the status all-gather: every rank raises
+        except (RankFailedError, RankMismatchError):  # every rank raises these alike
             raise
         except BaseException as exc:
             if not joined.done:
@@ -89,24 +89,63 @@ def agree_on_errors(fit):
     return wrapper
 
 
-def _agree(ctx, exc=None):
-    """All-gather every rank's status; raise :class:`RankFailedError` on a rank that is
-    fine when another is not (a failing rank raises its own error afterwards)."""
+def _agree(ctx, exc=None, plan=None):
+    """All-gather every rank's status and training plan.
+
+    Raises :class:`RankFailedError` on a rank that is fine when another is not (a
+    failing rank raises its own error afterwards), and
+    :class:`~dualnn.distributed.errors.RankMismatchError` on every rank when the plans
+    (:func:`plan`) differ.
+    """
+    from ..distributed.errors import RankMismatchError
     from ..distributed.runtime import communicator
 
     mine = None if exc is None else f"{type(exc).__name__}: {exc}"
-    everyone = communicator("cpu").allgather(mine)
-    failed = [(r, text) for r, text in enumerate(everyone) if text is not None]
-    if failed and exc is None:
-        first, text = failed[0]
-        raise RankFailedError(f"fit failed on rank {first} of {ctx.size} before training "
-                              f"started: {text}")
+    everyone = communicator("cpu").allgather((mine, plan))
+    failed = [(r, text) for r, (text, _) in enumerate(everyone) if text is not None]
+    if failed:
+        if exc is None:
+            first, text = failed[0]
+            raise RankFailedError(f"fit failed on rank {first} of {ctx.size} before "
+                                  f"training started: {text}")
+        return
+    reference = everyone[0][1]
+    for r, (_, theirs) in enumerate(everyone):
+        for key, value in theirs.items():
+            if value != reference[key]:
+                raise RankMismatchError(
+                    f"fit: {key} is {value} on rank {r} but {reference[key]} on rank 0. "
+                    "Every rank must call fit with the same data (the whole data set: fit "
+                    "shards it), batch size, epochs and model state")
 
 
-def setup(ctx, joined, model, optimizer, loader, validation):
+def plan(loader, validation, epochs, model):
+    """What must agree across ranks before training, as a dict of small values."""
+    import hashlib
+
+    def fingerprint(*arrays):
+        digest = hashlib.sha256()
+        for a in arrays:
+            if a is not None and len(a):
+                step = max(1, len(a) // 64)
+                digest.update(np.ascontiguousarray(np.asarray(a[::step])).tobytes())
+        return digest.hexdigest()[:16]
+
+    return {"the number of training rows": int(loader.n),
+            "batch_size": int(loader.batch_size),
+            "shuffle": bool(loader.shuffle),
+            "epochs": int(epochs),
+            "model.epochs_trained": int(getattr(model, "epochs_trained", 0) or 0),
+            "a sample of the training data (fingerprint)": fingerprint(loader.X, loader.y),
+            "the number of validation rows": None if validation is None
+            else int(len(validation[0]))}
+
+
+def setup(ctx, joined, model, optimizer, loader, validation, epochs):
     """Join the ranks before the first epoch.
 
-    Checks that the ranks agree (statuses, then the model's layers, shapes, dtypes),
+    Checks that the ranks agree (statuses, data, batch size, epochs, then the model's
+    layers, shapes, dtypes),
     copies rank 0's parameters, buffers, optimizer state and host RNG to every rank
     (the RNG the loader shuffles with), shards the loader, wraps the optimizer and
     shards the validation rows.
@@ -117,6 +156,7 @@ def setup(ctx, joined, model, optimizer, loader, validation):
     joined : object with a ``done`` flag, from :func:`agree_on_errors`
     model, optimizer, loader
     validation : (X_val (m, ...), y_val (m, ...)) or None
+    epochs : int
 
     Returns
     -------
@@ -129,8 +169,8 @@ def setup(ctx, joined, model, optimizer, loader, validation):
     """
     from .. import distributed
 
-    _agree(ctx)
-    joined.done = True
+    joined.done = True  # past the checks: this rank takes part in the status all-gather
+    _agree(ctx, plan=plan(loader, validation, epochs, model))
     ctx.check_consistent(model)
     ctx.broadcast_model(model, optimizer)
     loader = ctx.shard_loader(loader)

@@ -2,7 +2,8 @@
 
 Scenarios (files are written into OUT, which is also the working directory):
 
-``fit``       a validation error on rank 1 only (every rank records what it caught); then
+``fit``       a validation error on rank 1 only, then fewer rows on rank 1 (every rank
+              records what it caught); then
               fit with shuffle=False and shuffle=True (validation data, a checkpoint and a
               CSV log, named by rank), evaluate and predict; then 1 epoch saved to ``after1.npz``, and a
               resume from ``single1.npz`` (written by one process before the job).
@@ -61,6 +62,13 @@ def fit(out):
         train(model, problem.optimizer(model), 1, BATCH_PER_RANK, y=bad)
     except Exception as exc:
         saved["validation_error"] = np.array(f"{type(exc).__name__}: {exc}")
+
+    model = problem.model()
+    try:
+        rows = len(X) - 8 * r
+        train(model, problem.optimizer(model), 1, BATCH_PER_RANK, X=X[:rows], y=y[:rows])
+    except Exception as exc:
+        saved["plan_error"] = np.array(f"{type(exc).__name__}: {exc}")
 
     for shuffle in (False, True):
         model = problem.model()

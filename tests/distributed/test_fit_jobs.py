@@ -90,6 +90,15 @@ def test_a_validation_error_on_one_rank_is_raised_on_every_rank(job):
         "RankFailedError: fit failed on rank 1 of 2 before training started: LabelError")
 
 
+def test_ranks_given_different_data_all_raise_naming_the_difference(job):
+    _, ranks = job
+    for r in range(2):
+        assert str(ranks[r]["plan_error"]) == (
+            "RankMismatchError: fit: the number of training rows is 1016 on rank 1 but 1024 "
+            "on rank 0. Every rank must call fit with the same data (the whole data set: fit "
+            "shards it), batch size, epochs and model state")
+
+
 def test_evaluate_and_predict_compute_the_full_data_on_every_rank(job):
     _, ranks = job
     model, _, _ = reference(True)
