@@ -88,7 +88,7 @@ def run(args, n=2, timeout=60.0, env=None, cwd=None):
                      tuple(r for r, _ in dead))
 
 
-_BAD_TERMINATION = re.compile(r"BAD TERMINATION.*?PID (\d+) RUNNING AT (\S+)", re.S)
+_BAD_TERMINATION = re.compile(r"BAD TERMINATION.*?PID (\d+) RUNNING AT (\S+)", re.DOTALL)
 
 
 def dead_ranks(rank_map, output):

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..data.loader import DataLoader
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
+from . import workers
 from .checks import (
     check_data,
     has_batchnorm,
@@ -54,7 +55,6 @@ from .checks import (
 from .history import History, TrainingRun
 from .interrupt import DeferredInterrupt
 from .progress import make_bar, progress_enabled, write_line
-from . import workers
 
 __all__ = ["History", "TrainingRun", "evaluate", "fit", "predict", "progress_enabled"]
 

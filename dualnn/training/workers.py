@@ -138,7 +138,7 @@ def plan(loader, validation, epochs, model):
             "model.epochs_trained": int(getattr(model, "epochs_trained", 0) or 0),
             "a sample of the training data (fingerprint)": fingerprint(loader.X, loader.y),
             "the number of validation rows": None if validation is None
-            else int(len(validation[0]))}
+            else len(validation[0])}
 
 
 def setup(ctx, joined, model, optimizer, loader, validation, epochs):

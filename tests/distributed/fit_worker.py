@@ -70,6 +70,12 @@ def fit(out):
     except Exception as exc:
         saved["plan_error"] = np.array(f"{type(exc).__name__}: {exc}")
 
+    model = problem.model()  # 1023 rows: shards of 512 and 511 rows, padded to 512 each
+    history = train(model, problem.optimizer(model), 2, 100, X=X[:1023], y=y[:1023])
+    params(model, "uneven", saved)
+    saved["uneven_steps"] = np.array(model.epochs_trained)
+    saved["uneven_loss"] = np.array(history["loss"])
+
     for shuffle in (False, True):
         model = problem.model()
         # Named per rank so that the test sees which ranks wrote: only rank 0 may.

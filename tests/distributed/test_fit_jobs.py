@@ -65,10 +65,18 @@ def test_two_ranks_of_256_fit_like_one_process_of_512(job, shuffle):
 
 def test_parameters_are_bitwise_identical_across_ranks_after_fit(job):
     _, ranks = job
-    keys = [k for k in ranks[0] if k.startswith(("shuffle", "resumed"))]
-    assert len(keys) == 3 * 4
+    keys = [k for k in ranks[0] if k.startswith(("shuffle", "resumed", "uneven."))]
+    assert len(keys) == 4 * 4
     for key in keys:
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)
+
+
+def test_an_uneven_last_shard_trains_without_a_hang(job):
+    _, ranks = job
+    for r in range(2):
+        assert int(ranks[r]["uneven_steps"]) == 2
+        assert np.all(np.isfinite(ranks[r]["uneven_loss"]))
+    np.testing.assert_array_equal(ranks[0]["uneven_loss"], ranks[1]["uneven_loss"])
 
 
 def test_only_rank_zero_writes_checkpoints_and_logs(job):
