@@ -107,7 +107,7 @@ def _restore_buffers(model, snapshot):
 @workers.agree_on_errors
 def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=True,
         validation_data=None, callbacks=(), progress=True, *, input_noise=0.0,
-        validation_batch_size=1024, check_finite=None, log_interval=None, _joined=None):
+        validation_batch_size=1024, check_finite=None, log_interval=None):
     """Train ``model`` with mini-batch gradient descent; returns a :class:`History`.
 
     Parameters
@@ -219,7 +219,7 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
     ctx = workers.context()
     if ctx is not None:  # several ranks: join them, shard the data, average gradients
         optimizer, loader, validation_data = workers.setup(
-            ctx, _joined, model, optimizer, loader,
+            ctx, model, optimizer, loader,
             None if validation_data is None else (X_val, y_val), epochs)
         if validation_data is not None:
             X_val, y_val = validation_data

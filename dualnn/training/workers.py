@@ -20,6 +20,7 @@ With one process, or before ``init``, none of this runs: :func:`context` is None
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 
@@ -46,10 +47,13 @@ def context():
 
 
 class _Joined:
-    """Per-call flag: set once every rank passed the checks (:func:`setup`)."""
+    """Per-call flag: set once this rank passed its checks (:func:`setup`)."""
 
     def __init__(self):
         self.done = False
+
+
+_joined = contextvars.ContextVar("dualnn_fit_joined", default=None)
 
 
 def agree_on_errors(fit):
@@ -67,8 +71,9 @@ def agree_on_errors(fit):
         if ctx is None:
             return fit(*args, **kwargs)
         joined = _Joined()
+        token = _joined.set(joined)
         try:
-            return fit(*args, _joined=joined, **kwargs)
+            return fit(*args, **kwargs)
         except (RankFailedError, RankMismatchError):  # every rank raises these alike
             raise
         except BaseException as exc:
@@ -85,6 +90,8 @@ def agree_on_errors(fit):
             traceback.print_exc()
             report_and_abort(communicator("cpu"), exc)
             raise
+        finally:
+            _joined.reset(token)
 
     return wrapper
 
@@ -141,7 +148,7 @@ def plan(loader, validation, epochs, model):
             else len(validation[0])}
 
 
-def setup(ctx, joined, model, optimizer, loader, validation, epochs):
+def setup(ctx, model, optimizer, loader, validation, epochs):
     """Join the ranks before the first epoch.
 
     Checks that the ranks agree (statuses, data, batch size, epochs, then the model's
@@ -153,7 +160,6 @@ def setup(ctx, joined, model, optimizer, loader, validation, epochs):
     Parameters
     ----------
     ctx : TrainingContext
-    joined : object with a ``done`` flag, from :func:`agree_on_errors`
     model, optimizer, loader
     validation : (X_val (m, ...), y_val (m, ...)) or None
     epochs : int
@@ -169,7 +175,9 @@ def setup(ctx, joined, model, optimizer, loader, validation, epochs):
     """
     from .. import distributed
 
-    joined.done = True  # past the checks: this rank takes part in the status all-gather
+    joined = _joined.get()
+    if joined is not None:
+        joined.done = True  # past the checks: this rank takes part in the status all-gather
     _agree(ctx, plan=plan(loader, validation, epochs, model))
     ctx.check_consistent(model)
     ctx.broadcast_model(model, optimizer)

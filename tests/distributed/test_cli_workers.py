@@ -76,3 +76,18 @@ def test_info_describes_distributed_without_starting_mpi(tmp_path):
         assert f"distributed {key}" in rows, proc.stdout
     assert "distributed size" in rows and rows["distributed size"].split()[-1] == "1"
     assert "MPI started: False" in proc.stdout
+
+
+def test_import_dualnn_exports_distributed_without_loading_mpi(tmp_path):
+    code = ("import sys, dualnn as dn; import numpy as np; "
+            "m = dn.Sequential(dn.layers.Linear(3, 2)); "
+            "opt = dn.optim.SGD(m.parameters(), lr=0.1); "
+            "dn.fit(m, dn.losses.SoftmaxCrossEntropy(), opt, np.ones((8, 3)), "
+            "np.zeros(8, dtype=int), epochs=1, batch_size=4, progress=False); "
+            "print(dn.distributed.size(), 'distributed' in dn.__all__, "
+            "'mpi4py' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, check=False,
+                          env=dict(os.environ, **WORKER_ENV))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "True", "False"]
