@@ -110,7 +110,10 @@ def dead_ranks(rank_map, output):
 
 def run_streaming(args, n, env=None):
     """Like :func:`run`, but the job's output goes to this process's stdout and stderr
-    as it comes (no timeout); Ctrl-C stops the whole job. Returns the exit status.
+    as it comes (no timeout). Returns the exit status.
+
+    A first Ctrl-C is passed on to every rank (``mpiexec`` forwards SIGINT; ``fit``
+    then stops every rank after the same step); a second one kills the job.
 
     A rank that died without a report (killed by a signal) is named on stderr.
     """
@@ -121,15 +124,21 @@ def run_streaming(args, n, env=None):
         proc = subprocess.Popen(command(args, n), stderr=subprocess.PIPE, text=True,
                                 env=full_env, start_new_session=True)
         seen = []
-        try:
-            for line in proc.stderr:
-                seen.append(line)
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            proc.wait()
-        except KeyboardInterrupt:
-            kill_group(proc)
-            raise
+        interrupted = False
+        while True:
+            try:
+                for line in proc.stderr:
+                    seen.append(line)
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                proc.wait()
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    kill_group(proc)
+                    raise
+                interrupted = True
+                proc.send_signal(signal.SIGINT)
         if proc.returncode:
             for r, pid in dead_ranks(full_env[ENV_RANK_MAP], "".join(seen)):
                 sys.stderr.write(f"dualnn.distributed: rank {r} of {n} (pid {pid}) ended "

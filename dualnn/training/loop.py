@@ -328,7 +328,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
 
 def _raise_if_interrupted(interrupt):
     """A Ctrl-C deferred by :class:`DeferredInterrupt` takes effect here, between steps."""
-    if interrupt.pending:
+    if workers.interrupt_pending(interrupt):
         interrupt.pending = False
         raise KeyboardInterrupt
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..distributed.errors import DistributedError, RankMismatchError
 
-__all__ = ["RankFailedError", "agree_on_errors", "context", "reduce_logs", "setup"]
+__all__ = ["RankFailedError", "agree_on_errors", "context", "interrupt_pending", "reduce_logs",
+           "setup"]
 
 
 class RankFailedError(DistributedError, RuntimeError):
@@ -179,6 +180,7 @@ def setup(ctx, model, optimizer, loader, validation, epochs):
     if joined is not None:
         joined.done = True  # past the checks: this rank takes part in the status all-gather
     _agree(ctx, plan=plan(loader, validation, epochs, model))
+    ctx.reset_stop()
     ctx.check_consistent(model)
     ctx.broadcast_model(model, optimizer)
     loader = ctx.shard_loader(loader)
@@ -189,6 +191,22 @@ def setup(ctx, model, optimizer, loader, validation, epochs):
         piece = slice(bounds[ctx.rank], bounds[ctx.rank + 1])
         validation = (validation[0][piece], validation[1][piece])
     return optimizer, loader, validation
+
+
+def interrupt_pending(interrupt):
+    """Whether :func:`~dualnn.fit` should stop now for a Ctrl-C (``interrupt`` is its
+    :class:`~dualnn.training.interrupt.DeferredInterrupt`).
+
+    With several ranks, ``mpiexec`` passes Ctrl-C to every rank, but they may see it at
+    different steps; a rank that stopped alone would leave the others waiting. So a
+    rank's pending Ctrl-C is a vote carried by the next gradient all-reduce, and every
+    rank stops after the first step whose all-reduce carried a vote.
+    """
+    ctx = context()
+    if ctx is None:
+        return interrupt.pending
+    ctx.stop_vote = bool(interrupt.pending)
+    return ctx.stop_agreed()
 
 
 def reduce_logs(ctx, logs, validation_rows):

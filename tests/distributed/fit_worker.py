@@ -9,6 +9,7 @@ Scenarios (files are written into OUT, which is also the working directory):
               resume from ``single1.npz`` (written by one process before the job).
               Per rank: ``fit-rank<r>.npz``.
 ``callback``  a callback raises on rank 1 at the end of epoch 1.
+``interrupt`` rank 1 gets a Ctrl-C (SIGINT) at the start of epoch 2, batch 128 per rank.
 ``kill``      rank 1 kills itself (SIGKILL) at the start of epoch 3; rank 0 saves a
               checkpoint after every epoch.
 """
@@ -132,7 +133,25 @@ def kill(out):
     print(f"rank {dist.rank()} finished fit", flush=True)
 
 
-SCENARIOS = {"fit": fit, "callback": callback, "kill": kill}
+class _CtrlC(dn.callbacks.Callback):
+    def on_epoch_begin(self, run, epoch):
+        if epoch == 2 and dist.rank() == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def interrupt(out):
+    dist.init(timeout=60)
+    r = dist.rank()
+    model = problem.model()
+    history = train(model, problem.optimizer(model), 5, 128,
+                    callbacks=[dn.callbacks.ModelCheckpoint("every.npz"), _CtrlC()])
+    saved = {"stopped": np.array([history.stopped["epoch"], history.stopped["step"]]),
+             "epochs_trained": np.array(model.epochs_trained)}
+    params(model, "interrupted", saved)
+    np.savez(os.path.join(out, f"interrupt-rank{r}.npz"), **saved)
+
+
+SCENARIOS = {"fit": fit, "callback": callback, "kill": kill, "interrupt": interrupt}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](sys.argv[2])

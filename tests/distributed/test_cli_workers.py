@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,3 +93,26 @@ def test_import_dualnn_exports_distributed_without_loading_mpi(tmp_path):
                           env=dict(os.environ, **WORKER_ENV))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1", "True", "False"]
+
+
+@needs_mpi
+def test_ctrl_c_on_train_workers_stops_every_rank_and_saves(tmp_path):
+    ckpt = tmp_path / "stopped.npz"
+    env = dict(os.environ, **WORKER_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "dualnn.cli", "train", "--workers", "2",
+                             "--epochs", "100000", "--hidden", "16", "--no-progress",
+                             "--output", str(ckpt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().startswith("dualnn: training")
+        time.sleep(3.0)  # training is under way (the header is printed before fit)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted after step" in out, out + err[-2000:]
+    assert out.count("interrupted after step") == 1
+    assert dn.load(str(ckpt)).model is not None

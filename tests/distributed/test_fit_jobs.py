@@ -146,6 +146,21 @@ def test_a_rank_raising_in_a_callback_ends_the_job_fast_naming_it(tmp_path):
     assert result.elapsed < 30, result.elapsed
 
 
+def test_ctrl_c_seen_by_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    result = run_job("interrupt", tmp_path)
+    assert result.returncode == 0 and not result.timed_out, result.stderr[-3000:]
+    ranks = [dict(np.load(tmp_path / f"interrupt-rank{r}.npz")) for r in range(2)]
+    for r in range(2):
+        # the vote goes with the next step's all-reduce: step 2 of epoch 2
+        np.testing.assert_array_equal(ranks[r]["stopped"], [2, 2])
+        assert int(ranks[r]["epochs_trained"]) == 1
+    for key in (k for k in ranks[0] if k.startswith("interrupted.")):
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
+    model = problem.model()
+    dn.load(str(tmp_path / "interrupted.npz"), model)
+    np.testing.assert_array_equal(model.parameters()[0].data, ranks[0]["interrupted.0.weight"])
+
+
 def test_a_rank_killed_during_fit_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
     result = run_job("kill", tmp_path)
     assert result.returncode != 0 and not result.timed_out, result.stderr[-2000:]
