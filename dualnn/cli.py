@@ -2,7 +2,8 @@
 
 ``dualnn train`` with no options trains a 64-128-128-10 network (BatchNorm + ReLU, Adam)
 on scikit-learn's bundled handwritten digits for 30 epochs, prints the test accuracy and
-the time, and saves a checkpoint (``./dualnn-digits.npz``).
+the time, and saves a checkpoint (``./dualnn-digits.npz``). ``dualnn train --workers N``
+trains data-parallel on N MPI processes (see the "Training on several workers" page).
 
 Errors print one line, ``dualnn: error: ...``, on stderr and exit with status 2 (usage)
 or 1 (runtime); ``--debug`` shows the traceback instead.
@@ -202,11 +203,15 @@ def cmd_train(args, out):
     if args.workers > 1 and os.environ.get(ENV_CLI_WORKER) != "1":
         return _launch_workers(args)
     rank = 0
-    if args.workers > 1:
-        rank, _, _ = dn.distributed.init()
+    if args.workers > 1:  # init gives each worker its device: gpu:<local rank> on GPUs
+        wanted = args.device.strip().lower()
+        wanted = "gpu" if wanted.startswith("gpu") else (None if wanted == "auto" else wanted)
+        rank, _, _ = dn.distributed.init(device=wanted)
+        device = dn.get_device()
         if rank != 0:  # one result: rank 0 reports, the others only train
             out = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
-    device = _set_device(args.device)
+    else:
+        device = _set_device(args.device)
     dataset = dn.datasets.load(args.data, args.data_dir, seed=0)
     dn.seed(args.seed)
     model = build_model(dataset.n_features, dataset.n_classes, args.hidden, args.activation,
