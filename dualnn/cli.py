@@ -6,7 +6,8 @@ the time, and saves a checkpoint (``./dualnn-digits.npz``). ``--data`` takes a b
 dataset's name or a data file (``.npz``, ``.npy`` pair, ``.csv``: see
 :func:`dualnn.data.files.load_data_file`); ``--standardize`` statistics are saved in the
 checkpoint and ``dualnn predict`` applies them. ``dualnn export`` writes a checkpoint as
-ONNX.
+ONNX. ``dualnn train --workers N``
+trains data-parallel on N MPI processes (see the "Training on several workers" page).
 
 Errors print one line, ``dualnn: error: ...``, on stderr and exit with status 2 (usage)
 or 1 (runtime); ``--debug`` shows the traceback instead.
@@ -164,6 +165,9 @@ def build_parser():
     train.add_argument("--plot", metavar="PNG",
                        help="save the training curves (loss, accuracy per epoch) to this image "
                             "(.png, .svg, .pdf); needs matplotlib")
+    train.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="train data-parallel on N processes (MPI; --batch-size is per "
+                            "worker; needs mpi4py: pip install -e \".[mpi]\"); default 1")
 
     evaluate = sub.add_parser("evaluate", parents=[debug],
                               help="evaluate a checkpoint on a dataset's test split")
@@ -342,10 +346,45 @@ def _checkpoint_extra(dataset):
     return extra
 
 
+ENV_CLI_WORKER = "DUALNN_CLI_WORKER"
+"""Set in the processes ``dualnn train --workers N`` starts: they train, not launch."""
+
+
+def _launch_workers(args):
+    """Run this ``dualnn train`` command again on ``args.workers`` MPI ranks."""
+    from dualnn.distributed import _mpi, launch
+
+    if not _mpi.mpi4py_available() or _mpi.find_mpiexec() is None:
+        from dualnn.distributed.errors import MPIUnavailableError
+
+        missing = "mpi4py" if not _mpi.mpi4py_available() else "mpiexec"
+        raise MPIUnavailableError(
+            f"--workers {args.workers} needs mpi4py and mpiexec, and {missing} is not "
+            f"installed. Install the MPI extra: {_mpi.INSTALL_HINT}")
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+    env = {ENV_CLI_WORKER: "1"}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[name] = os.environ.get(name, threads)
+    return launch.run_streaming(["-m", "dualnn.cli", *args.argv], args.workers, env=env)
+
+
 def cmd_train(args, out):
     import dualnn as dn
 
-    device = _set_device(args.device)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1 (processes to train on), got {args.workers}")
+    if args.workers > 1 and os.environ.get(ENV_CLI_WORKER) != "1":
+        return _launch_workers(args)
+    rank = 0
+    if args.workers > 1:  # init gives each worker its device: gpu:<local rank> on GPUs
+        wanted = args.device.strip().lower()
+        wanted = "gpu" if wanted.startswith("gpu") else (None if wanted == "auto" else wanted)
+        rank, _, _ = dn.distributed.init(device=wanted)
+        device = dn.get_device()
+        if rank != 0:  # one result: rank 0 reports, the others only train
+            out = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    else:
+        device = _set_device(args.device)
     if args.plot:
         _check_plot_target(args.plot)
     dataset = load_training_data(args, standardize=args.standardize)
@@ -362,7 +401,9 @@ def cmd_train(args, out):
           f"{type(optimizer).__name__} lr={optimizer.lr:g} on {dataset.name} "
           f"({len(dataset.X_train)} train / "
           f"{0 if dataset.X_test is None else len(dataset.X_test)} test) for {args.epochs} "
-          f"epochs, batch {args.batch_size}, device {device}", file=out)
+          f"epochs, batch {args.batch_size}"
+          f"{f' per worker x {args.workers} workers' if args.workers > 1 else ''}, "
+          f"device {device}", file=out)
     started = time.perf_counter()
     # With --plot the test split is also scored each epoch, to draw it beside training.
     validation = ((dataset.X_test, dataset.y_test)
@@ -374,13 +415,15 @@ def cmd_train(args, out):
     path = args.output or f"dualnn-{dataset.name}.npz"
     extra = _checkpoint_extra(dataset)
     if history.stopped is not None:  # Ctrl-C: fit stopped at a completed step
-        dn.save(path, model, optimizer, extra=extra)
+        if rank == 0:
+            dn.save(path, model, optimizer, extra=extra)
         print(f"interrupted after step {history.stopped['step']} of epoch "
               f"{history.stopped['epoch']} ({len(history)} epoch(s) completed); saved "
               f"checkpoint to {os.path.abspath(path)}", file=out)
         _save_plot(args, history, out)
         return 130
-    dn.save(path, model, optimizer, extra=extra)
+    if rank == 0:
+        dn.save(path, model, optimizer, extra=extra)
     print(f"train loss {history['loss'][-1]:.4f}, train accuracy "
           f"{100 * history['accuracy'][-1]:.2f}%", file=out)
     timing = (f"trained in {elapsed:.2f} s "
@@ -571,6 +614,8 @@ def cmd_info(args, out):
         rows.append(("blas" if index == 0 else "", line))
     for key, value in thread_policy_report().items():
         rows.append((f"thread policy {key}", value))
+    for key, value in dn.distributed.describe().items():  # never starts MPI
+        rows.append((f"distributed {key}", value))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
@@ -641,6 +686,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
+    if argv[:1] == ["bench"] and any(a == "--workers" or a.startswith("--workers=")
+                                     for a in argv):
+        from dualnn.distributed.bench import main as distributed_bench_main
+        distributed_bench_main(argv[1:])
+        return 0
     large_batch = argv[:1] == ["bench"] and "--large-batch" in argv
     if argv[:1] == ["bench"] and not large_batch:
         # its own option parser, shared with python -m dualnn.bench
@@ -661,6 +711,7 @@ def main(argv=None):
         if not args.command:
             raise UsageError("a command is required: train, evaluate, predict, export or "
                              "info")
+        args.argv = argv
         return COMMANDS[args.command](args, out)
     except UsageError as exc:
         if debug:

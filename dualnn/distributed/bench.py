@@ -135,7 +135,7 @@ def _run_job(args, n, threads, timeout):
 
 def report_allreduce(result, out=print):
     """Print the all-reduce table of a ``worker_allreduce`` result."""
-    out("all-reduce, float32, 2 ranks (MPICommunicator; median of repeats, slowest rank)")
+    out(f"all-reduce, float32, {result['size']} ranks (MPICommunicator; median of repeats, slowest rank)")
     out(f"{'bytes':>10} {'polled us':>10} {'GB/s alg':>9} {'GB/s bus':>9} "
         f"{'blocking us':>12} {'GB/s alg':>9}")
     n = result["size"]
@@ -153,11 +153,17 @@ def main(argv=None, out=print):
     parser.add_argument("--budget", type=float, default=0.2,
                         help="rough seconds per all-reduce size")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="ranks N: N ranks x 1 thread against 1 process x N threads "
+                             "(default 2)")
     parser.add_argument("--skip-allreduce", action="store_true",
                         help="only the training-step comparison")
     parser.add_argument("--worker", choices=["allreduce", "step", "step-distributed"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers < 2:
+        parser.error(f"--workers must be >= 2 (ranks to compare), got {args.workers}")
+    n = args.workers
     if args.worker == "allreduce":
         return worker_allreduce(args.budget)
     if args.worker in ("step", "step-distributed"):
@@ -165,15 +171,15 @@ def main(argv=None, out=print):
 
     result = None
     if not args.skip_allreduce:
-        result = _run_job(["--worker", "allreduce", "--budget", str(args.budget)], 2, 1,
+        result = _run_job(["--worker", "allreduce", "--budget", str(args.budget)], n, 1,
                           args.timeout)
         report_allreduce(result, out)
     common = ["--steps", str(args.steps), "--batch", str(args.batch)]
     runs = {"1 process x 1 thread": _run_job(["--worker", "step", *common], 1, 1, args.timeout),
-            "1 process x 2 threads": _run_job(["--worker", "step", *common], 1, 2,
-                                              args.timeout),
-            "2 ranks x 1 thread": _run_job(["--worker", "step-distributed", *common], 2, 1,
-                                           args.timeout)}
+            f"1 process x {n} threads": _run_job(["--worker", "step", *common], 1, n,
+                                                 args.timeout),
+            f"{n} ranks x 1 thread": _run_job(["--worker", "step-distributed", *common], n, 1,
+                                              args.timeout)}
     out(f"\nMLP {'-'.join(map(str, SIZES))} step, global batch {args.batch}, float32, Adam")
     out(f"{'setup':<28} {'step ms':>8} {'samples/s':>10}")
     for label, r in runs.items():

@@ -56,6 +56,8 @@ class TrainingContext:
         self.local_rank = runtime.local_rank()
         self.is_main = self.rank == 0
         self._flat = {}
+        self.stop_vote = False
+        self._stop_slot = None
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -176,32 +178,57 @@ class TrainingContext:
         buffer (kept between calls), reduced with one all-reduce, divided by the number
         of ranks and unpacked.
 
+        The first buffer carries one more value, this rank's :attr:`stop_vote` (a
+        training loop's "stop after this step" request, e.g. a Ctrl-C): after the
+        reduction :meth:`stop_agreed` is true on every rank if any rank voted, so all
+        stop after the same step at no extra collective.
+
         Parameters
         ----------
         parameters : iterable of Parameter
         """
         if self.size == 1:
             return
+        vote = True
         groups = {}
         for p in parameters:
             groups.setdefault((p.backend.device, p.dtype), []).append(p)
         for (device, dtype), params in groups.items():
             backend = params[0].backend
             sizes = tuple(p.size for p in params)
-            key = (device, dtype, sizes)
+            key = (device, dtype, sizes, vote)
             flat = self._flat.get(key)
             if flat is None:
-                flat = self._flat[key] = backend.empty((sum(sizes),), dtype)
+                flat = self._flat[key] = backend.empty((sum(sizes) + vote,), dtype)
             offset = 0
             for p, n in zip(params, sizes):
                 flat[offset:offset + n] = p.grad.reshape(-1)
                 offset += n
+            if vote:
+                flat[offset:] = 1.0 if self.stop_vote else 0.0
             self._allreduce_(backend, flat, "mean")
+            if vote:
+                self._stop_slot = flat[offset:]
+                vote = False
             offset = 0
             for p, n in zip(params, sizes):
                 grad = p.grad
                 grad[...] = flat[offset:offset + n].reshape(grad.shape)
                 offset += n
+
+    def stop_agreed(self):
+        """True when some rank's :attr:`stop_vote` went with the last gradient
+        all-reduce (the same answer on every rank). Reads one value from the device."""
+        slot = self._stop_slot
+        if slot is None:
+            return False
+        value = slot[0] if isinstance(slot, np.ndarray) else float(slot.get()[0])
+        return bool(value > 0)
+
+    def reset_stop(self):
+        """Forget votes and agreements (at the start of a training run)."""
+        self.stop_vote = False
+        self._stop_slot = None
 
     # ------------------------------------------------------------------ metrics
     def reduce_metrics(self, metrics, op="mean"):

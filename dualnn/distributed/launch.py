@@ -7,14 +7,18 @@ the group gets SIGTERM, then SIGKILL two seconds later, so no rank outlives the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from ._mpi import find_mpiexec, launcher_env, mpi4py_available
 from .errors import MPIUnavailableError
+from .runtime import ENV_RANK_MAP
 
 
 @dataclasses.dataclass
@@ -26,6 +30,8 @@ class JobResult:
     stderr: str
     elapsed: float
     timed_out: bool
+    dead_ranks: tuple = ()
+    """Ranks the launcher reported killed by a signal (``mpiexec`` names only pids)."""
 
 
 def can_launch():
@@ -61,16 +67,83 @@ def run(args, n=2, timeout=60.0, env=None, cwd=None):
     full_env = launcher_env()
     full_env.update(env or {})
     started = time.monotonic()
-    proc = subprocess.Popen(command(args, n), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=full_env, cwd=cwd, start_new_session=True)
-    timed_out = False
+    with tempfile.TemporaryDirectory(prefix="dualnn-job-") as scratch:
+        full_env[ENV_RANK_MAP] = os.path.join(scratch, "ranks.json")
+        proc = subprocess.Popen(command(args, n), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd,
+                                start_new_session=True)
+        timed_out = False
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(proc)
+            out, err = proc.communicate()
+        dead = dead_ranks(full_env[ENV_RANK_MAP], out + err) if proc.returncode else ()
+    if dead:
+        err += "".join(f"dualnn.distributed: rank {r} of {n} (pid {pid}) ended without an "
+                       f"error report (killed by a signal?); the job was stopped\n"
+                       for r, pid in dead)
+    return JobResult(proc.returncode, out, err, time.monotonic() - started, timed_out,
+                     tuple(r for r, _ in dead))
+
+
+_BAD_TERMINATION = re.compile(r"BAD TERMINATION.*?PID (\d+) RUNNING AT (\S+)", re.DOTALL)
+
+
+def dead_ranks(rank_map, output):
+    """``[(rank, pid), ...]`` of the processes MPICH's launcher reported as killed in
+    ``output``, looked up in the rank map the job's rank 0 wrote (``[]`` without one)."""
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_group(proc)
-        out, err = proc.communicate()
-    return JobResult(proc.returncode, out, err, time.monotonic() - started, timed_out)
+        with open(rank_map, encoding="utf-8") as fh:
+            places = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    by_pid = {(entry["node"], entry["pid"]): entry["rank"] for entry in places}
+    found = []
+    for pid, node in _BAD_TERMINATION.findall(output):
+        for (where, known), r in by_pid.items():
+            if known == int(pid) and (where == node or where.split(".")[0] == node):
+                found.append((r, int(pid)))
+    return found
+
+
+def run_streaming(args, n, env=None):
+    """Like :func:`run`, but the job's output goes to this process's stdout and stderr
+    as it comes (no timeout). Returns the exit status.
+
+    A first Ctrl-C is passed on to every rank (``mpiexec`` forwards SIGINT; ``fit``
+    then stops every rank after the same step); a second one kills the job.
+
+    A rank that died without a report (killed by a signal) is named on stderr.
+    """
+    full_env = launcher_env()
+    full_env.update(env or {})
+    with tempfile.TemporaryDirectory(prefix="dualnn-job-") as scratch:
+        full_env[ENV_RANK_MAP] = os.path.join(scratch, "ranks.json")
+        proc = subprocess.Popen(command(args, n), stderr=subprocess.PIPE, text=True,
+                                env=full_env, start_new_session=True)
+        seen = []
+        interrupted = False
+        while True:
+            try:
+                for line in proc.stderr:
+                    seen.append(line)
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                proc.wait()
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    kill_group(proc)
+                    raise
+                interrupted = True
+                proc.send_signal(signal.SIGINT)
+        if proc.returncode:
+            for r, pid in dead_ranks(full_env[ENV_RANK_MAP], "".join(seen)):
+                sys.stderr.write(f"dualnn.distributed: rank {r} of {n} (pid {pid}) ended "
+                                 "without an error report (killed by a signal?)\n")
+    return proc.returncode
 
 
 def kill_group(proc, grace=2.0):

@@ -72,6 +72,7 @@ def init(timeout=None, *, device=None):
                 nccl = NCCLCommunicator(comm)
         _state = _State(comm, local_rank_, local_size, chosen, nccl)
         _install_excepthook(_state)
+        _write_rank_map(comm)
         return rank(), size(), local_rank()
 
 
@@ -107,6 +108,22 @@ def _install_excepthook(state):
         report_and_abort(comm, value)
 
     sys.excepthook = hook
+
+
+ENV_RANK_MAP = "DUALNN_RANK_MAP"
+"""Set by :func:`dualnn.distributed.launch.run`: the file where rank 0 writes every rank's
+node and pid, so that the launcher can name a rank that died without a word."""
+
+
+def _write_rank_map(comm):
+    places = comm.allgather((os.uname().nodename, os.getpid()))
+    path = os.environ.get(ENV_RANK_MAP)
+    if path and comm.rank == 0:
+        import json
+
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump([{"rank": r, "node": node, "pid": pid}
+                       for r, (node, pid) in enumerate(places)], fh)
 
 
 def is_initialized():

@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 import os
+import sys
 
 from ..errors import ConfigurationError
 from ..optim.scaling import polynomial_decay
@@ -58,6 +59,12 @@ def optimizer_steps(optimizer):
     a micro-batch only accumulates gradients.
     """
     return max((int(p.state.get("step", 0)) for p in optimizer.params), default=0)
+
+
+def _is_main():
+    """False on ranks other than 0 of a data-parallel job: only rank 0 writes files."""
+    runtime = sys.modules.get("dualnn.distributed.runtime")
+    return runtime is None or runtime.rank() == 0
 
 
 class Callback:
@@ -270,12 +277,14 @@ class ModelCheckpoint(Callback):
             self._tracker.best = value
         from .checkpoint import save
         path = self.path.format(epoch=epoch, **logs)
-        save(path, run.model, run.optimizer, epoch=epoch)
+        if _is_main():
+            save(path, run.model, run.optimizer, epoch=epoch)
         self.last_saved = path
 
     def on_train_interrupted(self, run):
         from .checkpoint import save
-        save(self.interrupted_path, run.model, run.optimizer)
+        if _is_main():
+            save(self.interrupted_path, run.model, run.optimizer)
         self.last_saved = self.interrupted_path
 
 
@@ -502,11 +511,13 @@ class HistoryLogger(Callback):
                 with open(self.path, newline="", encoding="utf-8") as fh:
                     header = next(csv.reader(fh), None)
                 self._columns = header
-        elif self.format == "csv" and os.path.exists(self.path):
+        elif self.format == "csv" and os.path.exists(self.path) and _is_main():
             os.remove(self.path)
 
     def on_epoch_end(self, run, epoch, logs):
         record = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
+        if not _is_main():
+            return
         if self.format == "json":
             self._records.append(record)
             records = self._records

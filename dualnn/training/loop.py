@@ -44,6 +44,7 @@ import numpy as np
 from ..data.loader import DataLoader
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from .callbacks import optimizer_steps
+from . import workers
 from .checks import (
     check_data,
     has_batchnorm,
@@ -104,6 +105,7 @@ def _restore_buffers(model, snapshot):
 
 # ---------------------------------------------------------------------------------- fit
 
+@workers.agree_on_errors
 def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=True,
         validation_data=None, callbacks=(), progress=True, *, input_noise=0.0,
         validation_batch_size=1024, check_finite=None, log_interval=None):
@@ -161,6 +163,9 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
     Any exception during training (also from a callback) leaves the model, the optimizer
     and batch-norm statistics as they were after the last completed step, and carries the
     partial History as ``exc.history`` (``exc.history.stopped`` says where).
+
+    After ``dn.distributed.init()`` (several ranks), ``batch_size`` is per rank and fit
+    trains data-parallel: see :mod:`dualnn.training.workers`.
     """
     from .callbacks import CallbackList
 
@@ -211,9 +216,18 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
     cpu = backend.device == "cpu"
     guard_each_step = cpu if check_finite is None else bool(check_finite)
     steps_per_epoch = len(loader)
+    show = progress_enabled(progress)
+    ctx = workers.context()
+    if ctx is not None:  # several ranks: join them, shard the data, average gradients
+        optimizer, loader, validation_data = workers.setup(
+            ctx, model, optimizer, loader,
+            None if validation_data is None else (X_val, y_val), epochs)
+        if validation_data is not None:
+            X_val, y_val = validation_data
+        steps_per_epoch = len(loader)
+        show = show and ctx.is_main
     if log_interval is None:
         log_interval = max(1, steps_per_epoch // 20)
-    show = progress_enabled(progress)
 
     # On a GPU, SoftmaxCrossEntropy's per-call label check reads the labels' range back to
     # the host every step; the labels were range-checked above, so a copy of the loss
@@ -261,6 +275,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
                 guard_each_step, log_interval, show, callbacks, validation_data, X_val, y_val,
                 validation_batch_size):
     start = int(model.epochs_trained)
+    ctx = workers.context()
     history = History()
     run = TrainingRun(model, optimizer, loss_fn, history, start + 1, start + int(epochs))
     with DeferredInterrupt() as interrupt:
@@ -280,6 +295,8 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
                     scores = _evaluate_checked(model, loss_fn, X_val, y_val,
                                                validation_batch_size)
                     logs.update({f"val_{key}": value for key, value in scores.items()})
+                if ctx is not None:
+                    logs = workers.reduce_logs(ctx, logs, 0 if X_val is None else len(X_val))
                 history.append(epoch, logs)
                 callbacks.on_epoch_end(run, epoch, logs)
                 if show and validation_data is not None:
@@ -312,7 +329,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
 
 def _raise_if_interrupted(interrupt):
     """A Ctrl-C deferred by :class:`DeferredInterrupt` takes effect here, between steps."""
-    if interrupt.pending:
+    if workers.interrupt_pending(interrupt):
         interrupt.pending = False
         raise KeyboardInterrupt
 
