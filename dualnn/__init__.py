@@ -33,8 +33,8 @@ __all__ = [
 from . import callbacks, data, datasets, training  # noqa: E402, F401
 from . import distributed  # noqa: E402, F401  (mpi4py loads only in distributed.init)
 from .training import History, evaluate, fit, load, predict, save  # noqa: E402
-__all__ += ["callbacks", "data", "datasets", "distributed", "evaluate", "fit", "History", "load", "predict",
-            "save", "training"]
+__all__ += ["callbacks", "data", "datasets", "distributed", "evaluate", "fit", "History", "load",
+            "predict", "save", "training"]
 
 from .precision import LossScaler  # noqa: E402
 from .summary import estimate_memory, summary  # noqa: E402  (the function, not the module)
