@@ -243,3 +243,31 @@ def test_backend_round_to_precision():
                                   cast.round_bfloat16(np, x))
     with pytest.raises(ValueError, match="float8"):
         b.round_to_precision(x, "float8")
+
+
+@pytest.mark.parametrize("repeat", [1, 64])  # serial and parallel builds
+def test_cpu_kernels_match_the_reference_twins(repeat):
+    from dualnn.kernels import cpu
+
+    x = np.tile(_edge_values(), repeat).reshape(repeat, -1)
+    for name in ("bfloat16", "float16"):
+        ref = getattr(cast, "round_" + name)
+        with np.errstate(over="ignore"):
+            want = ref(np, x)
+        got = getattr(cpu, "round_" + name)(x, out=np.empty_like(x))
+        np.testing.assert_array_equal(got, want)
+        inplace = x.copy()
+        getattr(cpu, "round_" + name)(inplace, out=inplace)
+        np.testing.assert_array_equal(inplace, want)
+    with pytest.raises(ValueError, match="float32"):
+        cpu.round_bfloat16(x.astype(np.float64), out=np.empty_like(x))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_numpy_backend_rounds_with_either_path(fused):
+    b = dn.backend.NumpyBackend(fused=fused)
+    x = _edge_values()
+    for name in ("bfloat16", "float16"):
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(b.round_to_precision(x, name),
+                                          getattr(cast, "round_" + name)(np, x))
