@@ -15,7 +15,9 @@ last piece of one row, which batch norm cannot normalize, joins the piece before
 
 :func:`resolve_micro_batch` checks, before anything changes, that one micro-batch fits in
 the device's free memory (:func:`dualnn.summary.free_device_bytes`) and resolves
-``micro_batch_size="auto"`` to the largest piece that does.
+``micro_batch_size="auto"`` to the largest piece that does. The free memory counted is the
+device's free bytes plus what the parameters, gradients and optimizer state already hold
+(:func:`held_bytes`), since the estimate includes them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numbers
 import numpy as np
 
 from .. import summary as _summary
-from ..errors import ConfigurationError, DeviceMemoryError, NonFiniteError
+from ..errors import ConfigurationError, NonFiniteError
 from .checks import to_device
 
 AUTO_HEADROOM = 0.85
@@ -64,6 +66,8 @@ def resolve_micro_batch(model, optimizer, batch_size, micro_batch_size, precisio
         ``micro_batch_size`` that would fit); with ``"auto"``, not even ``min_rows`` rows.
     """
     free = _summary.free_device_bytes(model.backend)
+    if free is not None:
+        free += held_bytes(model)  # the estimate counts them, but they already exist
     if micro_batch_size == "auto":
         if free is None or _describable(model) is False:
             return None
@@ -77,6 +81,19 @@ def resolve_micro_batch(model, optimizer, batch_size, micro_batch_size, precisio
         _summary.check_fits(model, rows, optimizer, precision, free)
     return None if micro_batch_size is None or micro_batch_size >= batch_size \
         else micro_batch_size
+
+
+def held_bytes(model):
+    """Bytes the model's parameters, gradients and optimizer state already occupy.
+
+    :func:`~dualnn.summary.estimate_memory` counts them in a step's peak, but they are
+    allocated before training starts, so they are not part of the free memory to find.
+    """
+    total = 0
+    for p in model.parameters():
+        total += p.data.nbytes + getattr(p.grad, "nbytes", 0)
+        total += sum(getattr(v, "nbytes", 0) for v in getattr(p, "state", {}).values())
+    return int(total)
 
 
 def _describable(model):
@@ -273,5 +290,5 @@ class StepRunner:
                 self.scaler._reset_step()  # a failed step must not leave it half done
 
 
-__all__ = ["AUTO_HEADROOM", "DeviceMemoryError", "StepResult", "StepRunner",
-           "check_micro_batch_size", "micro_slices", "resolve_micro_batch"]
+__all__ = ["AUTO_HEADROOM", "StepResult", "StepRunner",
+           "check_micro_batch_size", "held_bytes", "micro_slices", "resolve_micro_batch"]
