@@ -307,7 +307,7 @@ def free_device_bytes(backend):
         free, _ = cupy.cuda.runtime.memGetInfo()
         pool = cupy.get_default_memory_pool()
         return int(free) + int(pool.free_bytes())
-    except Exception:  # no usable CUDA runtime: nothing to check against
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime: nothing to check against
         return None
 
 

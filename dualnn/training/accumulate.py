@@ -151,7 +151,7 @@ def first_nonfinite_output(model, x):
                 x = layer.forward(x, training=False)
                 if not backend.all_finite(x):
                     return f"{index} ({type(layer).__name__})"
-    except Exception:  # a diagnostic only
+    except Exception:  # noqa: BLE001 - a diagnostic only
         return None
     return None
 
@@ -248,8 +248,9 @@ class StepRunner:
                         "clip gradients (clip_grad_norm=...)",
                         epoch=epoch, step=step, layer=layer)
                 value += piece * share
-            weighted = loss * (share * (nb if self.per_sample else 1))
-            term = weighted if term is None else term + weighted
+            else:
+                weighted = loss * (share * (nb if self.per_sample else 1))
+                term = weighted if term is None else term + weighted
             if self.classify is None:
                 self.classify = self.labels and len(out.shape) == 2 and out.shape[1] > 1
             if self.classify:
