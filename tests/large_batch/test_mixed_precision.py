@@ -271,3 +271,61 @@ def test_numpy_backend_rounds_with_either_path(fused):
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(b.round_to_precision(x, name),
                                           getattr(cast, "round_" + name)(np, x))
+
+
+SIM_SCRIPT = """
+import numpy as np
+from dualnn.kernels import _cuda
+from dualnn.kernels.cast import cuda as cast_cuda
+from dualnn.kernels.cast import reference as cast
+
+x = np.concatenate([np.array([np.nan, -np.nan, np.inf, -np.inf, 3.4e38, 0.0, -0.0, 1e-42],
+                             dtype=np.float32),
+                    (np.arange(700, dtype=np.uint32) << 13 | 0x3F800000).view(np.float32),
+                    np.random.default_rng(0).standard_normal(700).astype(np.float32)])
+_cuda.config.max_blocks = 2  # exercise the grid-stride loop
+x2 = x.reshape(2, -1)
+got = cast_cuda.round_bfloat16(x2, out=np.empty_like(x2)).reshape(-1)
+want = cast.round_bfloat16(np, x)
+assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), "mismatch"
+inplace = x.copy()
+cast_cuda.round_bfloat16(inplace, out=inplace)
+assert np.array_equal(inplace.view(np.uint32), want.view(np.uint32)), "in place"
+assert ("round_bfloat16_bits", "float32", None) in cast_cuda.KERNELS._compiled
+try:
+    cast_cuda.round_bfloat16(x.astype(np.float64), out=np.empty(x.shape))
+except TypeError:
+    pass
+else:
+    raise AssertionError("float64 accepted")
+print("ok")
+"""
+
+
+def test_cuda_kernel_matches_the_reference_under_the_simulator():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    job = subprocess.run([sys.executable, "-c", SIM_SCRIPT], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert job.returncode == 0 and "ok" in job.stdout, job.stderr[-3000:]
+
+
+def test_cuda_kernel_compiles_to_ptx():
+    import os
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+        pytest.skip("compile_ptx needs the real CUDA target")
+    cuda = pytest.importorskip("numba.cuda")
+    from dualnn.kernels.cast import cuda as cast_cuda
+
+    for name in cast_cuda.SIGNATURES:
+        try:
+            ptx, _ = cuda.compile_ptx(cast_cuda.KERNELS.python_kernel(name, "float32"),
+                                      cast_cuda.KERNELS.signature(name, "float32"), cc=(8, 0))
+        except Exception as exc:  # noqa: BLE001 - no NVRTC here
+            pytest.skip(f"cannot compile PTX: {exc}")
+        assert ".entry" in ptx and ".f64" not in ptx
