@@ -28,7 +28,7 @@ import numbers
 import numpy as np
 
 from .. import summary as _summary
-from ..errors import ConfigurationError, NonFiniteError
+from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from .checks import to_device
 
 AUTO_HEADROOM = 0.85
@@ -61,10 +61,17 @@ def resolve_micro_batch(model, optimizer, batch_size, micro_batch_size, precisio
 
     Raises
     ------
+    ShapeError
+        Micro-batches smaller than ``min_rows``.
     DeviceMemoryError
         A step of the requested size does not fit (message: the estimate and the
         ``micro_batch_size`` that would fit); with ``"auto"``, not even ``min_rows`` rows.
     """
+    if isinstance(micro_batch_size, int) and micro_batch_size < min_rows < batch_size:
+        raise ShapeError(
+            f"fit: micro_batch_size={micro_batch_size} gives {micro_batch_size}-row "
+            f"micro-batches, which the model's BatchNorm cannot normalize in training (it "
+            f"needs at least {min_rows} rows); use micro_batch_size >= {min_rows}")
     free = _summary.free_device_bytes(model.backend)
     if free is not None:
         free += held_bytes(model)  # the estimate counts them, but they already exist

@@ -9,7 +9,7 @@ import pytest
 import dualnn as dn
 from dualnn import layers as L
 from dualnn import summary
-from dualnn.errors import ConfigurationError, DeviceMemoryError
+from dualnn.errors import ConfigurationError, DeviceMemoryError, ShapeError
 from dualnn.training import accumulate
 
 
@@ -105,6 +105,16 @@ def test_a_one_row_last_micro_batch_joins_the_previous_with_batch_norm():
     # batch 33 of 8-row micro-batches: the 1-row tail would make batch norm raise
     _, hist = _train(8, OPTIMIZERS["sgd"], batch_norm=True, n=99, batch_size=33)
     assert np.isfinite(hist["loss"]).all()
+
+
+def test_one_row_micro_batches_with_batch_norm_are_refused_before_training():
+    model = _mlp(batch_norm=True)
+    before = _params(model)
+    X, y = _data(40)
+    with pytest.raises(ShapeError, match="micro_batch_size=1"):
+        dn.fit(model, dn.losses.SoftmaxCrossEntropy(), dn.optim.SGD(model.parameters()),
+               X, y, batch_size=8, micro_batch_size=1, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _params(model)))
 
 
 def test_bad_micro_batch_size():
