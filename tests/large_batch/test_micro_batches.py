@@ -62,6 +62,26 @@ def test_accumulated_step_equals_the_full_batch_step(opt, micro):
     np.testing.assert_allclose(h_full["accuracy"], h_acc["accuracy"])
 
 
+@pytest.mark.parametrize("micro", [None, 8, 5])
+def test_fit_equals_a_hand_written_full_batch_loop(micro):
+    """Independent reference: plain forward/backward/step on each batch of an unshuffled
+    epoch, including the short last batch of 4 rows (its loss is the mean over 4)."""
+    make = OPTIMIZERS["adam"]
+    ref = _mlp()
+    opt = make(ref.parameters())
+    loss_fn = dn.losses.SoftmaxCrossEntropy()
+    X, y = _data(100)
+    for start in range(0, 100, 32):
+        out = ref.forward(ref.backend.asarray(X[start:start + 32]), training=True)
+        loss_fn.forward(out, ref.backend.asarray(y[start:start + 32]))
+        ref.backward(loss_fn.backward())
+        opt.step()
+        opt.zero_grad()
+    got, _ = _train(micro, make, epochs=1, shuffle=False)
+    for a, b in zip(_params(ref), _params(got)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_sum_reduction_is_not_divided():
     loss = lambda: dn.losses.SoftmaxCrossEntropy(reduction="sum")
     full, h_full = _train(None, lambda p: dn.optim.SGD(p, lr=0.01), loss=loss())
