@@ -219,6 +219,9 @@ class StepRunner:
         self.scaler = scaler
         self.per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
         self.classify = None
+        from .loop import backward_without_input_grad  # loop imports this module
+
+        self._backward = backward_without_input_grad
 
     def run(self, xb, yb, epoch, step, restore):
         """Train on the host batch ``(xb, yb)``; returns a :class:`StepResult`.
@@ -227,8 +230,6 @@ class StepRunner:
         diagnostic forward of a non-finite loss). Raises :class:`NonFiniteError` with
         ``epoch`` and ``step`` in the message.
         """
-        from .loop import backward_without_input_grad
-
         backend, xp = self.backend, self.backend.xp
         nb = len(xb)
         value = 0.0 if self.guard else None
@@ -271,7 +272,7 @@ class StepRunner:
             if self.precision is not None:
                 self.precision.backward(dy)
             else:
-                backward_without_input_grad(self.model, dy)
+                self._backward(self.model, dy)
         stepped = self.optimizer_step(epoch, step)
         return StepResult(value, term, hits, stepped)
 
