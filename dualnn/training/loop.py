@@ -26,6 +26,11 @@ Decisions users can rely on
   device and is read once per log interval: the error then names the
   interval, and the weights may include the bad steps of that interval; pass
   ``check_finite=True`` to check every step there too (one host sync per parameter).
+- **Micro-batches and mixed precision.** ``micro_batch_size`` splits each batch into
+  pieces whose gradients accumulate into one optimizer step
+  (:mod:`dualnn.training.accumulate`, where the one optimizer-step call lives);
+  ``precision`` stores activations and gradients in 16 bits
+  (:mod:`dualnn.training.mixed_precision`). Steps are always counted per optimizer step.
 - **Validate first, all-or-nothing steps.** Arguments are checked before any state changes
   (:func:`dualnn.training.checks.check_data`); a step that does not complete is rolled
   back, Ctrl-C stops after the current step and returns the partial :class:`History`
