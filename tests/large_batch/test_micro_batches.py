@@ -199,3 +199,13 @@ def test_auto_with_plenty_of_memory_is_one_pass_and_without_any_raises(monkeypat
 def test_free_host_bytes_reads_the_system():
     free = summary.free_device_bytes(dn.layers.Linear(2, 2).backend)
     assert isinstance(free, int) and free > 0
+
+
+def test_device_side_loss_path_matches_the_checked_path():
+    """check_finite=False (the GPU default) sums the loss on the device: same history."""
+    checked, h1 = _train(6, OPTIMIZERS["sgd"], check_finite=True)
+    device, h2 = _train(6, OPTIMIZERS["sgd"], check_finite=False)
+    for a, b in zip(_params(checked), _params(device)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-12)
+    np.testing.assert_allclose(h1["accuracy"], h2["accuracy"])
