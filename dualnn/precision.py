@@ -268,3 +268,8 @@ class LossScaler:
     def __repr__(self):
         return (f"LossScaler(scale={self._scale!r}, growth_tracker={self._growth_tracker}, "
                 f"enabled={self.enabled})")
+
+
+class PerformanceWarning(UserWarning):
+    """A requested mode works on this device but runs slower than the default (e.g. mixed
+    precision on the CPU, which rounds to 16 bits while computing in float32)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import numbers
+import os
 
 from .errors import ConfigurationError, DeviceMemoryError
 from .precision import Precision
@@ -288,6 +289,40 @@ def estimate_memory(model, batch_size, optimizer=None, precision="float32"):
     """
     batch_size = _check_batch(batch_size, allow_none=False)
     return summary(model, batch_size, precision, optimizer).peak_bytes
+
+
+def free_device_bytes(backend):
+    """Bytes free for a training step on ``backend``'s device, or ``None`` if unknown.
+
+    CPU: the kernel's ``MemAvailable`` (``/proc/meminfo``; what can be allocated without
+    swapping), else ``os.sysconf`` free pages times the page size. GPU: CuPy's free device
+    memory plus the bytes CuPy's memory pool holds but does not use. :func:`dualnn.fit`
+    calls this through the module attribute, so tests can monkeypatch it.
+    """
+    if getattr(backend, "device", "cpu") == "cpu":
+        return _free_host_bytes()
+    try:
+        import cupy
+
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        pool = cupy.get_default_memory_pool()
+        return int(free) + int(pool.free_bytes())
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime: nothing to check against
+        return None
+
+
+def _free_host_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_fits(model, batch_size, optimizer, precision, free_bytes):

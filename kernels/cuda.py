@@ -21,6 +21,7 @@ from .batchnorm.cuda import (
     batchnorm_forward_train,
     batchnorm_scratch_shape,
 )
+from .cast.cuda import round_bfloat16
 from .ops import FLOAT_DTYPES, LABEL_DTYPES  # noqa: F401 - re-exported
 from .optim.cuda import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
 from .softmax_xent.cuda import (
@@ -99,6 +100,7 @@ __all__ = [
     "precompile",
     "python_kernel",
     "rmsprop_update",
+    "round_bfloat16",
     "sgd_update",
     "signature",
     "simulator_enabled",

@@ -53,7 +53,7 @@ def test_every_kernel_has_both_dtypes():
     declared = {name for family in ck.FAMILIES.values() for name in family.signatures}
     assert names == declared
     assert set(ck.FAMILIES) == {"activation", "batchnorm", "softmax_xent", "optim",
-                                "trust_ratio"}
+                                "trust_ratio", "cast"}
     for name in names:
         assert {v[1] for v in VARIANTS if v[0] == name} == {"float32", "float64"}
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from ..kernels import reference
+from ..kernels.cast import reference as cast_reference
 from ..kernels.ops import FLOAT_DTYPES  # noqa: F401 - the one table, re-exported
 
 _live_backends = weakref.WeakSet()
@@ -262,6 +263,17 @@ class ArrayAPIBackend:
         dx, dgamma, dbeta = reference.batchnorm_backward(self.xp, dy, x, gamma, beta, mean,
                                                          invstd, relu)
         return self._into(out, dx), dgamma, dbeta
+
+    # ------------------------------------------------------------------ 16-bit storage
+    def round_to_precision(self, a, dtype):
+        """``a`` (float32, any shape) rounded to ``dtype`` precision, as a new float32 array.
+
+        ``dtype`` is ``"float16"`` (IEEE, overflow to inf) or ``"bfloat16"`` (nearest,
+        ties to even). Mixed-precision training stores activations and gradients this way
+        on devices that compute in float32 (see :mod:`dualnn.training.mixed_precision`).
+        """
+        with np.errstate(over="ignore"):
+            return cast_reference.round_to(self.xp, a, dtype)
 
     # ------------------------------------------------------------------ losses
     def softmax_cross_entropy(self, logits, labels):

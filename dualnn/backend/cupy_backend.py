@@ -68,6 +68,13 @@ class CudaKernelOps(FusedDispatch):
         return self.xp.empty(tuple(shape), dtype=self.dtype(dtype))
 
     # -- activations
+    def round_to_precision(self, a, dtype):
+        """16-bit rounding (see the base class); bfloat16 of float32 runs the CUDA kernel."""
+        if dtype == "bfloat16" and self._kernel_takes([(a, None)]) == "float32":
+            with self._launch_scope():
+                return self.kernels.round_bfloat16(a, out=self._new(a.shape, "float32"))
+        return super().round_to_precision(a, dtype)
+
     def activation_forward(self, kind, z, alpha=0.0, out=None):
         dtype = self._kernel_takes([(z, None)], [(out, z.shape)])
         if dtype is None or kind == "identity" or kind not in ACTIVATIONS:

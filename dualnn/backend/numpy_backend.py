@@ -59,6 +59,17 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         out[...] = a
         return out
 
+    def round_to_precision(self, a, dtype):
+        """16-bit rounding (see the base class); the Numba kernel for C-contiguous
+        float32 arrays when fused."""
+        if (self.fused and dtype in ("float16", "bfloat16") and isinstance(a, np.ndarray)
+                and a.dtype == np.float32 and a.flags.c_contiguous):
+            from ..kernels import cpu
+
+            kernel = cpu.round_bfloat16 if dtype == "bfloat16" else cpu.round_float16
+            return kernel(a, out=self.empty(a.shape, "float32"))
+        return super().round_to_precision(a, dtype)
+
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)
 

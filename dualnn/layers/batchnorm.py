@@ -28,6 +28,23 @@ class BatchNorm(Layer):
     momentum : float
         Weight of the newest batch in the running averages, default 0.1.
     dtype : {"float32", "float64"}
+    ghost_batch_size : int, optional
+        Ghost batch norm (Hoffer et al., 2017): in training, rows ``0..g-1``,
+        ``g..2g-1``, ... are each normalized with their own mean and variance, and the
+        running statistics move once per ghost batch, in order, exactly as if the ghost
+        batches had been consecutive batches of an ordinary batch norm (PyTorch's
+        ``BatchNorm1d`` fed one chunk at a time). A last chunk of one row (no variance)
+        joins the chunk before it. ``None``: the whole batch is one batch.
+    sync : bool
+        Synchronized batch norm for data-parallel training: after
+        :func:`dualnn.distributed.init`, the batch statistics are those of every rank's
+        rows together (:func:`dualnn.distributed.sync_batchnorm_stats`, Chan's merge;
+        normalized with ``m2 / n``, running variance from ``m2 / (n - 1)``), and backward
+        all-reduces ``sum(dy)`` and ``sum(dy * xhat)`` in one buffer, so every rank's
+        ``dx`` is that of the global batch. ``gamma.grad`` and ``beta.grad`` get this
+        rank's share only (the distributed optimizer averages them over the ranks, as
+        for any parameter). In a job of one process (before ``init``) it is exactly an
+        ordinary batch norm. Cannot be combined with ``ghost_batch_size``.
 
     Attributes
     ----------
@@ -42,7 +59,8 @@ class BatchNorm(Layer):
         In training on a batch of one row (the batch variance is undefined), as PyTorch.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype="float32"):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype="float32",
+                 ghost_batch_size=None, sync=False):
         super().__init__(dtype=dtype)
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ConfigurationError(
@@ -51,7 +69,20 @@ class BatchNorm(Layer):
             raise ConfigurationError(f"BatchNorm: eps must be > 0, got {eps!r}")
         if not 0 <= momentum <= 1:
             raise ConfigurationError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        if ghost_batch_size is not None and (
+                isinstance(ghost_batch_size, bool) or not isinstance(ghost_batch_size, int)
+                or ghost_batch_size < 2):
+            raise ConfigurationError(f"BatchNorm: ghost_batch_size must be an int >= 2 or "
+                                     f"None, got {ghost_batch_size!r}")
+        if not isinstance(sync, bool):
+            raise ConfigurationError(f"BatchNorm: sync must be True or False, got {sync!r}")
+        if sync and ghost_batch_size is not None:
+            raise ConfigurationError("BatchNorm: sync=True and ghost_batch_size cannot be "
+                                     "combined (choose the statistics' scope: all ranks "
+                                     "or ghost batches)")
         self.num_features = num_features
+        self.ghost_batch_size = ghost_batch_size
+        self.sync = sync
         self.eps = float(eps)
         self.momentum = float(momentum)
         shape = (num_features,)
@@ -64,10 +95,13 @@ class BatchNorm(Layer):
 
     def get_config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "ghost_batch_size": self.ghost_batch_size,
+                "sync": self.sync}
 
     def _clear_cache(self):
         self._x = self._mean = self._invstd = None
+        self._chunks = None  # ghost batches: [(start, stop, mean, invstd)]
+        self._synced = None  # sync: global row count of the last training forward
         self._training = False
         self._relu = False
 
@@ -103,6 +137,11 @@ class BatchNorm(Layer):
                     f"{self.name}: expected more than 1 row per batch in training (the batch "
                     f"variance of one row is undefined), got input shape {tuple(x.shape)}; "
                     "use a larger batch, or drop the last partial batch")
+            self._chunks = self._synced = None
+            if self.ghost_batch_size is not None and x.shape[0] > self.ghost_batch_size:
+                return self._forward_ghost(x, relu, out)
+            if self.sync and _distributed_size() > 1:
+                return self._forward_sync(x, relu, out)
             y, self._mean, self._invstd = b.batchnorm_forward_train(
                 x, self.gamma.data, self.beta.data, self.running_mean, self.running_var,
                 self.eps, self.momentum, relu=relu, out=out)
@@ -121,6 +160,10 @@ class BatchNorm(Layer):
         out = dy if overwrite else None
         x = self._x
         self._check_grad(dy, x)
+        if self._training and self._chunks is not None:
+            return self._backward_ghost(dy, out)
+        if self._training and self._synced is not None:
+            return self._backward_sync(dy, out)
         if self._training:
             dx, dgamma, dbeta = self.backend.batchnorm_backward(
                 dy, x, self.gamma.data, self.beta.data, self._mean, self._invstd,
@@ -136,6 +179,95 @@ class BatchNorm(Layer):
         self.gamma.grad += dgamma
         self.beta.grad += dbeta
         return dx
+
+    # ------------------------------------------------------------------ ghost batches
+    def _ghost_bounds(self, n):
+        g = self.ghost_batch_size
+        bounds = [(s, min(s + g, n)) for s in range(0, n, g)]
+        if bounds[-1][1] - bounds[-1][0] < 2:  # one row has no variance: join the previous
+            bounds[-2:] = [(bounds[-2][0], n)]
+        return bounds
+
+    def _forward_ghost(self, x, relu, out):
+        b = self.backend
+        y = out if out is not None else b.empty(tuple(x.shape), self.dtype)
+        chunks = []
+        for start, stop in self._ghost_bounds(x.shape[0]):
+            yc, mean, invstd = b.batchnorm_forward_train(
+                x[start:stop, :], self.gamma.data, self.beta.data, self.running_mean,
+                self.running_var, self.eps, self.momentum, relu=relu)
+            y[start:stop, :] = yc
+            chunks.append((start, stop, mean, invstd))
+        self._chunks = chunks
+        return y
+
+    def _backward_ghost(self, dy, out):
+        b = self.backend
+        x = self._x
+        dx = out if out is not None else b.empty(tuple(x.shape), self.dtype)
+        for start, stop, mean, invstd in self._chunks:
+            dxc, dgamma, dbeta = b.batchnorm_backward(
+                dy[start:stop, :], x[start:stop, :], self.gamma.data, self.beta.data, mean,
+                invstd, relu=self._relu)
+            dx[start:stop, :] = dxc
+            self.gamma.grad += dgamma
+            self.beta.grad += dbeta
+        return dx
+
+    # ------------------------------------------------------------------ synchronized
+    def _forward_sync(self, x, relu, out):
+        from .. import distributed
+
+        xp = self.xp
+        n = x.shape[0]
+        mean = xp.mean(x, axis=0)
+        centered = x - mean
+        m2 = xp.sum(centered * centered, axis=0)
+        total, mean, m2 = distributed.sync_batchnorm_stats(n, mean, m2)
+        total = float(total)
+        invstd = 1 / xp.sqrt(m2 / total + self.eps)
+        y = (x - mean) * (invstd * self.gamma.data) + self.beta.data
+        if relu:
+            y = xp.where(y < 0, xp.zeros_like(y), y)
+        m = self.momentum
+        self.backend.assign(self.running_mean, (1 - m) * self.running_mean + m * mean)
+        self.backend.assign(self.running_var,
+                            (1 - m) * self.running_var + m * (m2 / (total - 1)))
+        self._mean, self._invstd, self._synced = mean, invstd, total
+        if out is not None:
+            out[...] = y
+            return out
+        return y
+
+    def _backward_sync(self, dy, out):
+        from .. import distributed
+
+        xp = self.xp
+        c = self.num_features
+        xhat = (self._x - self._mean) * self._invstd
+        if self._relu:
+            y = xhat * self.gamma.data + self.beta.data
+            dy = xp.where(y > 0, dy, xp.zeros_like(dy))
+        dbeta = xp.sum(dy, axis=0)
+        dgamma = xp.sum(dy * xhat, axis=0)
+        self.gamma.grad += dgamma  # this rank's share; the optimizer averages over ranks
+        self.beta.grad += dbeta
+        buf = xp.concat([dbeta, dgamma])
+        distributed.allreduce_(buf, "sum")
+        total = self._synced
+        dx = (self.gamma.data * self._invstd / total) * (
+            total * dy - buf[:c] - xhat * buf[c:])
+        if out is not None:
+            out[...] = dx
+            return out
+        return dx
+
+
+def _distributed_size():
+    """Ranks of the running job (1 before :func:`dualnn.distributed.init`)."""
+    from .. import distributed
+
+    return distributed.size() if distributed.is_initialized() else 1
 
 
 class BatchNormReLU(FusedBlock):

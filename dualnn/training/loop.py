@@ -26,6 +26,11 @@ Decisions users can rely on
   device and is read once per log interval: the error then names the
   interval, and the weights may include the bad steps of that interval; pass
   ``check_finite=True`` to check every step there too (one host sync per parameter).
+- **Micro-batches and mixed precision.** ``micro_batch_size`` splits each batch into
+  pieces whose gradients accumulate into one optimizer step
+  (:mod:`dualnn.training.accumulate`, where the one optimizer-step call lives);
+  ``precision`` stores activations and gradients in 16 bits
+  (:mod:`dualnn.training.mixed_precision`). Steps are always counted per optimizer step.
 - **Validate first, all-or-nothing steps.** Arguments are checked before any state changes
   (:func:`dualnn.training.checks.check_data`); a step that does not complete is rolled
   back, Ctrl-C stops after the current step and returns the partial :class:`History`
@@ -36,6 +41,7 @@ Decisions users can rely on
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 
@@ -43,8 +49,8 @@ import numpy as np
 
 from ..data.loader import DataLoader
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
+from . import accumulate, workers
 from .callbacks import optimizer_steps
-from . import workers
 from .checks import (
     check_data,
     has_batchnorm,
@@ -55,40 +61,10 @@ from .checks import (
 )
 from .history import History, TrainingRun
 from .interrupt import DeferredInterrupt
+from .mixed_precision import PrecisionRunner, resolve_precision
 from .progress import make_bar, progress_enabled, write_line
 
 __all__ = ["History", "TrainingRun", "evaluate", "fit", "predict", "progress_enabled"]
-
-
-def _layer_label(model, prefix):
-    """``"2 (Linear)"`` for the parameter-name prefix ``"2"`` of a Sequential."""
-    if prefix is None:
-        return None
-    layer = model
-    try:
-        for part in str(prefix).split("."):
-            layer = layer.children()[int(part)]
-    except (ValueError, IndexError):
-        return str(prefix)
-    return f"{prefix} ({type(layer).__name__})"
-
-
-def _first_nonfinite_output(model, x):
-    """Label of the first layer whose (evaluation-mode) output is not finite, or None."""
-    backend = model.backend
-    try:
-        with np.errstate(all="ignore"):
-            return _first_nonfinite_child(model, x, backend)
-    except Exception:  # a diagnostic only
-        return None
-
-
-def _first_nonfinite_child(model, x, backend):
-    for index, layer in enumerate(model.children()):
-        x = layer.forward(x, training=False)
-        if not backend.all_finite(x):
-            return f"{index} ({type(layer).__name__})"
-    return None
 
 
 def _snapshot_buffers(model):
@@ -108,7 +84,8 @@ def _restore_buffers(model, snapshot):
 @workers.agree_on_errors
 def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=True,
         validation_data=None, callbacks=(), progress=True, *, input_noise=0.0,
-        validation_batch_size=1024, check_finite=None, log_interval=None):
+        validation_batch_size=1024, check_finite=None, log_interval=None,
+        micro_batch_size=None, precision="float32", loss_scaler=None):
     """Train ``model`` with mini-batch gradient descent; returns a :class:`History`.
 
     Parameters
@@ -143,6 +120,18 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
     log_interval : int or None
         Steps between progress updates and device reads on a GPU (default: about 20 per
         epoch).
+    micro_batch_size : int, "auto" or None
+        Split every batch into pieces of this many rows and accumulate their gradients
+        into ONE optimizer step (same update as the whole batch, at the memory of one
+        piece; batch norm normalizes per piece). ``"auto"``: the largest piece that fits
+        the device's free memory. ``None``: the whole batch in one pass. See
+        :mod:`dualnn.training.accumulate`.
+    precision : {"float32", "mixed_float16", "mixed_bfloat16"}
+        Mixed: float32 master weights, 16-bit activations and gradients between layers;
+        ``mixed_float16`` uses dynamic loss scaling. See
+        :mod:`dualnn.training.mixed_precision`.
+    loss_scaler : LossScaler, optional
+        The scaler of ``mixed_float16`` (default: a new one with PyTorch's defaults).
 
     Returns
     -------
@@ -157,6 +146,9 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
         and the "Errors and guarantees" page): ranks, dtypes, lengths, feature count,
         finiteness after the cast to the model's dtype, labels, rows enough for the
         model's batch norm, the optimizer's parameters, monitored metrics.
+    DeviceMemoryError
+        One (micro-)batch's step would not fit in the device's free memory; raised before
+        anything changes, with the estimate and a ``micro_batch_size`` that fits.
     NonFiniteError
         The loss or a gradient became NaN/inf (``.epoch``, ``.step``, ``.layer``).
 
@@ -213,6 +205,11 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
             raise ConfigurationError(f"fit: {name} must be a positive int, got {value!r}")
     _check_optimizer(model, optimizer)
     _check_monitors(callbacks, validation_data is not None)
+    micro_batch_size = accumulate.check_micro_batch_size(micro_batch_size)
+    policy, scaler = resolve_precision(precision, model, dtype, loss_scaler)
+    micro = accumulate.resolve_micro_batch(
+        model, optimizer, max(1, min(loader.batch_size, loader.n)), micro_batch_size,
+        policy, min_rows=2 if has_bn else 1)
     cpu = backend.device == "cpu"
     guard_each_step = cpu if check_finite is None else bool(check_finite)
     steps_per_epoch = len(loader)
@@ -237,7 +234,11 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
             and getattr(loss_fn, "check_labels", False) is True):
         train_loss = copy.copy(loss_fn)
         train_loss.check_labels = False
-    return _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, labels,
+    runner = accumulate.StepRunner(
+        model, train_loss, optimizer, dtype, labels, micro, 2 if has_bn else 1,
+        guard_each_step, PrecisionRunner(model, policy) if policy.name != "float32" else None,
+        scaler)
+    return _fit_epochs(model, loss_fn, runner, optimizer, loader, epochs, dtype, labels,
                        guard_each_step, log_interval, show, callbacks,
                        validation_data, X_val if validation_data is not None else None,
                        y_val if validation_data is not None else None,
@@ -271,13 +272,15 @@ def _check_monitors(callbacks, has_validation):
                                  "'loss')")
 
 
-def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, labels,
+def _fit_epochs(model, loss_fn, runner, optimizer, loader, epochs, dtype, labels,
                 guard_each_step, log_interval, show, callbacks, validation_data, X_val, y_val,
                 validation_batch_size):
     start = int(model.epochs_trained)
     ctx = workers.context()
     history = History()
     run = TrainingRun(model, optimizer, loss_fn, history, start + 1, start + int(epochs))
+    # per-step schedules count optimizer steps (never micro-batches or skipped steps)
+    runner.before_step = lambda: callbacks.on_step_begin(run, optimizer_steps(optimizer))
     with DeferredInterrupt() as interrupt:
         try:
             optimizer.zero_grad()
@@ -287,7 +290,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
                 run.step = 0
                 callbacks.on_epoch_begin(run, epoch)
                 logs = {"lr": optimizer.lr}
-                logs.update(_train_epoch(model, train_loss, optimizer, loader, epoch, dtype,
+                logs.update(_train_epoch(model, runner, optimizer, loader, epoch, dtype,
                                          labels, guard_each_step, log_interval, show, run,
                                          interrupt, callbacks))
                 model.epochs_trained = epoch
@@ -334,11 +337,10 @@ def _raise_if_interrupted(interrupt):
         raise KeyboardInterrupt
 
 
-def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_each_step,
+def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_each_step,
                  log_interval, show, run, interrupt, callbacks):
     backend = model.backend
-    xp = backend.xp
-    per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
+    per_sample = runner.per_sample
     loss_total = 0.0           # host running sum (guarded path)
     loss_device = None         # device running sum (GPU path)
     correct_total = 0
@@ -349,6 +351,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
     started = time.perf_counter()
     step = 0
+    skipped = 0  # updates the loss scaler skipped (non-finite float16 gradients)
     last_read_step = 0
     try:
         for xb, yb in loader:
@@ -358,44 +361,16 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
             # (a few small arrays, no host sync), put back if the step does not complete.
             snapshot = _snapshot_buffers(model)
             try:
-                xd = backend.asarray(xb, dtype)
-                yd = to_device(backend, yb, labels, dtype)
-                out = model.forward(xd, training=True)
-                loss = loss_fn.forward(out, yd)
-                weight = nb if per_sample else 1
-                if guard_each_step:
-                    value = backend.item(loss)
-                    if not math.isfinite(value):
-                        _restore_buffers(model, snapshot)
-                        layer = _first_nonfinite_output(model, xd)
-                        where = f"; first non-finite output: layer {layer}" if layer else ""
-                        raise NonFiniteError(
-                            f"non-finite loss ({value}) at epoch {epoch}, step {step}{where}; "
-                            "training stopped before backward, the model keeps the weights "
-                            "of the last good step. Lower the learning rate, check the data, "
-                            "or clip gradients (clip_grad_norm=...)",
-                            epoch=epoch, step=step, layer=layer)
-                else:
-                    term = loss * weight
-                if classify is None:
-                    classify = labels and len(out.shape) == 2 and out.shape[1] > 1
-                if classify:
-                    hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
-                backward_without_input_grad(model, loss_fn.backward())
-                # per-step schedules count optimizer steps (never micro-batches)
-                callbacks.on_step_begin(run, optimizer_steps(optimizer))
-                try:
-                    optimizer.step(check_finite=guard_each_step)
-                except NonFiniteError as exc:
-                    label = _layer_label(model, exc.layer)
-                    raise NonFiniteError(
-                        f"non-finite gradient at epoch {epoch}, step {step}, first in layer "
-                        f"{label}: {exc}. The model keeps the weights of the last good step",
-                        epoch=epoch, step=step, layer=label) from None
+                result = runner.run(xb, yb, epoch, step,
+                                    functools.partial(_restore_buffers, model, snapshot))
             except BaseException:
                 _restore_buffers(model, snapshot)
                 optimizer.zero_grad()
                 raise
+            weight = nb if per_sample else 1
+            value, term, hits = result.value, result.term, result.hits
+            skipped += not result.stepped
+            classify = runner.classify
             optimizer.zero_grad()
             run.step = step
             # the step is complete: only now does it count
@@ -431,6 +406,9 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     logs = {"loss": loss_total / max(seen if per_sample else step, 1)}
     if classify:
         logs["accuracy"] = correct_total / max(seen, 1)
+    if runner.scaler is not None:
+        logs["skipped_steps"] = skipped
+        logs["loss_scale"] = runner.scaler.get_scale()
     logs["samples_per_sec"] = seen / elapsed
     logs["epoch_time"] = elapsed
     return logs

@@ -1,0 +1,309 @@
+"""One optimizer step of :func:`dualnn.fit`, over one batch split into micro-batches.
+
+``fit(..., batch_size=B, micro_batch_size=m)`` runs forward and backward on pieces of at
+most ``m`` rows and lets the parameter gradients add up (every layer's backward adds to
+``p.grad``) before ONE optimizer step for the ``B`` rows. For a loss with
+``reduction="mean"``, piece ``i`` of ``m_i`` rows contributes its mean loss times
+``m_i / B_actual``, where ``B_actual`` is the number of rows actually in the batch (a
+short last batch of an epoch divides by its own size, not by ``B``). The sum is then
+exactly the mean loss over the batch, and without batch norm the step equals the
+full-batch step up to floating-point rounding.
+
+Batch norm normalizes each micro-batch with its own statistics (ghost batch norm with
+ghost batches of ``m`` rows) and moves its running statistics once per micro-batch. A
+last piece of one row, which batch norm cannot normalize, joins the piece before it.
+
+:func:`resolve_micro_batch` checks, before anything changes, that one micro-batch fits in
+the device's free memory (:func:`dualnn.summary.free_device_bytes`) and resolves
+``micro_batch_size="auto"`` to the largest piece that does. The free memory counted is the
+device's free bytes plus what the parameters, gradients and optimizer state already hold
+(:func:`held_bytes`), since the estimate includes them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import summary as _summary
+from ..errors import ConfigurationError, NonFiniteError, ShapeError
+from .checks import to_device
+
+AUTO_HEADROOM = 0.85
+"""``"auto"`` plans for this share of the free memory: the estimate is ~15% exact."""
+
+
+def check_micro_batch_size(value):
+    """``value`` validated: None, ``"auto"`` or a positive int."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigurationError(
+            f"fit: micro_batch_size must be a positive int, 'auto' or None, got {value!r}")
+    return int(value)
+
+
+def resolve_micro_batch(model, optimizer, batch_size, micro_batch_size, precision,
+                        min_rows=1):
+    """The micro-batch size fit will use (``None`` = the whole batch in one pass).
+
+    Parameters
+    ----------
+    model, optimizer
+    batch_size : int
+        Rows of a full batch (at most the dataset's rows).
+    micro_batch_size : None, "auto" or int
+    precision : Precision
+    min_rows : int
+        Smallest usable piece (2 with batch norm).
+
+    Raises
+    ------
+    ShapeError
+        Micro-batches smaller than ``min_rows``.
+    DeviceMemoryError
+        A step of the requested size does not fit (message: the estimate and the
+        ``micro_batch_size`` that would fit); with ``"auto"``, not even ``min_rows`` rows.
+    """
+    if isinstance(micro_batch_size, int) and micro_batch_size < min_rows < batch_size:
+        raise ShapeError(
+            f"fit: micro_batch_size={micro_batch_size} gives {micro_batch_size}-row "
+            f"micro-batches, which the model's BatchNorm cannot normalize in training (it "
+            f"needs at least {min_rows} rows); use micro_batch_size >= {min_rows}")
+    free = _summary.free_device_bytes(model.backend)
+    if free is not None:
+        free += held_bytes(model)  # the estimate counts them, but they already exist
+    if micro_batch_size == "auto":
+        if free is None or _describable(model) is False:
+            return None
+        budget = int(free * AUTO_HEADROOM)
+        best = _largest_fitting(model, optimizer, precision, batch_size, budget)
+        if best < min_rows:
+            _summary.check_fits(model, min_rows, optimizer, precision, budget)
+        return None if best >= batch_size else best
+    rows = batch_size if micro_batch_size is None else min(micro_batch_size, batch_size)
+    if free is not None and _describable(model):
+        _summary.check_fits(model, rows, optimizer, precision, free)
+    return None if micro_batch_size is None or micro_batch_size >= batch_size \
+        else micro_batch_size
+
+
+def held_bytes(model):
+    """Bytes the model's parameters, gradients and optimizer state already occupy.
+
+    :func:`~dualnn.summary.estimate_memory` counts them in a step's peak, but they are
+    allocated before training starts, so they are not part of the free memory to find.
+    """
+    total = 0
+    for p in model.parameters():
+        total += p.data.nbytes + getattr(p.grad, "nbytes", 0)
+        total += sum(getattr(v, "nbytes", 0) for v in getattr(p, "state", {}).values())
+    return int(total)
+
+
+def _describable(model):
+    try:
+        _summary.estimate_memory(model, 1)
+    except (ConfigurationError, AttributeError, TypeError):
+        return False  # a model summary() cannot walk: nothing to check against
+    return True
+
+
+def _largest_fitting(model, optimizer, precision, batch_size, budget):
+    """Largest ``m <= batch_size`` whose estimate fits ``budget`` (0 if none)."""
+    lo, hi = 0, batch_size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _summary.estimate_memory(model, mid, optimizer, precision) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def micro_slices(n, micro, min_rows=1):
+    """``[(start, stop), ...]`` covering ``n`` rows in pieces of ``micro`` rows.
+
+    A last piece shorter than ``min_rows`` joins the one before it.
+    """
+    if micro is None or micro >= n:
+        return [(0, n)]
+    bounds = [(s, min(s + micro, n)) for s in range(0, n, micro)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_rows:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def layer_label(model, prefix):
+    """``"2 (Linear)"`` for the parameter-name prefix ``"2"`` of a Sequential."""
+    if prefix is None:
+        return None
+    layer = model
+    try:
+        for part in str(prefix).split("."):
+            layer = layer.children()[int(part)]
+    except (ValueError, IndexError):
+        return str(prefix)
+    return f"{prefix} ({type(layer).__name__})"
+
+
+def first_nonfinite_output(model, x):
+    """Label of the first layer whose (evaluation-mode) output is not finite, or None."""
+    backend = model.backend
+    try:
+        with np.errstate(all="ignore"):
+            for index, layer in enumerate(model.children()):
+                x = layer.forward(x, training=False)
+                if not backend.all_finite(x):
+                    return f"{index} ({type(layer).__name__})"
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        return None
+    return None
+
+
+class StepResult:
+    """What one step left for the loop's bookkeeping.
+
+    Attributes
+    ----------
+    value : float or None
+        The batch's loss on the host (guarded steps), else None.
+    term : device scalar
+        The batch loss times its weight (rows for a mean loss), for device-side sums.
+    hits : device scalar or None
+        Correct predictions (classification).
+    stepped : bool
+        False when the loss scaler skipped the update (a non-finite scaled gradient).
+    """
+
+    __slots__ = ("hits", "stepped", "term", "value")
+
+    def __init__(self, value, term, hits, stepped):
+        self.value, self.term, self.hits, self.stepped = value, term, hits, stepped
+
+
+class StepRunner:
+    """Forward, backward and the optimizer update of one batch (see the module notes).
+
+    Parameters
+    ----------
+    model, loss_fn, optimizer
+    dtype : str
+        The model's dtype (host batches are cast to it on the device).
+    labels : bool
+        ``y`` holds integer labels.
+    micro_batch_size : int or None
+    min_rows : int
+        Smallest piece (2 with batch norm).
+    guard_each_step : bool
+        Read the loss every micro-batch and check gradients in ``optimizer.step``.
+    precision_runner : PrecisionRunner or None
+        16-bit storage between layers (mixed precision), else the model's own passes.
+    scaler : LossScaler or None
+    before_step : callable or None
+        Called right before each optimizer step (fit runs the callbacks'
+        ``on_step_begin`` there, so per-step schedules set the rate of the coming update).
+    """
+
+    def __init__(self, model, loss_fn, optimizer, dtype, labels, micro_batch_size, min_rows,
+                 guard_each_step, precision_runner=None, scaler=None, before_step=None):
+        self.model = model
+        self.backend = model.backend
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.dtype = dtype
+        self.labels = labels
+        self.micro = micro_batch_size
+        self.min_rows = min_rows
+        self.guard = guard_each_step
+        self.precision = precision_runner
+        self.scaler = scaler
+        self.before_step = before_step
+        self.per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
+        self.classify = None
+        from .loop import backward_without_input_grad  # loop imports this module
+
+        self._backward = backward_without_input_grad
+
+    def run(self, xb, yb, epoch, step, restore):
+        """Train on the host batch ``(xb, yb)``; returns a :class:`StepResult`.
+
+        ``restore()`` puts batch norm's running statistics back (called before the
+        diagnostic forward of a non-finite loss). Raises :class:`NonFiniteError` with
+        ``epoch`` and ``step`` in the message.
+        """
+        backend, xp = self.backend, self.backend.xp
+        nb = len(xb)
+        value = 0.0 if self.guard else None
+        term = hits = None
+        for start, stop in micro_slices(nb, self.micro, self.min_rows):
+            xd = backend.asarray(xb[start:stop], self.dtype)
+            yd = to_device(backend, yb[start:stop], self.labels, self.dtype)
+            if self.precision is not None:
+                out = self.precision.forward(xd)
+            else:
+                out = self.model.forward(xd, training=True)
+            loss = self.loss_fn.forward(out, yd)
+            share = (stop - start) / nb if self.per_sample else 1.0
+            if self.guard:
+                piece = backend.item(loss)
+                if not math.isfinite(piece):
+                    restore()
+                    layer = first_nonfinite_output(self.model, xd)
+                    where = f"; first non-finite output: layer {layer}" if layer else ""
+                    raise NonFiniteError(
+                        f"non-finite loss ({piece}) at epoch {epoch}, step {step}{where}; "
+                        "training stopped before backward, the model keeps the weights of "
+                        "the last good step. Lower the learning rate, check the data, or "
+                        "clip gradients (clip_grad_norm=...)",
+                        epoch=epoch, step=step, layer=layer)
+                value += piece * share
+            else:
+                weighted = loss * (share * (nb if self.per_sample else 1))
+                term = weighted if term is None else term + weighted
+            if self.classify is None:
+                self.classify = self.labels and len(out.shape) == 2 and out.shape[1] > 1
+            if self.classify:
+                h = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
+                hits = h if hits is None else hits + h
+            dy = self.loss_fn.backward()
+            if share != 1.0:
+                dy = dy * share
+            if self.scaler is not None:
+                dy = self.scaler.scale(dy)
+            if self.precision is not None:
+                self.precision.backward(dy)
+            else:
+                self._backward(self.model, dy)
+        stepped = self.optimizer_step(epoch, step)
+        return StepResult(value, term, hits, stepped)
+
+    def optimizer_step(self, epoch, step):
+        """THE place where fit updates the parameters: once per batch, after every
+        micro-batch's backward. Returns False when the loss scaler skipped the update
+        (schedules and step counts must not advance then)."""
+        if self.before_step is not None:
+            self.before_step()
+        try:
+            if self.scaler is None:
+                self.optimizer.step(check_finite=self.guard)
+                return True
+            self.scaler.unscale_(self.optimizer.params)  # weight decay sees true gradients
+            stepped = self.scaler.step(self.optimizer, check_finite=self.guard)
+            self.scaler.update()
+            return stepped
+        except NonFiniteError as exc:
+            label = layer_label(self.model, exc.layer)
+            raise NonFiniteError(
+                f"non-finite gradient at epoch {epoch}, step {step}, first in layer "
+                f"{label}: {exc}. The model keeps the weights of the last good step",
+                epoch=epoch, step=step, layer=label) from None
+        finally:
+            if self.scaler is not None and self.scaler._unscaled:
+                self.scaler._reset_step()  # a failed step must not leave it half done
+
+
+__all__ = ["AUTO_HEADROOM", "StepResult", "StepRunner",
+           "check_micro_batch_size", "held_bytes", "micro_slices", "resolve_micro_batch"]

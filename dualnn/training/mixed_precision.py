@@ -1,0 +1,122 @@
+"""Mixed precision inside :func:`dualnn.fit`: 16-bit activations and gradients.
+
+``fit(..., precision="mixed_float16" | "mixed_bfloat16")`` keeps the master parameters,
+their gradients, the optimizer state and batch norm's statistics and gamma/beta in
+float32, and stores every activation passed between layers (the input batch included)
+and every gradient passed back between layers (the loss gradient included) in 16 bits.
+
+On a device that computes in float32 (the CPU), "stored in 16 bits" is simulated
+exactly: each such array is rounded to the nearest float16 / bfloat16 value
+(``backend.round_to_precision``) and the layers compute in float32 on the rounded values.
+The numerics are those of 16-bit storage; the speed is not (the rounding is extra work),
+so fit warns once with :class:`~dualnn.precision.PerformanceWarning`.
+
+``mixed_float16`` needs loss scaling (float16 flushes gradients below ~6e-8 to zero and
+overflows above 65504); fit uses a :class:`~dualnn.precision.LossScaler`: the loss
+gradient is multiplied by the scale before it is rounded, the parameter gradients are
+unscaled before the optimizer (so weight decay and clipping see true gradients), and a
+step with a non-finite gradient is skipped and the scale halved.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from ..errors import ConfigurationError
+from ..precision import LossScaler, PerformanceWarning, Precision
+
+_warned = set()
+
+
+def resolve_precision(precision, model, dtype, loss_scaler=None):
+    """The :class:`Precision` and the :class:`LossScaler` (or ``None``) of a fit call.
+
+    Parameters
+    ----------
+    precision : str or Precision
+    model : Layer
+    dtype : str
+        The model's parameter dtype.
+    loss_scaler : LossScaler, optional
+        Used for ``mixed_float16`` instead of a new one with PyTorch's defaults.
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown precision name, a mixed precision on a model that is not float32, or
+        a ``loss_scaler`` that is not a LossScaler.
+    """
+    policy = Precision(precision)
+    if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
+        raise ConfigurationError(f"fit: loss_scaler must be a dualnn.precision.LossScaler, "
+                                 f"got {type(loss_scaler).__name__}")
+    if policy.name == "float32":
+        return policy, None
+    if dtype != "float32":
+        raise ConfigurationError(
+            f"fit: precision={policy.name!r} keeps float32 master weights, so the model "
+            f"must be float32; it is {dtype}")
+    device = model.backend.device
+    if device == "cpu" and policy.name not in _warned:
+        _warned.add(policy.name)
+        warnings.warn(
+            f"precision={policy.name!r} on the CPU rounds activations and gradients to "
+            f"{policy.compute_dtype} while computing in float32: same numerics as 16-bit "
+            "storage, but slower than float32 on this device", PerformanceWarning,
+            stacklevel=3)
+    if not policy.loss_scaling:
+        return policy, None
+    return policy, loss_scaler if loss_scaler is not None else LossScaler()
+
+
+class PrecisionRunner:
+    """Forward and backward of ``model`` with 16-bit storage between layers.
+
+    For a :class:`~dualnn.layers.Sequential` the rounding happens between every step of
+    its plan (a fused block, e.g. BatchNorm -> ReLU, is one step: its inside never leaves
+    the kernel); any other model is rounded at its input, output and loss gradient.
+
+    Parameters
+    ----------
+    model : Layer
+    policy : Precision
+    """
+
+    def __init__(self, model, policy):
+        from ..layers import Sequential
+
+        self.model = model
+        self.backend = model.backend
+        self.store = policy.compute_dtype
+        self.sequential = isinstance(model, Sequential)
+
+    def round(self, a):
+        """``a`` as stored: rounded to the policy's 16-bit type, float32."""
+        return self.backend.round_to_precision(a, self.store)
+
+    def forward(self, x):
+        """Training forward of ``x`` (batch, features) -> rounded output."""
+        model = self.model
+        x = self.round(x)
+        if not self.sequential:
+            return self.round(model.forward(x, training=True))
+        model.check_input(x)
+        model._input_shapes = None  # its buffers are not used on this path
+        for _, step in model.plan():
+            x = self.round(step.forward(x, True))
+        return x
+
+    def backward(self, dy):
+        """Backward of ``dy`` (the loss gradient, already scaled); no input gradient."""
+        dy = self.round(dy)
+        if not self.sequential:
+            self.model.backward(dy)
+            return
+        steps = self.model.plan()
+        for position in range(len(steps) - 1, -1, -1):
+            step = steps[position][1]
+            if position == 0:
+                kwargs = {"input_grad": False} if "input_grad" in step.backward_options else {}
+                step.backward(dy, **kwargs)
+                return
+            dy = self.round(step.backward(dy))
