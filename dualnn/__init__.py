@@ -37,7 +37,7 @@ __all__ += ["callbacks", "data", "datasets", "distributed", "evaluate", "fit", "
             "predict", "save", "training"]
 
 from .precision import LossScaler  # noqa: E402
-from .summary import estimate_memory, summary  # noqa: E402  (the function, not the module)
+from .memory import estimate_memory, summary  # noqa: E402
 __all__ += ["estimate_memory", "LossScaler", "summary"]
 from .export import export_onnx  # noqa: E402  (onnx itself is imported only when called)
 __all__ += ["export_onnx"]

@@ -81,9 +81,9 @@ def test_import_is_light():
 # Lowest first; a module may import its own level or below, never above (docs/layout.md).
 # ``dualnn.kernels`` sits below all of them and never imports dualnn.
 LEVELS = [
-    {"errors", "_threads"},
+    {"errors", "_threads", "collectives"},
     {"backend", "device"},
-    {"parameter", "init", "layers", "losses", "optim", "gradcheck", "precision", "summary"},
+    {"parameter", "init", "layers", "losses", "optim", "gradcheck", "precision", "memory"},
     {"data", "datasets", "training", "distributed", "interop", "plotting"},
     {"sklearn", "export", "cli", "benchmarks", "experiments", "callbacks", "checkpoint",
      "train", "bench"},

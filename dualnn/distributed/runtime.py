@@ -73,7 +73,18 @@ def init(timeout=None, *, device=None):
         _state = _State(comm, local_rank_, local_size, chosen, nccl)
         _install_excepthook(_state)
         _write_rank_map(comm)
+        _provide_collectives()
         return rank(), size(), local_rank()
+
+
+def _provide_collectives():
+    """Let layers (a synchronized BatchNorm) reach this job's collectives through
+    :mod:`dualnn.collectives` (they sit below this package and never import it)."""
+    import dualnn.distributed as provider
+
+    from .. import collectives
+
+    collectives.install(provider)
 
 
 def _choose_device(device, local_rank_):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import collectives
 from ..errors import ConfigurationError, ShapeError
 from .base import Layer
 from .fusion import FusedBlock
@@ -216,14 +217,12 @@ class BatchNorm(Layer):
 
     # ------------------------------------------------------------------ synchronized
     def _forward_sync(self, x, relu, out):
-        from .. import distributed
-
         xp = self.xp
         n = x.shape[0]
         mean = xp.mean(x, axis=0)
         centered = x - mean
         m2 = xp.sum(centered * centered, axis=0)
-        total, mean, m2 = distributed.sync_batchnorm_stats(n, mean, m2)
+        total, mean, m2 = collectives.sync_moments(n, mean, m2)
         total = float(total)
         invstd = 1 / xp.sqrt(m2 / total + self.eps)
         y = (x - mean) * (invstd * self.gamma.data) + self.beta.data
@@ -240,8 +239,6 @@ class BatchNorm(Layer):
         return y
 
     def _backward_sync(self, dy, out):
-        from .. import distributed
-
         xp = self.xp
         c = self.num_features
         xhat = (self._x - self._mean) * self._invstd
@@ -253,7 +250,7 @@ class BatchNorm(Layer):
         self.gamma.grad += dgamma  # this rank's share; the optimizer averages over ranks
         self.beta.grad += dbeta
         buf = xp.concat([dbeta, dgamma])
-        distributed.allreduce_(buf, "sum")
+        collectives.allreduce_sum_(buf)
         total = self._synced
         dx = (self.gamma.data * self._invstd / total) * (
             total * dy - buf[:c] - xhat * buf[c:])
@@ -265,9 +262,7 @@ class BatchNorm(Layer):
 
 def _distributed_size():
     """Ranks of the running job (1 before :func:`dualnn.distributed.init`)."""
-    from .. import distributed
-
-    return distributed.size() if distributed.is_initialized() else 1
+    return collectives.size()
 
 
 class BatchNormReLU(FusedBlock):

@@ -14,7 +14,7 @@ ghost batches of ``m`` rows) and moves its running statistics once per micro-bat
 last piece of one row, which batch norm cannot normalize, joins the piece before it.
 
 :func:`resolve_micro_batch` checks, before anything changes, that one micro-batch fits in
-the device's free memory (:func:`dualnn.summary.free_device_bytes`) and resolves
+the device's free memory (:func:`dualnn.memory.free_device_bytes`) and resolves
 ``micro_batch_size="auto"`` to the largest piece that does. The free memory counted is the
 device's free bytes plus what the parameters, gradients and optimizer state already hold
 (:func:`held_bytes`), since the estimate includes them.
@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from .. import summary as _summary
+from .. import memory as _summary
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from .checks import to_device
 
@@ -93,7 +93,7 @@ def resolve_micro_batch(model, optimizer, batch_size, micro_batch_size, precisio
 def held_bytes(model):
     """Bytes the model's parameters, gradients and optimizer state already occupy.
 
-    :func:`~dualnn.summary.estimate_memory` counts them in a step's peak, but they are
+    :func:`~dualnn.memory.estimate_memory` counts them in a step's peak, but they are
     allocated before training starts, so they are not part of the free memory to find.
     """
     total = 0

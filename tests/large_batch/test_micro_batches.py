@@ -8,7 +8,7 @@ import pytest
 
 import dualnn as dn
 from dualnn import layers as L
-from dualnn import summary
+from dualnn import memory as summary
 from dualnn.errors import ConfigurationError, DeviceMemoryError, ShapeError
 from dualnn.training import accumulate
 

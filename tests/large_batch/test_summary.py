@@ -10,7 +10,7 @@ import pytest
 
 import dualnn as dn
 from dualnn.errors import ConfigurationError, DeviceMemoryError, DualnnError
-from dualnn.summary import check_fits, estimate_memory, summary
+from dualnn.memory import check_fits, estimate_memory, summary
 
 TOLERANCE = 0.15
 """Estimate vs tracemalloc peak of a first training step on the NumPy backend."""
