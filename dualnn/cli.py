@@ -688,7 +688,7 @@ def main(argv=None):
     out, err = sys.stdout, sys.stderr
     if argv[:1] == ["bench"] and any(a == "--workers" or a.startswith("--workers=")
                                      for a in argv):
-        from dualnn.distributed.bench import main as distributed_bench_main
+        from dualnn.benchmarks.distributed import main as distributed_bench_main
         distributed_bench_main(argv[1:])
         return 0
     large_batch = argv[:1] == ["bench"] and "--large-batch" in argv

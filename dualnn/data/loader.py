@@ -102,6 +102,16 @@ def check_finite_rows(a, what="X", dtype=None):
                                       f"{where}: {how})")
 
 
+def batch_sizes(n, batch_size, drop_last=False, min_batch_size=1):
+    """Sizes of the batches an epoch of ``n`` rows yields, in order: full batches, then
+    the rest unless ``drop_last`` or it is smaller than ``min_batch_size``."""
+    full, rest = divmod(n, batch_size)
+    sizes = [batch_size] * full
+    if rest and not drop_last and rest >= min_batch_size:
+        sizes.append(rest)
+    return sizes
+
+
 class DataLoader:
     """Iterate over ``(X_batch, y_batch)`` pairs of host NumPy arrays.
 
@@ -167,11 +177,7 @@ class DataLoader:
     # ------------------------------------------------------------------ sizes
     def batch_sizes(self):
         """Sizes of the batches one epoch yields, in order."""
-        full, rest = divmod(self.n, self.batch_size)
-        sizes = [self.batch_size] * full
-        if rest and not self.drop_last and rest >= self.min_batch_size:
-            sizes.append(rest)
-        return sizes
+        return batch_sizes(self.n, self.batch_size, self.drop_last, self.min_batch_size)
 
     def __len__(self):
         return len(self.batch_sizes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.loader import batch_sizes
 from .sharding import shard_indices
 
 
@@ -43,11 +44,7 @@ class ShardedLoader:
     def batch_sizes(self):
         """Sizes of this rank's batches in one epoch (the same on every rank)."""
         loader = self.loader
-        full, rest = divmod(self.n, loader.batch_size)
-        sizes = [loader.batch_size] * full
-        if rest and not loader.drop_last and rest >= loader.min_batch_size:
-            sizes.append(rest)
-        return sizes
+        return batch_sizes(self.n, loader.batch_size, loader.drop_last, loader.min_batch_size)
 
     def __len__(self):
         return len(self.batch_sizes())

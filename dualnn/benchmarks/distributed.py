@@ -1,6 +1,6 @@
 """Measure data-parallel training: all-reduce bandwidth and step throughput.
 
-``python -m dualnn.distributed.bench`` starts its own jobs and prints two tables:
+``python -m dualnn.benchmarks.distributed`` starts its own jobs and prints two tables:
 
 1. all-reduce of a float32 buffer between 2 ranks, by message size: the time of one
    in-place reduction through :class:`MPICommunicator` (with the collective timeout, i.e.
@@ -24,6 +24,8 @@ import statistics
 import sys
 import time
 
+from .timing import time_calls
+
 SIZES = (784, 1024, 1024, 1024, 10)
 MESSAGE_BYTES = tuple(4 ** k * 1024 for k in range(8))  # 1 KiB .. 16 MiB
 
@@ -35,14 +37,7 @@ def _threads_env(n):
 
 
 def _median_time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, repeats, warmup))
 
 
 # ------------------------------------------------------------------ workers (one rank each)
@@ -113,17 +108,17 @@ def worker_step(distributed, global_batch, steps):
 
 # ------------------------------------------------------------------ driver
 def _run_job(args, n, threads, timeout):
-    from .launch import run
+    from ..distributed.launch import run
 
     if n > 1:
-        job = run(["-m", "dualnn.distributed.bench", *args], n=n, timeout=timeout,
+        job = run(["-m", "dualnn.benchmarks.distributed", *args], n=n, timeout=timeout,
                   env=_threads_env(threads))
     else:
         import os
         import subprocess
         env = dict(os.environ, **_threads_env(threads))
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "dualnn.distributed.bench", *args],
+        proc = subprocess.run([sys.executable, "-m", "dualnn.benchmarks.distributed", *args],
                               capture_output=True, text=True, env=env, timeout=timeout,
                               check=False)
         job = type("Job", (), {"returncode": proc.returncode, "stdout": proc.stdout,
@@ -146,7 +141,7 @@ def report_allreduce(result, out=print):
 
 
 def main(argv=None, out=print):
-    parser = argparse.ArgumentParser(prog="python -m dualnn.distributed.bench",
+    parser = argparse.ArgumentParser(prog="python -m dualnn.benchmarks.distributed",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
     parser.add_argument("--batch", type=int, default=512, help="global batch")
