@@ -281,3 +281,55 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
         assert sorted(set(os.listdir(tmp_path)) - set(temps)) == ["big.npz", "saver.py"]
     assert epochs_seen == sorted(epochs_seen)
     assert killed_mid_write >= 1                  # the kills did land inside a save
+
+
+KILLED_FIT = textwrap.dedent("""
+    import os, signal, sys
+    import dualnn as dn
+    from tests.train.test_checkpoint import _build, _train_with
+
+    class KillDuringThirdEpoch(dn.callbacks.Callback):
+        def on_step_begin(self, run, step):
+            if run.epoch == 3 and run.step >= 2:
+                os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no atexit, no flush
+
+    dn.seed(7)
+    model, opt = _build()
+    _train_with(model, opt, 3, [dn.callbacks.ModelCheckpoint(sys.argv[1]),
+                                KillDuringThirdEpoch()])
+    print("not killed")
+""")
+
+
+def _train_with(model, opt, epochs, extra_callbacks=()):
+    data = digits()
+    return dn.fit(model, LOSS, opt, data.X_train, data.y_train, epochs=epochs, batch_size=50,
+                  progress=False, input_noise=0.05,
+                  callbacks=[dn.callbacks.StepLR(step_size=1, gamma=0.5), *extra_callbacks])
+
+
+def test_sigkill_during_fit_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A run killed mid-epoch leaves the last epoch's checkpoint; loading it and training
+    the remaining epochs gives the uninterrupted run's weights and optimizer state."""
+    path = tmp_path / "ck.npz"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", KILLED_FIT, str(path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert "not killed" not in proc.stdout
+
+    dn.seed(7)
+    model, opt = _build()
+    _train_with(model, opt, 3)
+    straight, straight_opt = model.state_dict(), opt.state_dict()
+
+    dn.seed(12345)  # the checkpoint, not this seed, decides what happens next
+    ck = dn.load(path)
+    assert ck.epoch == 2
+    history = _train_with(ck.model, ck.optimizer, 1)
+    assert history.epoch == [3]
+    assert states_equal(straight, ck.model.state_dict())
+    resumed = ck.optimizer.state_dict()["state"]
+    for index, entry in straight_opt["state"].items():
+        for key, value in entry.items():
+            assert np.array_equal(np.asarray(value), np.asarray(resumed[index][key]))
