@@ -156,6 +156,67 @@ class ArrayAPIBackend:
         """A Python float from a 0-d or one-element array."""
         return float(self.to_host(a).reshape(()))
 
+    # ------------------------------------------------------------------ device-side checks
+    # These keep a check's result on the device (no host read) or read it once for many
+    # arrays; the GPU backend overrides them with allocation-free versions.
+    def scratch(self, tag, shape, dtype):
+        """A buffer for ``tag`` of ``shape``/``dtype``, reused by later calls (contents undefined)."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        key = (tag, tuple(shape), dtype_name(dtype))
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = self.empty(tuple(shape), dtype)
+        return buf
+
+    def update_label_range(self, labels, bounds):
+        """Widen ``bounds`` to cover ``labels``, on the device (no host read).
+
+        Parameters
+        ----------
+        labels : int array (n,), n >= 1
+        bounds : int64 array (2,)
+            Running ``[min, max]`` of every label seen; updated in place.
+        """
+        xp = self.xp
+        low = xp.astype(xp.min(labels), bounds.dtype)
+        high = xp.astype(xp.max(labels), bounds.dtype)
+        bounds[0:1] = xp.minimum(bounds[0:1], xp.reshape(low, (1,)))
+        bounds[1:2] = xp.maximum(bounds[1:2], xp.reshape(high, (1,)))
+        return bounds
+
+    def nonfinite_index(self, arrays):
+        """Position of the first array in ``arrays`` holding a NaN or inf, or -1.
+
+        Reads the finiteness of all of them back to the host at once (one sync on a GPU).
+        """
+        for i, a in enumerate(arrays):
+            if not self.all_finite(a):
+                return i
+        return -1
+
+    def sum_of_squares(self, arrays, out):
+        """Write ``sum_a sum(a * a)`` over all ``arrays`` into the 0-d ``out`` (no host read)."""
+        xp = self.xp
+        total = None
+        for a in arrays:
+            part = xp.astype(xp.sum(a * a), out.dtype)
+            total = part if total is None else total + part
+        out[...] = total if total is not None else xp.zeros((), dtype=out.dtype)
+        return out
+
+    def clip_factor(self, total, max_norm, eps):
+        """In place: ``total`` (a 0-d sum of squares) becomes ``min(1, max_norm / (sqrt(total)
+        + eps))``, the gradient-clipping factor, on the device."""
+        xp = self.xp
+        total[...] = xp.minimum(max_norm / (xp.sqrt(total) + eps),
+                                xp.ones((), dtype=total.dtype))
+        return total
+
+    def scale_into(self, a, factor, out):
+        """``out = a * factor`` (``factor`` a scalar or 0-d array), in place; returns ``out``."""
+        out[...] = a * factor
+        return out
+
     # ------------------------------------------------------------------ randomness
     def seed(self, seed):
         """Seed this backend's generator."""

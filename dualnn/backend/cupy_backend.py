@@ -67,6 +67,52 @@ class CudaKernelOps(FusedDispatch):
     def _new(self, shape, dtype):
         return self.xp.empty(tuple(shape), dtype=self.dtype(dtype))
 
+    # -- device-side checks: out= into reused buffers, so a step allocates nothing
+    def update_label_range(self, labels, bounds):
+        xp = self.xp
+        seen = self.scratch("label_range", (2,), bounds.dtype)
+        xp.min(labels, axis=0, keepdims=True, out=seen[0:1])
+        xp.max(labels, axis=0, keepdims=True, out=seen[1:2])
+        xp.minimum(bounds[0:1], seen[0:1], out=bounds[0:1])
+        xp.maximum(bounds[1:2], seen[1:2], out=bounds[1:2])
+        return bounds
+
+    def nonfinite_index(self, arrays):
+        xp = self.xp
+        flags = self.scratch("finite_flags", (len(arrays),), "bool")
+        for i, a in enumerate(arrays):
+            ok = self.scratch("finite", (int(a.size),), "bool")
+            xp.isfinite(a.reshape(-1), out=ok)
+            xp.all(ok, axis=0, keepdims=True, out=flags[i:i + 1])
+        host = self.to_host(flags)  # the one read
+        bad = np.flatnonzero(~host)
+        return int(bad[0]) if bad.size else -1
+
+    def sum_of_squares(self, arrays, out):
+        xp = self.xp
+        arrays = list(arrays)
+        dtype = _dtype_str(out)
+        parts = self.scratch("sum_of_squares", (max(len(arrays), 1),), dtype)
+        parts[...] = 0
+        for i, a in enumerate(arrays):
+            square = self.scratch("square", (int(a.size),), _dtype_str(a))
+            flat = a.reshape(-1)
+            xp.multiply(flat, flat, out=square)
+            xp.sum(square, axis=0, keepdims=True, out=parts[i:i + 1])
+        xp.sum(parts, out=out)
+        return out
+
+    def clip_factor(self, total, max_norm, eps):
+        xp = self.xp
+        xp.sqrt(total, out=total)
+        xp.add(total, eps, out=total)
+        xp.divide(max_norm, total, out=total)
+        xp.minimum(total, 1.0, out=total)
+        return total
+
+    def scale_into(self, a, factor, out):
+        return self.xp.multiply(a, factor, out=out)
+
     # -- activations
     def activation_forward(self, kind, z, alpha=0.0, out=None):
         dtype = self._kernel_takes([(z, None)], [(out, z.shape)])

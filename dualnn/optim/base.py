@@ -124,9 +124,9 @@ class Optimizer:
         (installs a :class:`~dualnn.optim.hooks.MaxNorm` hook).
     clip_grad_norm : float or None, keyword-only
         Before the update, scale all gradients together so their global L2 norm is at
-        most this (as :func:`torch.nn.utils.clip_grad_norm_`). Costs one host read per
-        parameter per step (installs a :class:`~dualnn.optim.hooks.GradientClipping`
-        hook).
+        most this (as :func:`torch.nn.utils.clip_grad_norm_`). One host read per step
+        on the CPU, none on a GPU (the factor stays on the device; installs a
+        :class:`~dualnn.optim.hooks.GradientClipping` hook).
 
     Attributes
     ----------
@@ -328,8 +328,8 @@ class Optimizer:
         Parameters
         ----------
         check_finite : bool
-            First check that every gradient is finite (one host read per parameter);
-            if one is not, raise before anything changes.
+            First check that every gradient is finite (all checked on the device, one
+            host read per step); if one is not, raise before anything changes.
 
         Raises
         ------
@@ -339,12 +339,13 @@ class Optimizer:
             left unchanged.
         """
         if check_finite:
-            for p in self.params:
-                if not p.backend.all_finite(p.grad):
-                    raise NonFiniteError(
-                        f"{type(self).__name__}: non-finite gradient of {p.name} "
-                        f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
-                        "were not updated", layer=_layer_of(p.name))
+            bad = self.first_nonfinite()
+            if bad >= 0:
+                p = self.params[bad]
+                raise NonFiniteError(
+                    f"{type(self).__name__}: non-finite gradient of {p.name} "
+                    f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
+                    "were not updated", layer=_layer_of(p.name))
         hooks = self.hooks
         grads = [p.grad for p in self.params]
         for hook in hooks:
@@ -355,6 +356,29 @@ class Optimizer:
             self.update(p, grad, state)
         for hook in hooks:
             hook.after_update(self)
+
+    def first_nonfinite(self, extra=()):
+        """Index of the first non-finite array among ``extra`` then the gradients, or -1.
+
+        All are checked on the device and read back together: one host read per step
+        when the parameters share a backend (as ``step(check_finite=True)`` does).
+
+        Parameters
+        ----------
+        extra : sequence of arrays
+            Checked first (``fit`` passes the loss); a gradient's index is then offset by
+            ``len(extra)``.
+        """
+        backend = self.params[0].backend
+        arrays = list(extra) + [p.grad for p in self.params]
+        if all(p.backend is backend for p in self.params) and all(
+                backend.owns(a) for a in extra):
+            return backend.nonfinite_index(arrays)
+        for i, a in enumerate(arrays):
+            owner = self.params[i - len(extra)].backend if i >= len(extra) else backend
+            if not owner.all_finite(a):
+                return i
+        return -1
 
     def update(self, p, grad, state):
         """Apply the update rule to one parameter, in place.

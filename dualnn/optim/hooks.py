@@ -51,8 +51,11 @@ class GradientClipping(OptimizerHook):
     """Scale all gradients together so their global L2 norm is at most ``max_norm``.
 
     The factor is ``min(1, max_norm / (||g||_2 + 1e-6))`` with ``||g||_2`` the norm of all
-    gradients together, as :func:`torch.nn.utils.clip_grad_norm_`. Costs one host read
-    per parameter per step. Installed by the ``clip_grad_norm=`` option.
+    gradients together, as :func:`torch.nn.utils.clip_grad_norm_`. On the CPU the norm is
+    read once per step (unclipped gradients are then used as they are); on a GPU the
+    factor never leaves the device: every gradient is multiplied by it (exactly 1 when
+    within the bound) into buffers reused from step to step, so clipping costs no host
+    read and no allocation. Installed by the ``clip_grad_norm=`` option.
     """
 
     option = "clip_grad_norm"
@@ -60,11 +63,31 @@ class GradientClipping(OptimizerHook):
     def __init__(self, max_norm):
         self.value = check_real(type(self).__name__, "max_norm", max_norm, low=0.0,
                                 low_open=True)
+        self._buffers = None
 
     def before_update(self, optimizer, grads):
-        coef = constraints.clip_coefficient(
-            constraints.global_grad_norm(optimizer.params, grads), self.value)
-        return [g * coef for g in grads] if coef < 1.0 else grads
+        params = optimizer.params
+        backend = params[0].backend
+        if backend.device == "cpu" or any(p.backend is not backend for p in params):
+            coef = constraints.clip_coefficient(
+                constraints.global_grad_norm(params, grads), self.value)
+            return [g * coef for g in grads] if coef < 1.0 else grads
+        factor, clipped = self._device_buffers(backend, grads)
+        constraints.clip_factor_on_device(backend, grads, self.value, factor)
+        return [backend.scale_into(g, factor, out) for g, out in zip(grads, clipped)]
+
+    def _device_buffers(self, backend, grads):
+        """The 0-d factor and one output per gradient, kept while shapes and device hold."""
+        layout = (backend, tuple((tuple(g.shape), str(g.dtype)) for g in grads))
+        if self._buffers is None or self._buffers[0] != layout:
+            factor = backend.zeros((), "float64" if any(str(g.dtype) == "float64"
+                                                        for g in grads) else "float32")
+            clipped = [backend.zeros_like(g) for g in grads]
+            self._buffers = (layout, factor, clipped)
+        return self._buffers[1], self._buffers[2]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(value={self.value!r})"
 
 
 class L1Penalty(OptimizerHook):

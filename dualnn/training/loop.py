@@ -25,7 +25,8 @@ Decisions users can rely on
   model holds the weights of the last good step. On a GPU the running loss stays on the
   device and is read once per log interval: the error then names the
   interval, and the weights may include the bad steps of that interval; pass
-  ``check_finite=True`` to check every step there too (one host sync per parameter).
+  ``check_finite=True`` to check every step there too (loss and gradients are checked
+  on the device and read back together: one host sync per step).
 - **Validate first, all-or-nothing steps.** Arguments are checked before any state changes
   (:func:`dualnn.training.checks.check_data`); a step that does not complete is rolled
   back, Ctrl-C stops after the current step and returns the partial :class:`History`
@@ -326,6 +327,10 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     correct_total = 0
     correct_device = None
     read_correct_on_host = backend.device == "cpu"
+    # On a device, the per-step guard checks loss and gradients there and reads one
+    # vector of flags per step; the running loss stays on the device as without guard.
+    host_guard = guard_each_step and read_correct_on_host
+    device_guard = guard_each_step and not host_guard
     seen = 0
     classify = None
     bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
@@ -345,7 +350,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                 out = model.forward(xd, training=True)
                 loss = loss_fn.forward(out, yd)
                 weight = nb if per_sample else 1
-                if guard_each_step:
+                if host_guard:
                     value = backend.item(loss)
                     if not math.isfinite(value):
                         _restore_buffers(model, snapshot)
@@ -364,8 +369,10 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                 if classify:
                     hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
                 backward_without_input_grad(model, loss_fn.backward())
+                if device_guard:
+                    _device_guard(model, optimizer, loss, snapshot, xd, epoch, step)
                 try:
-                    optimizer.step(check_finite=guard_each_step)
+                    optimizer.step(check_finite=host_guard)
                 except NonFiniteError as exc:
                     label = _layer_label(model, exc.layer)
                     raise NonFiniteError(
@@ -379,7 +386,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
             optimizer.zero_grad()
             run.step = step
             # the step is complete: only now does it count
-            if guard_each_step:
+            if host_guard:
                 loss_total += value * weight
             else:
                 loss_device = term if loss_device is None else loss_device + term
@@ -389,24 +396,31 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                 else:
                     correct_device = hits if correct_device is None else correct_device + hits
             seen += nb
-            if not guard_each_step and (step % log_interval == 0):
-                loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
+            if not host_guard and (step % log_interval == 0):
+                loss_total, correct_read = _read_totals(backend, loss_device, correct_device,
+                                                        epoch, last_read_step, step)
+                correct_total = correct_read if correct_read is not None else correct_total
                 last_read_step = step
             if bar is not None:
                 bar.update(nb)
-                if guard_each_step or step % log_interval == 0:
+                if host_guard or step % log_interval == 0:
                     elapsed = max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss_total / max(seen if per_sample else step, 1):.4f}",
                                     samples_s=f"{seen / elapsed:.0f}", refresh=False)
             _raise_if_interrupted(interrupt)
-        if not guard_each_step and loss_device is not None and last_read_step != step:
-            loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
-        backend.synchronize()
+        if not host_guard and loss_device is not None and last_read_step != step:
+            # the epoch's one read: it waits for every queued step, so no synchronize
+            loss_total, correct_read = _read_totals(backend, loss_device, correct_device,
+                                                    epoch, last_read_step, step)
+            correct_total = correct_read if correct_read is not None else correct_total
+            last_read_step = step
+        elif host_guard or loss_device is None:
+            backend.synchronize()
         elapsed = max(time.perf_counter() - started, 1e-9)
     finally:
         if bar is not None:
             bar.close()
-    if correct_device is not None:
+    if correct_device is not None and last_read_step != step:
         correct_total = int(backend.item(correct_device))
     logs = {"loss": loss_total / max(seen if per_sample else step, 1)}
     if classify:
@@ -416,9 +430,50 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     return logs
 
 
-def _read_guard(backend, loss_device, epoch, first_step, step):
-    """Read the device-side running loss (one sync) and stop on a non-finite value."""
-    value = backend.item(loss_device)
+def _device_guard(model, optimizer, loss, snapshot, xd, epoch, step):
+    """``check_finite=True`` on a device: loss and every gradient checked there, one read."""
+    bad = optimizer.first_nonfinite(extra=(loss,))
+    if bad < 0:
+        return
+    if bad == 0:
+        _restore_buffers(model, snapshot)
+        layer = _first_nonfinite_output(model, xd)
+        where = f"; first non-finite output: layer {layer}" if layer else ""
+        raise NonFiniteError(
+            f"non-finite loss at epoch {epoch}, step {step}{where}; training stopped before "
+            "the update, the model keeps the weights of the last good step. Lower the "
+            "learning rate, check the data, or clip gradients (clip_grad_norm=...)",
+            epoch=epoch, step=step, layer=layer)
+    p = optimizer.params[bad - 1]
+    label = _layer_label(model, p.name.rpartition(".")[0] or p.name)
+    raise NonFiniteError(
+        f"non-finite gradient at epoch {epoch}, step {step}, first in layer {label}: "
+        f"{type(optimizer).__name__}: non-finite gradient of {p.name} (shape {p.shape}, "
+        f"{p.dtype}); parameters and optimizer state were not updated. The model keeps the "
+        "weights of the last good step", epoch=epoch, step=step, layer=label)
+
+
+def _read_together(backend, loss_device, count_device):
+    """``(loss, count)`` of two 0-d device arrays in one host read."""
+    xp = backend.xp
+    both = backend.to_host(xp.stack([xp.astype(loss_device, xp.float64),
+                                     xp.astype(count_device, xp.float64)]))
+    return float(both[0]), int(both[1])
+
+
+def _read_totals(backend, loss_device, correct_device, epoch, first_step, step):
+    """``(running loss, correct count or None)`` read in one sync; stops on a bad loss."""
+    value = correct = None
+    if correct_device is not None:
+        value, correct = _read_together(backend, loss_device, correct_device)
+    return _read_guard(backend, loss_device, epoch, first_step, step, value=value), correct
+
+
+def _read_guard(backend, loss_device, epoch, first_step, step, value=None):
+    """Read the device-side running loss (one sync, unless ``value`` was read already)
+    and stop on a non-finite value."""
+    if value is None:
+        value = backend.item(loss_device)
     if not math.isfinite(value):
         raise NonFiniteError(
             f"non-finite loss at epoch {epoch}, between steps {first_step + 1} and {step} "
@@ -449,6 +504,10 @@ def _evaluate_checked(model, loss_fn, X, y, batch_size):
     dtype = model_dtype(model)
     labels = is_labels(y)
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
+    if getattr(loss_fn, "check_labels", False) is True:
+        # the labels were checked on the host (check_data): no per-batch device check
+        loss_fn = copy.copy(loss_fn)
+        loss_fn.check_labels = False
     loader = DataLoader(X, y, batch_size, shuffle=False)
     loss_sum = None
     correct = None
@@ -467,9 +526,13 @@ def _evaluate_checked(model, loss_fn, X, y, batch_size):
             hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
             correct = hits if correct is None else correct + hits
     n = loader.n
-    result = {"loss": backend.item(loss_sum) / (n if per_sample else steps)}
     if classify:
-        result["accuracy"] = backend.item(correct) / n
+        loss_value, hits_value = _read_together(backend, loss_sum, correct)
+    else:
+        loss_value = backend.item(loss_sum)
+    result = {"loss": loss_value / (n if per_sample else steps)}
+    if classify:
+        result["accuracy"] = hits_value / n
     return result
 
 
