@@ -70,6 +70,10 @@ class ArrayAPIBackend:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"
 
     # ------------------------------------------------------------------ arrays
+    flat_parameters = False
+    """Whether elementwise optimizers pack parameters, gradients and state into flat
+    buffers on this backend (see :class:`~dualnn.parameter.FlatParameters`)."""
+
     def dtype(self, name):
         """The namespace's dtype object for ``"float32"``/``"float64"`` (or an int name)."""
         name = dtype_name(name)

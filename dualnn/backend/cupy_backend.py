@@ -301,6 +301,7 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
         super().__init__(cupy, name="cupy", device=f"gpu:{self.device_id}")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
+        self.flat_parameters = True  # elementwise optimizers pack parameters: one launch
         self._init_kernel_ops()
         with cupy.cuda.Device(self.device_id):
             self._rng = cupy.random.default_rng()

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from ..backend.base import dtype_name
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
-from ..parameter import Parameter
+from ..parameter import FlatParameters, Parameter
 from .hooks import OPTION_HOOKS, OPTION_OFF, OptimizerHook
 from .hyperparameters import Hyperparameters, check_bool, check_real, unchecked  # noqa: F401  (check_* re-exported)
 
@@ -347,15 +347,51 @@ class Optimizer:
                     f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
                     "were not updated", layer=_layer_of(p.name))
         hooks = self.hooks
+        flat = self._flat_parameters()
         grads = [p.grad for p in self.params]
         for hook in hooks:
             grads = hook.before_update(self, grads)
-        for p, grad in zip(self.params, grads):
-            state = p.state
-            state["step"] = int(state.get("step", 0)) + 1
-            self.update(p, grad, state)
+        if flat is not None and all(g is p._grad for p, g in zip(self.params, grads)):
+            self._flat_step(flat)
+        else:
+            for p, grad in zip(self.params, grads):
+                state = p.state
+                state["step"] = int(state.get("step", 0)) + 1
+                self.update(p, grad, state)
         for hook in hooks:
             hook.after_update(self)
+
+    elementwise_update = False
+    """True when :meth:`update` is elementwise with the same hyperparameters for every
+    parameter (SGD, Adam, RMSprop...): on a backend with ``flat_parameters`` the update
+    then runs once over flat buffers holding all parameters (one launch)."""
+
+    def _flat_parameters(self):
+        """The :class:`~dualnn.parameter.FlatParameters` packing of :attr:`params`, built or
+        rebuilt as needed, or None when the update runs per parameter."""
+        params = self.params
+        backend = params[0].backend
+        if not (self.elementwise_update and getattr(backend, "flat_parameters", False)):
+            return None
+        if len({int(p.state.get("step", 0)) for p in params}) != 1:
+            return None
+        flat = self.__dict__.get("_flat")
+        if flat is None or not flat.intact(params):
+            if not FlatParameters.packable(params):
+                return None
+            flat = self._flat = FlatParameters(params)
+        if not flat.adopt_state(self.state_keys):
+            return None
+        return flat
+
+    def _flat_step(self, flat):
+        """One update of every parameter through the flat buffers."""
+        step = int(self.params[0].state.get("step", 0)) + 1
+        for p in self.params:
+            p.state["step"] = step
+        flat.state["step"] = step
+        self.update(flat.as_parameter(), flat.grad, flat.state)
+        flat.share_state(self.state_keys)
 
     def first_nonfinite(self, extra=()):
         """Index of the first non-finite array among ``extra`` then the gradients, or -1.
