@@ -197,7 +197,12 @@ class SoftmaxCrossEntropy(_LabelChecks, Loss):
             target = _check_labels(self, backend, prediction, target)
         elif not backend.owns(target):
             target = backend.asarray(target)
-        loss, grad = backend.softmax_cross_entropy(prediction, target)
+        slot = self.__dict__.get("_loss_slot")
+        if slot is not None and backend.owns(slot) and slot.dtype == prediction.dtype:
+            # a training loop that consumes each loss at once: written into one 0-d array
+            loss, grad = backend.softmax_cross_entropy(prediction, target, loss_out=slot)
+        else:
+            loss, grad = backend.softmax_cross_entropy(prediction, target)
         if self.reduction == "sum":
             n = prediction.shape[0]
             loss, grad = loss * n, grad * n

@@ -216,6 +216,37 @@ class ArrayAPIBackend:
                                 xp.ones((), dtype=total.dtype))
         return total
 
+    def free_device_bytes(self):
+        """Free memory of this backend's device in bytes, or None for host memory."""
+        return None
+
+    def copy_to_device(self, host, out):
+        """Copy the host array ``host`` into the existing device array ``out``."""
+        out[...] = self.asarray(host, dtype_name(out.dtype))
+        return out
+
+    def sum_rows_into(self, dy, out, overwrite=False):
+        """``out += dy.sum(axis=0)`` (``out = ...`` when ``overwrite``): a bias gradient."""
+        total = self.xp.sum(dy, axis=0)
+        if overwrite:
+            out[...] = total
+        else:
+            out += total
+        return out
+
+    def accumulate(self, total, value, weight=1):
+        """``total + value * weight`` for running sums on the device (``total`` None
+        starts one); the GPU backend adds in place into ``total``, allocating nothing."""
+        term = value * weight if weight != 1 else value
+        return term if total is None else total + term
+
+    def count_correct(self, scores, labels, total=None):
+        """Running count of rows whose argmax of ``scores`` (n, k) equals ``labels`` (n,),
+        as a 0-d int64 device array (``total`` None starts one); no host read."""
+        xp = self.xp
+        hits = xp.sum(xp.astype(xp.argmax(scores, axis=1) == labels, xp.int64))
+        return hits if total is None else total + hits
+
     def scale_into(self, a, factor, out):
         """``out = a * factor`` (``factor`` a scalar or 0-d array), in place; returns ``out``."""
         out[...] = a * factor
@@ -294,9 +325,13 @@ class ArrayAPIBackend:
         return self._into(out, dx), dgamma, dbeta
 
     # ------------------------------------------------------------------ losses
-    def softmax_cross_entropy(self, logits, labels):
-        """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused."""
-        return reference.softmax_cross_entropy(self.xp, logits, labels)
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
+        """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused.
+
+        ``loss_out`` is an optional 0-d array the loss is written into (and returned).
+        """
+        loss, grad = reference.softmax_cross_entropy(self.xp, logits, labels)
+        return self._into(loss_out, loss), grad
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, param, grad, momentum_buffer, **hyper):

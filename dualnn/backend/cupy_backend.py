@@ -113,6 +113,37 @@ class CudaKernelOps(FusedDispatch):
     def scale_into(self, a, factor, out):
         return self.xp.multiply(a, factor, out=out)
 
+    def sum_rows_into(self, dy, out, overwrite=False):
+        xp = self.xp
+        if overwrite:
+            return xp.sum(dy, axis=0, out=out)
+        rows = self.scratch("sum_rows", out.shape, _dtype_str(out))
+        xp.sum(dy, axis=0, out=rows)
+        return xp.add(out, rows, out=out)
+
+    def accumulate(self, total, value, weight=1):
+        xp = self.xp
+        if total is None:  # the running total: allocated once per epoch
+            total = xp.zeros((), dtype=value.dtype)
+        if weight != 1:
+            term = self.scratch("accumulate", (), _dtype_str(value))
+            xp.multiply(value, weight, out=term)
+            value = term
+        return xp.add(total, value, out=total)
+
+    def count_correct(self, scores, labels, total=None):
+        xp = self.xp
+        n = scores.shape[0]
+        if total is None:
+            total = xp.zeros((), dtype=xp.int64)
+        predicted = self.scratch("count_correct_argmax", (n,), "int64")
+        hit = self.scratch("count_correct_hit", (n,), "bool")
+        hits = self.scratch("count_correct_sum", (), "int64")
+        xp.argmax(scores, axis=1, out=predicted)
+        xp.equal(predicted, labels, out=hit)
+        xp.sum(hit, dtype=xp.int64, out=hits)
+        return xp.add(total, hits, out=total)
+
     # -- activations
     def activation_forward(self, kind, z, alpha=0.0, out=None):
         dtype = self._kernel_takes([(z, None)], [(out, z.shape)])
@@ -197,19 +228,21 @@ class CudaKernelOps(FusedDispatch):
                                         dgamma=dgamma, dbeta=dbeta, scratch=scratch)
 
     # -- losses
-    def softmax_cross_entropy(self, logits, labels):
-        dtype = self._kernel_takes([(logits, None)])
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
+        dtype = self._kernel_takes([(logits, None)], [(loss_out, ())])
         if (dtype is None or logits.ndim != 2 or 0 in logits.shape
                 or not self.owns(labels) or _dtype_str(labels) not in LABEL_DTYPES
                 or tuple(labels.shape) != (logits.shape[0],)
                 or not labels.flags.c_contiguous):
-            return super().softmax_cross_entropy(logits, labels)
+            loss, grad = super().softmax_cross_entropy(logits, labels)
+            return self._into(loss_out, loss), grad
         k = self.kernels
         shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], dtype)
         with self._launch_scope():
+            # dL/dlogits is consumed by the next backward: reused from step to step
             return k.softmax_cross_entropy(
-                logits, labels, loss=self._new((), dtype),
-                dlogits=self._new(logits.shape, dtype),
+                logits, labels, loss=self._new((), dtype) if loss_out is None else loss_out,
+                dlogits=self.scratch("dlogits", logits.shape, dtype),
                 row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
     # -- optimizer updates
@@ -336,6 +369,17 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
 
     def synchronize(self):
         self.cupy.cuda.Device(self.device_id).synchronize()
+
+    def free_device_bytes(self):
+        with self.cupy.cuda.Device(self.device_id):
+            free, _ = self.cupy.cuda.runtime.memGetInfo()
+            pool = self.cupy.get_default_memory_pool()
+            return int(free) + int(pool.total_bytes()) - int(pool.used_bytes())
+
+    def copy_to_device(self, host, out):
+        with self.cupy.cuda.Device(self.device_id):
+            out.set(np.ascontiguousarray(host, dtype=_dtype_str(out)))
+        return out
 
     def seed(self, seed):
         super().seed(seed)

@@ -52,6 +52,7 @@ from .checks import (
     output_classes,
     to_device,
 )
+from .feeder import feed, output_slot, reuse_loss_slot
 from .history import History, TrainingRun
 from .interrupt import DeferredInterrupt
 from .progress import make_bar, progress_enabled, write_line
@@ -223,6 +224,8 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
             and getattr(loss_fn, "check_labels", False) is True):
         train_loss = copy.copy(loss_fn)
         train_loss.check_labels = False
+    if not cpu:
+        train_loss = reuse_loss_slot(train_loss, backend, dtype)
     return _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, labels,
                        guard_each_step, log_interval, show, callbacks,
                        validation_data, X_val if validation_data is not None else None,
@@ -266,6 +269,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
     with DeferredInterrupt() as interrupt:
         try:
             optimizer.zero_grad()
+            feeder = feed(model.backend, loader, dtype, labels) if epochs else None
             callbacks.on_train_begin(run)
             for epoch in range(start + 1, start + int(epochs) + 1):
                 run.epoch = epoch
@@ -274,7 +278,7 @@ def _fit_epochs(model, loss_fn, train_loss, optimizer, loader, epochs, dtype, la
                 logs = {"lr": optimizer.lr}
                 logs.update(_train_epoch(model, train_loss, optimizer, loader, epoch, dtype,
                                          labels, guard_each_step, log_interval, show, run,
-                                         interrupt))
+                                         interrupt, feeder))
                 model.epochs_trained = epoch
                 if validation_data is not None:
                     scores = _evaluate_checked(model, loss_fn, X_val, y_val,
@@ -318,7 +322,7 @@ def _raise_if_interrupted(interrupt):
 
 
 def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_each_step,
-                 log_interval, show, run, interrupt):
+                 log_interval, show, run, interrupt, feeder=None):
     backend = model.backend
     xp = backend.xp
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
@@ -338,16 +342,13 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
     step = 0
     last_read_step = 0
     try:
-        for xb, yb in loader:
+        for xd, yd, nb in (feeder if feeder is not None else feed(backend, loader, dtype, labels)):
             step += 1
-            nb = len(xb)
             # Batch norm's running statistics move in the training forward: copied here
             # (a few small arrays, no host sync), put back if the step does not complete.
             snapshot = _snapshot_buffers(model)
             try:
-                xd = backend.asarray(xb, dtype)
-                yd = to_device(backend, yb, labels, dtype)
-                out = model.forward(xd, training=True)
+                out = model.forward(xd, training=True, **output_slot(model, xd))
                 loss = loss_fn.forward(out, yd)
                 weight = nb if per_sample else 1
                 if host_guard:
@@ -362,11 +363,9 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
                             "of the last good step. Lower the learning rate, check the data, "
                             "or clip gradients (clip_grad_norm=...)",
                             epoch=epoch, step=step, layer=layer)
-                else:
-                    term = loss * weight
                 if classify is None:
                     classify = labels and len(out.shape) == 2 and out.shape[1] > 1
-                if classify:
+                if classify and read_correct_on_host:
                     hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
                 backward_without_input_grad(model, loss_fn.backward())
                 if device_guard:
@@ -389,12 +388,12 @@ def _train_epoch(model, loss_fn, optimizer, loader, epoch, dtype, labels, guard_
             if host_guard:
                 loss_total += value * weight
             else:
-                loss_device = term if loss_device is None else loss_device + term
+                loss_device = backend.accumulate(loss_device, loss, weight)
             if classify:
                 if read_correct_on_host:
                     correct_total += int(hits)
                 else:
-                    correct_device = hits if correct_device is None else correct_device + hits
+                    correct_device = backend.count_correct(out, yd, correct_device)
             seen += nb
             if not host_guard and (step % log_interval == 0):
                 loss_total, correct_read = _read_totals(backend, loss_device, correct_device,
