@@ -19,6 +19,7 @@ Two ways, chosen per ``fit`` call:
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 
@@ -49,7 +50,8 @@ def feed(backend, loader, dtype, labels, resident=None):
     Returns
     -------
     ResidentFeeder or StreamedFeeder
-        Iterating yields ``(xd, yd, rows)`` per batch, in the loader's order.
+        Iterating yields ``(xd, yd, rows)`` per batch, in the loader's order. A resident
+        batch lives in a reused slot: it is valid until the next batch is drawn.
     """
     if resident is None:
         resident = _fits(backend, loader, dtype)
@@ -189,7 +191,8 @@ def reuse_loss_slot(loss_fn, backend, dtype):
 
     from ..losses import SoftmaxCrossEntropy
 
-    if type(loss_fn) is not SoftmaxCrossEntropy:
+    if type(loss_fn) is not SoftmaxCrossEntropy or "loss_out" not in inspect.signature(
+            backend.softmax_cross_entropy).parameters:
         return loss_fn
     loss_fn = copy.copy(loss_fn)
     loss_fn._loss_slot = backend.zeros((), dtype)
