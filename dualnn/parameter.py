@@ -27,6 +27,9 @@ class Parameter:
     __slots__ = ("data", "_grad", "_grad_stale", "name", "state", "backend", "__weakref__")
 
     def __init__(self, data, backend, name="param"):
+        prepare = getattr(backend, "prepare_dtype", None)
+        if prepare is not None:  # GPU kernels compile here, never inside a step
+            prepare(dtype_name(data.dtype))
         self.backend = backend
         self.data = data
         self._grad = backend.zeros_like(data)
@@ -82,6 +85,9 @@ class Parameter:
         if backend is self.backend:
             return self
         old = self.backend
+        prepare = getattr(backend, "prepare_dtype", None)
+        if prepare is not None:
+            prepare(self.dtype)
         self.data = backend.store(old.to_host(self.data))
         self.grad = backend.store(old.to_host(self.grad))
         self.state = {

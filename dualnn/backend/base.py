@@ -216,6 +216,9 @@ class ArrayAPIBackend:
                                 xp.ones((), dtype=total.dtype))
         return total
 
+    def prepare_dtype(self, dtype):
+        """Get ready to run ``dtype`` arrays (the GPU backend compiles its kernels)."""
+
     def free_device_bytes(self):
         """Free memory of this backend's device in bytes, or None for host memory."""
         return None

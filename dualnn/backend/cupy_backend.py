@@ -323,14 +323,22 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
     fused : bool, optional
         Use the Numba-CUDA kernels; default from ``DUALNN_FUSED`` (on).
     precompile : bool
-        Compile every kernel for float32 and float64 now instead of on first launch.
+        Compile every kernel for float32 and float64 now. Otherwise the kernels of a
+        dtype compile when the first parameter of that dtype is created on or moved to
+        this backend (:meth:`prepare_dtype`), never inside a training step.
+    tf32 : bool
+        Let float32 matrix products use TensorFloat-32 tensor cores (10-bit mantissa
+        inputs, float32 accumulation; faster on Ampere and later, less precise). Off
+        by default; settable later as ``backend.tf32``.
     """
 
-    def __init__(self, device_id=0, fused=None, precompile=False):
+    def __init__(self, device_id=0, fused=None, precompile=False, tf32=False):
         import cupy
 
         self.cupy = cupy
         self.device_id = int(device_id)
+        self.tf32 = bool(tf32)
+        self._prepared = set()
         super().__init__(cupy, name="cupy", device=f"gpu:{self.device_id}")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
@@ -359,8 +367,44 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
             return self.cupy.ascontiguousarray(self.cupy.asarray(np.asarray(a), dtype=dtype))
 
     def matmul(self, a, b, out=None):
-        with self.cupy.cuda.Device(self.device_id):
+        with self.cupy.cuda.Device(self.device_id), self._gemm_precision(a):
             return self.cupy.matmul(a, b, out=out)
+
+    @contextlib.contextmanager
+    def _gemm_precision(self, a):
+        """TF32 compute for float32 products while ``self.tf32`` (CuPy's GEMM setting is
+        process-wide: set around the call and put back)."""
+        if not self.tf32 or _dtype_str(a) != "float32":
+            yield
+            return
+        linalg = self.cupy._core._routines_linalg
+        previous = linalg.get_compute_type(np.dtype("float32"))
+        linalg.set_compute_type(linalg.COMPUTE_TYPE_TF32)
+        try:
+            yield
+        finally:
+            linalg.set_compute_type(previous)
+
+    def prepare_dtype(self, dtype):
+        """Compile every fused kernel for ``dtype`` once (no-op when not fused).
+
+        Called when a parameter of that dtype is created on or moved to this backend,
+        so the first training step launches compiled kernels.
+        """
+        dtype = dtype_name(dtype)
+        if not self.fused or dtype in self._prepared or dtype not in ("float32", "float64"):
+            return
+        self._prepared.add(dtype)
+        with self.cupy.cuda.Device(self.device_id):
+            self.kernels.precompile((dtype,))
+
+    def kernel_cache(self):
+        """``{dtype: number of compiled CUDA kernels}`` in this process."""
+        counts = {}
+        for family in self.kernels.FAMILIES.values():
+            for key in family._compiled:
+                counts[key[1]] = counts.get(key[1], 0) + 1
+        return counts
 
     def to_host(self, a):
         if isinstance(a, self.cupy.ndarray):
