@@ -228,6 +228,21 @@ class ArrayAPIBackend:
         out[...] = self.asarray(host, dtype_name(out.dtype))
         return out
 
+    def add_l1_into(self, grad, data, l1, out):
+        """``out = grad + l1 * sign(data)`` (the L1 penalty's gradient added), in place."""
+        out[...] = grad + l1 * self.xp.sign(data)
+        return out
+
+    def max_norm_rows(self, data, max_norm):
+        """Rescale each row (first axis) of ``data`` in place to an L2 norm <= ``max_norm``;
+        rows within the bound are multiplied by exactly 1."""
+        xp = self.xp
+        axes = tuple(range(1, data.ndim))
+        norms = xp.sqrt(xp.sum(data * data, axis=axes, keepdims=True))
+        # Bounds by position: CuPy's clip names them a_min/a_max, the Array API min/max.
+        factor = max_norm / xp.clip(norms, max_norm, None)
+        return self.assign(data, data * factor)
+
     def sum_rows_into(self, dy, out, overwrite=False):
         """``out += dy.sum(axis=0)`` (``out = ...`` when ``overwrite``): a bias gradient."""
         total = self.xp.sum(dy, axis=0)

@@ -113,6 +113,25 @@ class CudaKernelOps(FusedDispatch):
     def scale_into(self, a, factor, out):
         return self.xp.multiply(a, factor, out=out)
 
+    def add_l1_into(self, grad, data, l1, out):
+        xp = self.xp
+        xp.sign(data, out=out)
+        xp.multiply(out, l1, out=out)
+        return xp.add(grad, out, out=out)
+
+    def max_norm_rows(self, data, max_norm):
+        xp = self.xp
+        rows = data.reshape(data.shape[0], -1)
+        square = self.scratch("max_norm_square", rows.shape, _dtype_str(data))
+        norms = self.scratch("max_norm_rows", (rows.shape[0], 1), _dtype_str(data))
+        xp.multiply(rows, rows, out=square)
+        xp.sum(square, axis=1, keepdims=True, out=norms)
+        xp.sqrt(norms, out=norms)
+        xp.maximum(norms, max_norm, out=norms)
+        xp.divide(max_norm, norms, out=norms)
+        xp.multiply(rows, norms, out=rows)
+        return data
+
     def sum_rows_into(self, dy, out, overwrite=False):
         xp = self.xp
         if overwrite:

@@ -115,10 +115,4 @@ def apply_max_norm(p, max_norm):
     data = p.data
     if data.ndim < 2:
         return
-    xp = p.backend.xp
-    axes = tuple(range(1, data.ndim))
-    norms = xp.sqrt(xp.sum(data * data, axis=axes, keepdims=True))
-    # max_norm / max(norm, max_norm): exactly 1 inside the ball, max_norm / norm outside.
-    # Bounds by position: CuPy's clip names them a_min/a_max, the Array API min/max.
-    factor = max_norm / xp.clip(norms, max_norm, None)
-    p.backend.assign(data, data * factor)
+    p.backend.max_norm_rows(data, float(max_norm))

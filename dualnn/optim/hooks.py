@@ -100,11 +100,24 @@ class L1Penalty(OptimizerHook):
 
     def __init__(self, l1):
         self.value = check_real(type(self).__name__, "l1", l1, low=0.0)
+        self._buffers = None
 
     def before_update(self, optimizer, grads):
         if self.value == 0:
             return grads
-        return [constraints.add_l1(p, g, self.value) for p, g in zip(optimizer.params, grads)]
+        params = optimizer.params
+        backend = params[0].backend
+        if backend.device == "cpu" or any(p.backend is not backend for p in params):
+            return [constraints.add_l1(p, g, self.value) for p, g in zip(params, grads)]
+        # on a GPU: written into buffers kept from step to step (no allocation)
+        layout = (backend, tuple((tuple(g.shape), str(g.dtype)) for g in grads))
+        if self._buffers is None or self._buffers[0] != layout:
+            self._buffers = (layout, [backend.zeros_like(g) for g in grads])
+        return [backend.add_l1_into(g, p.data, self.value, out)
+                for p, g, out in zip(params, grads, self._buffers[1])]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(value={self.value!r})"
 
 
 class MaxNorm(OptimizerHook):
