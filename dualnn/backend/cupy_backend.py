@@ -239,8 +239,9 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         out = self._new(x.shape, dtype) if out is None else out
-        dgamma = self._new((c,), dtype)
-        dbeta = self._new((c,), dtype)
+        # dgamma/dbeta are added into the parameters' gradients at once: reused buffers
+        dgamma = self.scratch("batchnorm_dgamma", (c,), dtype)
+        dbeta = self.scratch("batchnorm_dbeta", (c,), dtype)
         scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
         with self._launch_scope():
             return k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
