@@ -12,7 +12,9 @@ Two ways, chosen per ``fit`` call:
   ``take`` wraps out-of-range indices instead of failing.
 - **Streamed** (otherwise, and on the CPU): the DataLoader prepares host batches
   (memory-mapped reads, casts) in a background thread one batch ahead, so loading
-  overlaps compute; each batch is then copied to the device. With ``input_noise`` the
+  overlaps compute. On a GPU each batch then goes through double-buffered pinned host
+  slots, copied on a separate stream with events ordering copy and compute
+  (:class:`PinnedFeeder`); on the CPU it is used as is. With ``input_noise`` the
   batches are prepared in the training thread, so the noise draws keep their order in
   the shared seeded generator.
 """
@@ -57,6 +59,8 @@ def feed(backend, loader, dtype, labels, resident=None):
         resident = _fits(backend, loader, dtype)
     if resident and backend.device != "cpu" and not loader.input_noise and loader.y is not None:
         return ResidentFeeder(backend, loader, dtype, labels)
+    if getattr(backend, "cupy", None) is not None and loader.y is not None:
+        return PinnedFeeder(backend, loader, dtype, labels)
     return StreamedFeeder(backend, loader, dtype, labels)
 
 
@@ -132,6 +136,72 @@ class StreamedFeeder:
                    to_device(backend, yb, self.labels, self.dtype), len(xb))
 
 
+class PinnedFeeder(StreamedFeeder):
+    """Streamed batches on a GPU through two pinned host slots and two device slots.
+
+    The host batch is copied into a page-locked slot, then to its device slot on a
+    separate copy stream; the compute stream waits on an event recorded after that copy,
+    and a slot is refilled only once the step that read it has passed (an event
+    recorded on the compute stream when the next batch is requested). While step ``k``
+    computes, batch ``k + 1`` crosses the bus.
+    """
+
+    def __init__(self, backend, loader, dtype, labels):
+        super().__init__(backend, loader, dtype, labels)
+        cuda = backend.cupy.cuda
+        with cuda.Device(backend.device_id):
+            self.copy_stream = cuda.Stream(non_blocking=True)
+        self._slots = [{}, {}]
+
+    def _slot(self, parity, xb, yb):
+        slots = self._slots[parity]
+        key = (xb.shape, yb.shape, str(yb.dtype))
+        slot = slots.get(key)
+        if slot is None:
+            cuda, backend = self.backend.cupy.cuda, self.backend
+            slot = {"x_host": _pinned(cuda, xb.shape, np.dtype(self.dtype)),
+                    "y_host": _pinned(cuda, yb.shape, yb.dtype),
+                    "x": backend.empty(xb.shape, self.dtype),
+                    "y": backend.empty(yb.shape, str(yb.dtype)),
+                    "copied": None, "released": None}
+            slots[key] = slot
+        return slot
+
+    def __iter__(self):
+        cuda = self.backend.cupy.cuda
+        batches = iter(self.loader) if self.loader.input_noise else _prefetch(self.loader)
+        compute = cuda.get_current_stream()
+        previous = None
+        for parity, (xb, yb) in enumerate(batches):
+            if previous is not None:  # the step that used the previous slot is enqueued
+                previous["released"] = cuda.Event(disable_timing=True)
+                previous["released"].record(compute)
+            if not self.labels:
+                yb = yb.astype(self.dtype, copy=False)
+            slot = self._slot(parity % 2, xb, yb)
+            if slot["copied"] is not None and not slot["copied"].done:
+                slot["copied"].synchronize()  # its last copy (two batches ago) still runs
+            np.copyto(slot["x_host"], xb, casting="unsafe")
+            np.copyto(slot["y_host"], yb)
+            with cuda.Device(self.backend.device_id):
+                if slot["released"] is not None:
+                    self.copy_stream.wait_event(slot["released"])
+                slot["x"].set(slot["x_host"], stream=self.copy_stream)
+                slot["y"].set(slot["y_host"], stream=self.copy_stream)
+                slot["copied"] = cuda.Event(disable_timing=True)
+                slot["copied"].record(self.copy_stream)
+                compute.wait_event(slot["copied"])
+            previous = slot
+            yield slot["x"], slot["y"], len(xb)
+
+
+def _pinned(cuda, shape, dtype):
+    """A NumPy array of ``shape``/``dtype`` in page-locked host memory."""
+    count = int(np.prod(shape, dtype=np.int64))
+    memory = cuda.alloc_pinned_memory(max(count, 1) * dtype.itemsize)
+    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
+
+
 def _prefetch(iterable, depth=2):
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
 
@@ -199,5 +269,6 @@ def reuse_loss_slot(loss_fn, backend, dtype):
     return loss_fn
 
 
-__all__ = ["RESIDENT_FRACTION", "ResidentFeeder", "StreamedFeeder", "feed", "output_slot",
+__all__ = ["RESIDENT_FRACTION", "PinnedFeeder", "ResidentFeeder", "StreamedFeeder", "feed",
+           "output_slot",
            "reuse_loss_slot"]

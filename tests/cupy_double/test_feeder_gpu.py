@@ -51,7 +51,33 @@ def test_large_data_or_noise_is_streamed(monkeypatch):
     assert not feeder.feed(gpu, _loader(noise=0.1), "float64", True).resident
     monkeypatch.setattr(feeder, "RESIDENT_FRACTION", 1e-12)
     source = feeder.feed(gpu, _loader(), "float64", True)
-    assert not source.resident
-    for (xd, yd, _), (x, y) in zip(source, _loader()):
-        np.testing.assert_array_equal(gpu.to_host(xd), x)
-        np.testing.assert_array_equal(gpu.to_host(yd), y)
+    assert not source.resident and isinstance(source, feeder.PinnedFeeder)
+    with double.counting() as counts:
+        got = [(gpu.to_host(xd), gpu.to_host(yd)) for xd, yd, _ in source]
+    for (x, y), (wx, wy) in zip(got, _loader()):
+        np.testing.assert_array_equal(x, wx)
+        np.testing.assert_array_equal(y, wy)
+    assert counts.h2d == 2 * len(got) and counts.h2d_pageable == 0  # from pinned slots
+
+
+def test_fit_streamed_through_pinned_slots_matches_resident(monkeypatch):
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((40, 8)), rng.integers(0, 4, 40)
+    gpu = dn.device.backend_for("gpu")
+
+    def train():
+        with dn.use_backend(gpu):
+            dn.seed(1)
+            model = dn.Sequential(dn.layers.Linear(8, 16, dtype="float64"), dn.layers.ReLU(),
+                                  dn.layers.Linear(16, 4, dtype="float64"))
+            opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+            history = dn.fit(model, dn.losses.SoftmaxCrossEntropy(), opt, X, y, epochs=2,
+                             batch_size=16, progress=False)
+        return history.history["loss"], [gpu.to_host(p.data) for p in model.parameters()]
+
+    resident = train()
+    monkeypatch.setattr(feeder, "RESIDENT_FRACTION", 1e-12)
+    streamed = train()
+    np.testing.assert_allclose(streamed[0], resident[0], rtol=1e-12)
+    for a, b in zip(streamed[1], resident[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
