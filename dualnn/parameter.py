@@ -218,3 +218,16 @@ class FlatParameters:
         flat.state = self.state
         return flat
 
+
+
+class FlatArrays(list):
+    """A list of per-parameter arrays that are views of one flat 1-D array, ``flat``.
+
+    Optimizers hand gradients to their hooks as this when the parameters are packed
+    (:class:`FlatParameters`); a hook may then work on ``flat`` in one pass and return
+    another ``FlatArrays``, and the update stays one launch. A plain list is always fine.
+    """
+
+    def __init__(self, arrays, flat):
+        super().__init__(arrays)
+        self.flat = flat

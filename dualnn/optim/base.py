@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from ..backend.base import dtype_name
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
-from ..parameter import FlatParameters, Parameter
+from ..parameter import FlatArrays, FlatParameters, Parameter
 from .hooks import OPTION_HOOKS, OPTION_OFF, OptimizerHook
 from .hyperparameters import Hyperparameters, check_bool, check_real, unchecked  # noqa: F401  (check_* re-exported)
 
@@ -349,10 +349,13 @@ class Optimizer:
         hooks = self.hooks
         flat = self._flat_parameters()
         grads = [p.grad for p in self.params]
+        if flat is not None:
+            grads = FlatArrays(grads, flat.grad)
         for hook in hooks:
             grads = hook.before_update(self, grads)
-        if flat is not None and all(g is p._grad for p, g in zip(self.params, grads)):
-            self._flat_step(flat)
+        flat_grad = getattr(grads, "flat", None)
+        if flat is not None and flat_grad is not None and len(flat_grad) == flat.size:
+            self._flat_step(flat, flat_grad)
         else:
             for p, grad in zip(self.params, grads):
                 state = p.state
@@ -384,13 +387,14 @@ class Optimizer:
             return None
         return flat
 
-    def _flat_step(self, flat):
-        """One update of every parameter through the flat buffers."""
+    def _flat_step(self, flat, grad):
+        """One update of every parameter through the flat buffers (``grad``: the flat
+        gradient the hooks produced, or ``flat.grad``)."""
         step = int(self.params[0].state.get("step", 0)) + 1
         for p in self.params:
             p.state["step"] = step
         flat.state["step"] = step
-        self.update(flat.as_parameter(), flat.grad, flat.state)
+        self.update(flat.as_parameter(), grad, flat.state)
         flat.share_state(self.state_keys)
 
     def first_nonfinite(self, extra=()):

@@ -12,6 +12,7 @@ Each hook works through the parameters' backends, never through an array library
 
 from __future__ import annotations
 
+from ..parameter import FlatArrays
 from . import constraints
 from .hyperparameters import check_real
 
@@ -73,21 +74,50 @@ class GradientClipping(OptimizerHook):
                 constraints.global_grad_norm(params, grads), self.value)
             return [g * coef for g in grads] if coef < 1.0 else grads
         factor, clipped = self._device_buffers(backend, grads)
+        flat = getattr(grads, "flat", None)
+        if flat is not None:  # packed parameters: one reduction and one scaling pass
+            constraints.clip_factor_on_device(backend, [flat], self.value, factor)
+            backend.scale_into(flat, factor, clipped.flat)
+            return clipped
         constraints.clip_factor_on_device(backend, grads, self.value, factor)
         return [backend.scale_into(g, factor, out) for g, out in zip(grads, clipped)]
 
     def _device_buffers(self, backend, grads):
-        """The 0-d factor and one output per gradient, kept while shapes and device hold."""
-        layout = (backend, tuple((tuple(g.shape), str(g.dtype)) for g in grads))
-        if self._buffers is None or self._buffers[0] != layout:
-            factor = backend.zeros((), "float64" if any(str(g.dtype) == "float64"
-                                                        for g in grads) else "float32")
-            clipped = [backend.zeros_like(g) for g in grads]
-            self._buffers = (layout, factor, clipped)
-        return self._buffers[1], self._buffers[2]
+        """The 0-d factor and one output per gradient (views of one flat buffer when the
+        gradients are), kept while shapes and device hold."""
+        _, factor, clipped = self._buffers = _like(self._buffers, backend, grads, factor=True)
+        return factor, clipped
 
     def __repr__(self):
         return f"{type(self).__name__}(value={self.value!r})"
+
+
+def _like(buffers, backend, grads, factor=False):
+    """``(layout, factor, outputs)`` shaped like ``grads``, reused while the layout holds.
+
+    The outputs are views of one flat buffer (a :class:`~dualnn.parameter.FlatArrays`)
+    when ``grads`` are, so the optimizer's update stays one launch.
+    """
+    flat = getattr(grads, "flat", None)
+    layout = (backend, flat is not None,
+              tuple((tuple(g.shape), str(g.dtype)) for g in grads))
+    if buffers is not None and buffers[0] == layout:
+        return buffers
+    dtype = "float64" if any(str(g.dtype) == "float64" for g in grads) else "float32"
+    scale = backend.zeros((), dtype) if factor else None
+    if flat is not None:
+        whole = backend.zeros_like(flat)
+        views, start = [], 0
+        for g in grads:
+            size = 1
+            for n in g.shape:
+                size *= n
+            views.append(whole[start:start + size].reshape(tuple(g.shape)))
+            start += size
+        outputs = FlatArrays(views, whole)
+    else:
+        outputs = [backend.zeros_like(g) for g in grads]
+    return layout, scale, outputs
 
 
 class L1Penalty(OptimizerHook):
@@ -110,11 +140,14 @@ class L1Penalty(OptimizerHook):
         if backend.device == "cpu" or any(p.backend is not backend for p in params):
             return [constraints.add_l1(p, g, self.value) for p, g in zip(params, grads)]
         # on a GPU: written into buffers kept from step to step (no allocation)
-        layout = (backend, tuple((tuple(g.shape), str(g.dtype)) for g in grads))
-        if self._buffers is None or self._buffers[0] != layout:
-            self._buffers = (layout, [backend.zeros_like(g) for g in grads])
-        return [backend.add_l1_into(g, p.data, self.value, out)
-                for p, g, out in zip(params, grads, self._buffers[1])]
+        self._buffers = _like(self._buffers, backend, grads)
+        out = self._buffers[2]
+        flat = getattr(grads, "flat", None)
+        if flat is not None and optimizer.__dict__.get("_flat") is not None:
+            backend.add_l1_into(flat, optimizer._flat.data, self.value, out.flat)
+            return out
+        return [backend.add_l1_into(g, p.data, self.value, o)
+                for p, g, o in zip(params, grads, out)]
 
     def __repr__(self):
         return f"{type(self).__name__}(value={self.value!r})"

@@ -115,8 +115,40 @@ def test_load_state_dict_and_model_to_repack(cpu_backend):
                                       ].reshape(p.shape))
 
 
-def test_per_parameter_update_when_a_hook_changes_gradients(cpu_backend):
-    make = lambda p: dn.optim.Adam(p, lr=1e-2, l1=1e-3)  # noqa: E731
+@pytest.mark.parametrize("options", [{"l1": 1e-3}, {"clip_grad_norm": 0.05},
+                                     {"l1": 1e-3, "clip_grad_norm": 0.05, "max_norm": 0.5}])
+def test_options_keep_one_launch_and_match_cpu(options, cpu_backend, monkeypatch):
+    gpu = _gpu()
+    calls = []
+    original = type(gpu).adam_update
+
+    def counting(self, param, *args, **kwargs):
+        calls.append(tuple(param.shape))
+        return original(self, param, *args, **kwargs)
+
+    monkeypatch.setattr(type(gpu), "adam_update", counting)
+    make = lambda p: dn.optim.Adam(p, lr=1e-2, **options)  # noqa: E731
+    gpu_model, _ = _train(gpu, make)
+    cpu_model, _ = _train(cpu_backend, make)
+    total = sum(p.size for p in gpu_model.parameters())
+    assert calls == [(total,)] * 3
+    for a, b in zip(_host_state(gpu_model), _host_state(cpu_model)):
+        np.testing.assert_allclose(a, b, **tolerance("float64"))
+
+
+class _ReplacingHook(dn.optim.hooks.OptimizerHook):
+    """Returns new gradient arrays (a plain list): the update goes per parameter."""
+
+    def before_update(self, optimizer, grads):
+        return [g * 0.5 for g in grads]
+
+
+def test_a_hook_returning_a_plain_list_updates_per_parameter(cpu_backend):
+    def make(params):
+        opt = dn.optim.Adam(params, lr=1e-2)
+        opt.add_hook(_ReplacingHook())
+        return opt
+
     gpu_model, _ = _train(_gpu(), make)
     cpu_model, _ = _train(cpu_backend, make)
     for a, b in zip(_host_state(gpu_model), _host_state(cpu_model)):
