@@ -12,7 +12,8 @@ Two ways, chosen per ``fit`` call:
   ``take`` wraps out-of-range indices instead of failing.
 - **Streamed** (otherwise, and on the CPU): the DataLoader prepares host batches
   (memory-mapped reads, casts) in a background thread one batch ahead, so loading
-  overlaps compute. On a GPU each batch then goes through double-buffered pinned host
+  overlaps compute (on the CPU only for memory-mapped data: rows of an array in memory
+  are gathered inline). On a GPU each batch then goes through double-buffered pinned host
   slots, copied on a separate stream with events ordering copy and compute
   (:class:`PinnedFeeder`); on the CPU it is used as is. With ``input_noise`` the
   batches are prepared in the training thread, so the noise draws keep their order in
@@ -129,7 +130,8 @@ class StreamedFeeder:
         self.backend, self.loader, self.dtype, self.labels = backend, loader, dtype, labels
 
     def __iter__(self):
-        batches = iter(self.loader) if self.loader.input_noise else _prefetch(self.loader)
+        batches = _prefetch(self.loader) if _in_background(self.backend, self.loader) else \
+            iter(self.loader)
         backend = self.backend
         for xb, yb in batches:
             yield (backend.asarray(xb, self.dtype),
@@ -169,7 +171,8 @@ class PinnedFeeder(StreamedFeeder):
 
     def __iter__(self):
         cuda = self.backend.cupy.cuda
-        batches = iter(self.loader) if self.loader.input_noise else _prefetch(self.loader)
+        batches = _prefetch(self.loader) if _in_background(self.backend, self.loader) else \
+            iter(self.loader)
         compute = cuda.get_current_stream()
         previous = None
         for parity, (xb, yb) in enumerate(batches):
@@ -193,6 +196,16 @@ class PinnedFeeder(StreamedFeeder):
                 compute.wait_event(slot["copied"])
             previous = slot
             yield slot["x"], slot["y"], len(xb)
+
+
+def _in_background(backend, loader):
+    """Prepare batches in a thread: on a GPU always (host work overlaps device work), on
+    the CPU for memory-mapped data (reads overlap compute; gathering rows of an array in
+    memory is cheaper than the hand-over, and would hold extra batches). Never with
+    input noise, whose draws must keep their order in the shared generator."""
+    if loader.input_noise:
+        return False
+    return backend.device != "cpu" or isinstance(loader.X, np.memmap)
 
 
 def _pinned(cuda, shape, dtype):

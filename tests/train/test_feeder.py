@@ -93,3 +93,26 @@ def test_fit_result_is_the_same_as_training_on_the_loaders_batches():
 
     for a, b in zip(train(), train(batches=True)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_mapped_data_is_read_in_a_background_thread(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "X.npy", rng.standard_normal((12, 3)))
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    backend = dn.backend.NumpyBackend()
+    used = []
+    original = feeder._prefetch
+
+    def spy(iterable, depth=2):
+        used.append(True)
+        return original(iterable, depth)
+
+    monkeypatch.setattr(feeder, "_prefetch", spy)
+    loader = DataLoader(X, np.arange(12) % 3, 4, shuffle=False)
+    got = [x for x, _, _ in feeder.feed(backend, loader, "float64", True)]
+    assert used and len(got) == 3
+    np.testing.assert_array_equal(np.concatenate(got), np.asarray(X))
+    used.clear()
+    in_memory = DataLoader(np.asarray(X), np.arange(12) % 3, 4, shuffle=False)
+    list(feeder.feed(backend, in_memory, "float64", True))
+    assert not used  # in-memory rows on the CPU: gathered inline
