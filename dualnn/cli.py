@@ -323,7 +323,7 @@ def _gpu_kernel_rows():
 
     try:
         gpu = dn.device.backend_for("gpu") if "gpu:0" in dn.available_devices() else None
-    except Exception:  # a diagnostic only
+    except Exception:  # noqa: BLE001 - a diagnostic only
         gpu = None
     if gpu is None or not hasattr(gpu, "kernel_cache"):
         return [("cuda kernel cache", "no GPU in use"), ("tf32 for float32 GEMMs", "n/a")]

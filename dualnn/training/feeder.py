@@ -236,7 +236,7 @@ def _prefetch(iterable, depth=2):
                 if stop.is_set():
                     return
             items.put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             items.put((_DONE, exc))
 
     thread = threading.Thread(target=produce, name="dualnn-batches", daemon=True)

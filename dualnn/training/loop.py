@@ -499,7 +499,6 @@ def evaluate(model, loss_fn, X, y, batch_size=1024):
 
 def _evaluate_checked(model, loss_fn, X, y, batch_size):
     backend = model.backend
-    xp = backend.xp
     dtype = model_dtype(model)
     labels = is_labels(y)
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
@@ -507,6 +506,8 @@ def _evaluate_checked(model, loss_fn, X, y, batch_size):
         # the labels were checked on the host (check_data): no per-batch device check
         loss_fn = copy.copy(loss_fn)
         loss_fn.check_labels = False
+    if backend.device != "cpu":
+        loss_fn = reuse_loss_slot(loss_fn, backend, dtype)
     loader = DataLoader(X, y, batch_size, shuffle=False)
     loss_sum = None
     correct = None
@@ -516,14 +517,13 @@ def _evaluate_checked(model, loss_fn, X, y, batch_size):
         steps += 1
         xd = backend.asarray(xb, dtype)
         yd = to_device(backend, yb, labels, dtype)
-        out = model.forward(xd, training=False)
-        loss = loss_fn.forward(out, yd) * (len(xb) if per_sample else 1)
-        loss_sum = loss if loss_sum is None else loss_sum + loss
+        out = model.forward(xd, training=False, **output_slot(model, xd))
+        loss = loss_fn.forward(out, yd)
+        loss_sum = backend.accumulate(loss_sum, loss, len(xb) if per_sample else 1)
         if classify is None:
             classify = labels and len(out.shape) == 2 and out.shape[1] > 1
         if classify:
-            hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
-            correct = hits if correct is None else correct + hits
+            correct = backend.count_correct(out, yd, correct)
     n = loader.n
     if classify:
         loss_value, hits_value = _read_together(backend, loss_sum, correct)

@@ -127,7 +127,8 @@ def test_options_keep_one_launch_and_match_cpu(options, cpu_backend, monkeypatch
         return original(self, param, *args, **kwargs)
 
     monkeypatch.setattr(type(gpu), "adam_update", counting)
-    make = lambda p: dn.optim.Adam(p, lr=1e-2, **options)  # noqa: E731
+    def make(p):
+        return dn.optim.Adam(p, lr=1e-2, **options)
     gpu_model, _ = _train(gpu, make)
     cpu_model, _ = _train(cpu_backend, make)
     total = sum(p.size for p in gpu_model.parameters())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def bytes_per_step(batch, widths=WIDTHS, itemsize=4):
     forward writes and backward reads each output, the activation backward reads and
     writes once more (about 4A), plus the input batch read twice (forward and dW).
     """
-    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    params = sum(a * b + b for a, b in pairwise(widths))
     activations = batch * sum(widths[1:])
     return itemsize * (10 * params + 4 * activations + 2 * batch * widths[0])
 
@@ -66,7 +67,7 @@ def throughput(batch, steps=20):
     gpu = dn.device.backend_for("gpu")
     with dn.use_backend(gpu):
         layers = []
-        for a, b in zip(WIDTHS[:-1], WIDTHS[1:]):
+        for a, b in pairwise(WIDTHS):
             layers += [dn.layers.Linear(a, b), dn.layers.ReLU()]
         model = dn.Sequential(*layers[:-1])
         opt = dn.optim.Adam(model.parameters(), lr=1e-3)
@@ -88,7 +89,7 @@ def main():
         return 0
     here = Path(__file__).resolve().parent
     result = subprocess.run([sys.executable, "-m", "pytest", str(here), "-q", "-p",
-                             "no:cacheprovider"], cwd=here.parent.parent)
+                             "no:cacheprovider"], cwd=here.parent.parent, check=False)
     bandwidth, props = bandwidth_bytes_per_s()
     name = props.get("name", b"?")
     print(f"\ndevice: {name.decode() if isinstance(name, bytes) else name}, "
