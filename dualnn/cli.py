@@ -587,6 +587,23 @@ def _cuda_kernels_status():
         return f"no ({type(exc).__name__}: {exc})"
 
 
+def _gpu_kernel_rows():
+    """The GPU backend's compiled-kernel cache and TF32 setting (when a GPU is in use)."""
+    import dualnn as dn
+
+    try:
+        gpu = dn.device.backend_for("gpu") if "gpu:0" in dn.available_devices() else None
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        gpu = None
+    if gpu is None or not hasattr(gpu, "kernel_cache"):
+        return [("cuda kernel cache", "no GPU in use"), ("tf32 for float32 GEMMs", "n/a")]
+    cache = gpu.kernel_cache()
+    shown = ", ".join(f"{dtype}: {n}" for dtype, n in sorted(cache.items())) or "empty"
+    return [("cuda kernel cache", f"{sum(cache.values())} compiled ({shown}); kernels of a "
+                                  "dtype compile when a model of it moves to the GPU"),
+            ("tf32 for float32 GEMMs", "on" if gpu.tf32 else "off (CupyBackend(tf32=True))")]
+
+
 def cmd_info(args, out):
     import dualnn as dn
     from dualnn._threads import thread_policy_report
@@ -601,6 +618,7 @@ def cmd_info(args, out):
         ("devices", ", ".join(dn.available_devices())),
         ("cuda kernels usable", _cuda_kernels_status()),
     ]
+    rows.extend(_gpu_kernel_rows())
     try:
         from dualnn.kernels import cpu as cpu_kernels
         cache_dir = getattr(cpu_kernels, "cache_dir", None)

@@ -110,16 +110,67 @@ def _check_labels(loss, backend, logits, labels):
     kind = dtype_name(labels.dtype)
     if not kind.startswith(("int", "uint")):
         raise LabelError(f"{loss.name}: expected integer class labels, got dtype {kind}")
-    xp = backend.xp
-    if n:
+    if not n:
+        return labels
+    if backend.device == "cpu":
+        xp = backend.xp
         low, high = backend.item(xp.min(labels)), backend.item(xp.max(labels))
-        if low < 0 or high >= classes:
-            raise LabelError(f"{loss.name}: labels must lie in [0, {classes}) for {classes} "
-                             f"classes, got values from {int(low)} to {int(high)}")
+        _raise_if_outside(loss, classes, low, high, "")
+        return labels
+    # On a device, reading the range would stall the step: the range is accumulated there
+    # and read every `label_check_interval` calls (a bad label's row meanwhile has a NaN
+    # loss, never an out-of-bounds read).
+    state = loss.__dict__.setdefault("_label_range", {})
+    entry = state.get(backend)
+    if entry is None or entry[1] != classes:
+        bounds = backend.zeros((2,), "int64")  # [0, 0]: 0 is a valid label
+        entry = state[backend] = [bounds, classes, 0]
+    backend.update_label_range(labels, entry[0])
+    entry[2] += 1
+    interval = loss.label_check_interval
+    if interval and entry[2] >= interval:
+        loss.check_pending_labels()
     return labels
 
 
-class SoftmaxCrossEntropy(Loss):
+def _raise_if_outside(loss, classes, low, high, when):
+    if low < 0 or high >= classes:
+        if when:  # the device's running range starts at 0: name the offending end only
+            got = f"a label of {int(low) if low < 0 else int(high)}{when}"
+        else:
+            got = f"values from {int(low)} to {int(high)}"
+        raise LabelError(f"{loss.name}: labels must lie in [0, {classes}) for {classes} "
+                         f"classes, got {got}")
+
+
+class _LabelChecks:
+    """Label checks of the integer-label losses; deferred and batched on a device."""
+
+    label_check_interval = 100
+    """On a GPU, the label range is read once per this many calls (and by
+    :meth:`check_pending_labels`); 1 reads every call, 0 only on request."""
+
+    def check_pending_labels(self):
+        """Read the labels' range accumulated on the device since the last read (one host
+        read per device) and raise :class:`~dualnn.errors.LabelError` if one was out of range.
+
+        On the CPU every call is checked at once and this does nothing.
+        """
+        state = self.__dict__.get("_label_range", {})
+        for backend, entry in list(state.items()):
+            bounds, classes, calls = entry
+            if not calls:
+                continue
+            low, high = (int(v) for v in backend.to_host(bounds))
+            entry[2] = 0
+            if low < 0 or high >= classes:
+                del state[backend]
+                _raise_if_outside(self, classes, low, high,
+                                  f" in one of the last {calls} call(s) (read on the device "
+                                  f"once per {self.label_check_interval} calls)")
+
+
+class SoftmaxCrossEntropy(_LabelChecks, Loss):
     r"""Softmax followed by cross-entropy with integer labels, fused and stable.
 
     :math:`\ell_i = \log \sum_k e^{z_{ik}} - z_{i y_i}`; ``backward()`` returns
@@ -130,7 +181,9 @@ class SoftmaxCrossEntropy(Loss):
     ----------
     reduction : {"mean", "sum"}
     check_labels : bool
-        Check label shape, dtype and range (one host read per call; default True).
+        Check label shape, dtype and range (default True). On the CPU every call; on a
+        GPU the range is kept on the device and read once per ``label_check_interval``
+        calls (or by :meth:`check_pending_labels`), so a step does not wait for it.
     """
 
     def __init__(self, reduction="mean", check_labels=True):
@@ -144,7 +197,12 @@ class SoftmaxCrossEntropy(Loss):
             target = _check_labels(self, backend, prediction, target)
         elif not backend.owns(target):
             target = backend.asarray(target)
-        loss, grad = backend.softmax_cross_entropy(prediction, target)
+        slot = self.__dict__.get("_loss_slot")
+        if slot is not None and backend.owns(slot) and slot.dtype == prediction.dtype:
+            # a training loop that consumes each loss at once: written into one 0-d array
+            loss, grad = backend.softmax_cross_entropy(prediction, target, loss_out=slot)
+        else:
+            loss, grad = backend.softmax_cross_entropy(prediction, target)
         if self.reduction == "sum":
             n = prediction.shape[0]
             loss, grad = loss * n, grad * n
@@ -152,7 +210,7 @@ class SoftmaxCrossEntropy(Loss):
         return loss
 
 
-class Hinge(Loss):
+class Hinge(_LabelChecks, Loss):
     r"""Multi-class hinge (SVM) loss with integer labels, as ``torch.nn.MultiMarginLoss``.
 
     :math:`\ell_i = \frac{1}{C} \sum_{j \ne y_i} \max(0, \Delta - z_{i y_i} + z_{ij})`,

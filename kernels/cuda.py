@@ -36,7 +36,8 @@ def _families():
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.ispkg and (Path(__file__).parent / info.name / "cuda.py").exists():
             module = importlib.import_module(f"{__package__}.{info.name}.cuda")
-            found[info.name] = module.KERNELS
+            if hasattr(module, "KERNELS"):  # families not yet on KernelFamily are skipped
+                found[info.name] = module.KERNELS
     return found
 
 

@@ -77,6 +77,10 @@ class ArrayAPIBackend:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"
 
     # ------------------------------------------------------------------ arrays
+    flat_parameters = False
+    """Whether elementwise optimizers pack parameters, gradients and state into flat
+    buffers on this backend (see :class:`~dualnn.parameter.FlatParameters`)."""
+
     def dtype(self, name):
         """The namespace's dtype object for ``"float32"``/``"float64"`` (or an int name)."""
         name = dtype_name(name)
@@ -192,6 +196,116 @@ class ArrayAPIBackend:
         """A Python float from a 0-d or one-element array."""
         return float(self.to_host(a).reshape(()))
 
+    # ------------------------------------------------------------------ device-side checks
+    # These keep a check's result on the device (no host read) or read it once for many
+    # arrays; the GPU backend overrides them with allocation-free versions.
+    def scratch(self, tag, shape, dtype):
+        """A buffer for ``tag`` of ``shape``/``dtype``, reused by later calls (contents undefined)."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        key = (tag, tuple(shape), dtype_name(dtype))
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = self.empty(tuple(shape), dtype)
+        return buf
+
+    def update_label_range(self, labels, bounds):
+        """Widen ``bounds`` to cover ``labels``, on the device (no host read).
+
+        Parameters
+        ----------
+        labels : int array (n,), n >= 1
+        bounds : int64 array (2,)
+            Running ``[min, max]`` of every label seen; updated in place.
+        """
+        xp = self.xp
+        low = xp.astype(xp.min(labels), bounds.dtype)
+        high = xp.astype(xp.max(labels), bounds.dtype)
+        bounds[0:1] = xp.minimum(bounds[0:1], xp.reshape(low, (1,)))
+        bounds[1:2] = xp.maximum(bounds[1:2], xp.reshape(high, (1,)))
+        return bounds
+
+    def nonfinite_index(self, arrays):
+        """Position of the first array in ``arrays`` holding a NaN or inf, or -1.
+
+        Reads the finiteness of all of them back to the host at once (one sync on a GPU).
+        """
+        for i, a in enumerate(arrays):
+            if not self.all_finite(a):
+                return i
+        return -1
+
+    def sum_of_squares(self, arrays, out):
+        """Write ``sum_a sum(a * a)`` over all ``arrays`` into the 0-d ``out`` (no host read)."""
+        xp = self.xp
+        total = None
+        for a in arrays:
+            part = xp.astype(xp.sum(a * a), out.dtype)
+            total = part if total is None else total + part
+        out[...] = total if total is not None else xp.zeros((), dtype=out.dtype)
+        return out
+
+    def clip_factor(self, total, max_norm, eps):
+        """In place: ``total`` (a 0-d sum of squares) becomes ``min(1, max_norm / (sqrt(total)
+        + eps))``, the gradient-clipping factor, on the device."""
+        xp = self.xp
+        total[...] = xp.minimum(max_norm / (xp.sqrt(total) + eps),
+                                xp.ones((), dtype=total.dtype))
+        return total
+
+    def prepare_dtype(self, dtype):
+        """Get ready to run ``dtype`` arrays (the GPU backend compiles its kernels)."""
+
+    def free_device_bytes(self):
+        """Free memory of this backend's device in bytes, or None for host memory."""
+        return None
+
+    def copy_to_device(self, host, out):
+        """Copy the host array ``host`` into the existing device array ``out``."""
+        out[...] = self.asarray(host, dtype_name(out.dtype))
+        return out
+
+    def add_l1_into(self, grad, data, l1, out):
+        """``out = grad + l1 * sign(data)`` (the L1 penalty's gradient added), in place."""
+        out[...] = grad + l1 * self.xp.sign(data)
+        return out
+
+    def max_norm_rows(self, data, max_norm):
+        """Rescale each row (first axis) of ``data`` in place to an L2 norm <= ``max_norm``;
+        rows within the bound are multiplied by exactly 1."""
+        xp = self.xp
+        axes = tuple(range(1, data.ndim))
+        norms = xp.sqrt(xp.sum(data * data, axis=axes, keepdims=True))
+        # Bounds by position: CuPy's clip names them a_min/a_max, the Array API min/max.
+        factor = max_norm / xp.clip(norms, max_norm, None)
+        return self.assign(data, data * factor)
+
+    def sum_rows_into(self, dy, out, overwrite=False):
+        """``out += dy.sum(axis=0)`` (``out = ...`` when ``overwrite``): a bias gradient."""
+        total = self.xp.sum(dy, axis=0)
+        if overwrite:
+            out[...] = total
+        else:
+            out += total
+        return out
+
+    def accumulate(self, total, value, weight=1):
+        """``total + value * weight`` for running sums on the device (``total`` None
+        starts one); the GPU backend adds in place into ``total``, allocating nothing."""
+        term = value * weight if weight != 1 else value
+        return term if total is None else total + term
+
+    def count_correct(self, scores, labels, total=None):
+        """Running count of rows whose argmax of ``scores`` (n, k) equals ``labels`` (n,),
+        as a 0-d int64 device array (``total`` None starts one); no host read."""
+        xp = self.xp
+        hits = xp.sum(xp.astype(xp.argmax(scores, axis=1) == labels, xp.int64))
+        return hits if total is None else total + hits
+
+    def scale_into(self, a, factor, out):
+        """``out = a * factor`` (``factor`` a scalar or 0-d array), in place; returns ``out``."""
+        out[...] = a * factor
+        return out
+
     # ------------------------------------------------------------------ randomness
     def seed(self, seed):
         """Seed this backend's generator."""
@@ -276,9 +390,13 @@ class ArrayAPIBackend:
             return cast_reference.round_to(self.xp, a, dtype)
 
     # ------------------------------------------------------------------ losses
-    def softmax_cross_entropy(self, logits, labels):
-        """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused."""
-        return reference.softmax_cross_entropy(self.xp, logits, labels)
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
+        """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused.
+
+        ``loss_out`` is an optional 0-d array the loss is written into (and returned).
+        """
+        loss, grad = reference.softmax_cross_entropy(self.xp, logits, labels)
+        return self._into(loss_out, loss), grad
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, param, grad, momentum_buffer, **hyper):

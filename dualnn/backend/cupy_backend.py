@@ -67,6 +67,102 @@ class CudaKernelOps(FusedDispatch):
     def _new(self, shape, dtype):
         return self.xp.empty(tuple(shape), dtype=self.dtype(dtype))
 
+    # -- device-side checks: out= into reused buffers, so a step allocates nothing
+    def update_label_range(self, labels, bounds):
+        xp = self.xp
+        seen = self.scratch("label_range", (2,), bounds.dtype)
+        xp.min(labels, axis=0, keepdims=True, out=seen[0:1])
+        xp.max(labels, axis=0, keepdims=True, out=seen[1:2])
+        xp.minimum(bounds[0:1], seen[0:1], out=bounds[0:1])
+        xp.maximum(bounds[1:2], seen[1:2], out=bounds[1:2])
+        return bounds
+
+    def nonfinite_index(self, arrays):
+        xp = self.xp
+        flags = self.scratch("finite_flags", (len(arrays),), "bool")
+        for i, a in enumerate(arrays):
+            ok = self.scratch("finite", (int(a.size),), "bool")
+            xp.isfinite(a.reshape(-1), out=ok)
+            xp.all(ok, axis=0, keepdims=True, out=flags[i:i + 1])
+        host = self.to_host(flags)  # the one read
+        bad = np.flatnonzero(~host)
+        return int(bad[0]) if bad.size else -1
+
+    def sum_of_squares(self, arrays, out):
+        xp = self.xp
+        arrays = list(arrays)
+        dtype = _dtype_str(out)
+        parts = self.scratch("sum_of_squares", (max(len(arrays), 1),), dtype)
+        parts[...] = 0
+        for i, a in enumerate(arrays):
+            square = self.scratch("square", (int(a.size),), _dtype_str(a))
+            flat = a.reshape(-1)
+            xp.multiply(flat, flat, out=square)
+            xp.sum(square, axis=0, keepdims=True, out=parts[i:i + 1])
+        xp.sum(parts, out=out)
+        return out
+
+    def clip_factor(self, total, max_norm, eps):
+        xp = self.xp
+        xp.sqrt(total, out=total)
+        xp.add(total, eps, out=total)
+        xp.divide(max_norm, total, out=total)
+        xp.minimum(total, 1.0, out=total)
+        return total
+
+    def scale_into(self, a, factor, out):
+        return self.xp.multiply(a, factor, out=out)
+
+    def add_l1_into(self, grad, data, l1, out):
+        xp = self.xp
+        xp.sign(data, out=out)
+        xp.multiply(out, l1, out=out)
+        return xp.add(grad, out, out=out)
+
+    def max_norm_rows(self, data, max_norm):
+        xp = self.xp
+        rows = data.reshape(data.shape[0], -1)
+        square = self.scratch("max_norm_square", rows.shape, _dtype_str(data))
+        norms = self.scratch("max_norm_rows", (rows.shape[0], 1), _dtype_str(data))
+        xp.multiply(rows, rows, out=square)
+        xp.sum(square, axis=1, keepdims=True, out=norms)
+        xp.sqrt(norms, out=norms)
+        xp.maximum(norms, max_norm, out=norms)
+        xp.divide(max_norm, norms, out=norms)
+        xp.multiply(rows, norms, out=rows)
+        return data
+
+    def sum_rows_into(self, dy, out, overwrite=False):
+        xp = self.xp
+        if overwrite:
+            return xp.sum(dy, axis=0, out=out)
+        rows = self.scratch("sum_rows", out.shape, _dtype_str(out))
+        xp.sum(dy, axis=0, out=rows)
+        return xp.add(out, rows, out=out)
+
+    def accumulate(self, total, value, weight=1):
+        xp = self.xp
+        if total is None:  # the running total: allocated once per epoch
+            total = xp.zeros((), dtype=value.dtype)
+        if weight != 1:
+            term = self.scratch("accumulate", (), _dtype_str(value))
+            xp.multiply(value, weight, out=term)
+            value = term
+        return xp.add(total, value, out=total)
+
+    def count_correct(self, scores, labels, total=None):
+        xp = self.xp
+        n = scores.shape[0]
+        if total is None:
+            total = xp.zeros((), dtype=xp.int64)
+        predicted = self.scratch("count_correct_argmax", (n,), "int64")
+        hit = self.scratch("count_correct_hit", (n,), "bool")
+        hits = self.scratch("count_correct_sum", (), "int64")
+        xp.argmax(scores, axis=1, out=predicted)
+        xp.equal(predicted, labels, out=hit)
+        xp.sum(hit, dtype=xp.int64, out=hits)
+        return xp.add(total, hits, out=total)
+
     # -- activations
     def round_to_precision(self, a, dtype):
         """16-bit rounding (see the base class); bfloat16 of float32 runs the CUDA kernel."""
@@ -150,27 +246,30 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         out = self._new(x.shape, dtype) if out is None else out
-        dgamma = self._new((c,), dtype)
-        dbeta = self._new((c,), dtype)
+        # dgamma/dbeta are added into the parameters' gradients at once: reused buffers
+        dgamma = self.scratch("batchnorm_dgamma", (c,), dtype)
+        dbeta = self.scratch("batchnorm_dbeta", (c,), dtype)
         scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
         with self._launch_scope():
             return k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
                                         dgamma=dgamma, dbeta=dbeta, scratch=scratch)
 
     # -- losses
-    def softmax_cross_entropy(self, logits, labels):
-        dtype = self._kernel_takes([(logits, None)])
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
+        dtype = self._kernel_takes([(logits, None)], [(loss_out, ())])
         if (dtype is None or logits.ndim != 2 or 0 in logits.shape
                 or not self.owns(labels) or _dtype_str(labels) not in LABEL_DTYPES
                 or tuple(labels.shape) != (logits.shape[0],)
                 or not labels.flags.c_contiguous):
-            return super().softmax_cross_entropy(logits, labels)
+            loss, grad = super().softmax_cross_entropy(logits, labels)
+            return self._into(loss_out, loss), grad
         k = self.kernels
         shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], dtype)
         with self._launch_scope():
+            # dL/dlogits is consumed by the next backward: reused from step to step
             return k.softmax_cross_entropy(
-                logits, labels, loss=self._new((), dtype),
-                dlogits=self._new(logits.shape, dtype),
+                logits, labels, loss=self._new((), dtype) if loss_out is None else loss_out,
+                dlogits=self.scratch("dlogits", logits.shape, dtype),
                 row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
     # -- optimizer updates
@@ -252,17 +351,26 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
     fused : bool, optional
         Use the Numba-CUDA kernels; default from ``DUALNN_FUSED`` (on).
     precompile : bool
-        Compile every kernel for float32 and float64 now instead of on first launch.
+        Compile every kernel for float32 and float64 now. Otherwise the kernels of a
+        dtype compile when the first parameter of that dtype is created on or moved to
+        this backend (:meth:`prepare_dtype`), never inside a training step.
+    tf32 : bool
+        Let float32 matrix products use TensorFloat-32 tensor cores (10-bit mantissa
+        inputs, float32 accumulation; faster on Ampere and later, less precise). Off
+        by default; settable later as ``backend.tf32``.
     """
 
-    def __init__(self, device_id=0, fused=None, precompile=False):
+    def __init__(self, device_id=0, fused=None, precompile=False, tf32=False):
         import cupy
 
         self.cupy = cupy
         self.device_id = int(device_id)
+        self.tf32 = bool(tf32)
+        self._prepared = set()
         super().__init__(cupy, name="cupy", device=f"gpu:{self.device_id}")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
+        self.flat_parameters = True  # elementwise optimizers pack parameters: one launch
         self._init_kernel_ops()
         with cupy.cuda.Device(self.device_id):
             self._rng = cupy.random.default_rng()
@@ -293,8 +401,44 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
             return super().from_dlpack(a)
 
     def matmul(self, a, b, out=None):
-        with self.cupy.cuda.Device(self.device_id):
+        with self.cupy.cuda.Device(self.device_id), self._gemm_precision(a):
             return self.cupy.matmul(a, b, out=out)
+
+    @contextlib.contextmanager
+    def _gemm_precision(self, a):
+        """TF32 compute for float32 products while ``self.tf32`` (CuPy's GEMM setting is
+        process-wide: set around the call and put back)."""
+        if not self.tf32 or _dtype_str(a) != "float32":
+            yield
+            return
+        linalg = self.cupy._core._routines_linalg
+        previous = linalg.get_compute_type(np.dtype("float32"))
+        linalg.set_compute_type(linalg.COMPUTE_TYPE_TF32)
+        try:
+            yield
+        finally:
+            linalg.set_compute_type(previous)
+
+    def prepare_dtype(self, dtype):
+        """Compile every fused kernel for ``dtype`` once (no-op when not fused).
+
+        Called when a parameter of that dtype is created on or moved to this backend,
+        so the first training step launches compiled kernels.
+        """
+        dtype = dtype_name(dtype)
+        if not self.fused or dtype in self._prepared or dtype not in ("float32", "float64"):
+            return
+        self._prepared.add(dtype)
+        with self.cupy.cuda.Device(self.device_id):
+            self.kernels.precompile((dtype,))
+
+    def kernel_cache(self):
+        """``{dtype: number of compiled CUDA kernels}`` in this process."""
+        counts = {}
+        for family in self.kernels.FAMILIES.values():
+            for key in family._compiled:
+                counts[key[1]] = counts.get(key[1], 0) + 1
+        return counts
 
     def to_host(self, a):
         if isinstance(a, self.cupy.ndarray):
@@ -303,6 +447,17 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
 
     def synchronize(self):
         self.cupy.cuda.Device(self.device_id).synchronize()
+
+    def free_device_bytes(self):
+        with self.cupy.cuda.Device(self.device_id):
+            free, _ = self.cupy.cuda.runtime.memGetInfo()
+            pool = self.cupy.get_default_memory_pool()
+            return int(free) + int(pool.total_bytes()) - int(pool.used_bytes())
+
+    def copy_to_device(self, host, out):
+        with self.cupy.cuda.Device(self.device_id):
+            out.set(np.ascontiguousarray(host, dtype=_dtype_str(out)))
+        return out
 
     def seed(self, seed):
         super().seed(seed)

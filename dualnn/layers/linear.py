@@ -85,7 +85,7 @@ class Linear(Layer):
         grad, overwrite = self.weight.gradient_buffer()
         self.backend.matmul_accumulate(dy.T, x, grad, overwrite)
         if self.bias is not None:
-            self.bias.grad += self.xp.sum(dy, axis=0)
+            self.backend.sum_rows_into(dy, *self.bias.gradient_buffer())
         if not input_grad:
             return None
         return self.backend.matmul(dy, self.weight.data, out=out)

@@ -139,17 +139,42 @@ class Sequential(Layer):
         self._scratch = {}
         self._input_shapes = None
 
-    def forward(self, x, training=False):
-        """Run every layer on ``x``: (batch, features) -> the last layer's output."""
+    forward_options = frozenset({"out"})
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for _, step in self.plan():
+            shape = tuple(step.output_shape(shape))
+        return shape
+
+    def output_buffer(self, x):
+        """A buffer for the output of ``forward(x)`` reused across calls, or None.
+
+        For a training loop that consumes each output within its step (``fit`` on a GPU
+        passes it as ``out=``): None when the last step cannot write into one, or the
+        backend prefers fresh arrays.
+        """
+        steps = self.plan()
+        if not steps or "out" not in steps[-1][1].forward_options:
+            return None
+        return self._buffer(("output",), self.output_shape(x.shape), x.dtype)
+
+    def forward(self, x, training=False, out=None):
+        """Run every layer on ``x``: (batch, features) -> the last layer's output.
+
+        ``out`` (optional) receives the last step's output when that step can write
+        into a given array (see :meth:`output_buffer`); otherwise it is fresh.
+        """
         self.check_input(x)
         steps = self.plan()
         last = len(steps) - 1
         shapes = self._input_shapes = []
         for position, (i, step) in enumerate(steps):
             shapes.append(x.shape)
-            if position < last and "out" in step.forward_options:
-                out = self._buffer(("forward", i), step.output_shape(x.shape), x.dtype)
-                x = step.forward(x, training, out=out)
+            if "out" in step.forward_options and (position < last or out is not None):
+                buf = out if position == last else self._buffer(
+                    ("forward", i), step.output_shape(x.shape), x.dtype)
+                x = step.forward(x, training, out=buf)
             else:
                 x = step.forward(x, training)
         return x

@@ -48,6 +48,7 @@ class Adadelta(Optimizer):
         eps=real(1e-6, low=0.0),
         weight_decay=real(0.0, low=0.0))
     state_keys = ("square_avg", "acc_delta")
+    elementwise_update = True
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")

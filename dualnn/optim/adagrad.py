@@ -47,6 +47,7 @@ class Adagrad(Optimizer):
         weight_decay=real(0.0, low=0.0),
         eps=real(1e-10, low=0.0))
     state_keys = ("sum",)
+    elementwise_update = True
 
     def update(self, p, grad, state):
         state_sum = self.state_buffer(state, p, "sum")

@@ -49,6 +49,7 @@ class Adam(Optimizer):
         eps=real(1e-8, low=0.0),
         weight_decay=real(0.0, low=0.0))
     state_keys = ("exp_avg", "exp_avg_sq")
+    elementwise_update = True
     decoupled = False
 
     def update(self, p, grad, state):

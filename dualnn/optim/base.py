@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from ..backend.base import dtype_name
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
-from ..parameter import Parameter
+from ..parameter import FlatArrays, FlatParameters, Parameter
 from .hooks import OPTION_HOOKS, OPTION_OFF, OptimizerHook
 from .hyperparameters import Hyperparameters, check_bool, check_real, unchecked  # noqa: F401  (check_* re-exported)
 
@@ -124,9 +124,9 @@ class Optimizer:
         (installs a :class:`~dualnn.optim.hooks.MaxNorm` hook).
     clip_grad_norm : float or None, keyword-only
         Before the update, scale all gradients together so their global L2 norm is at
-        most this (as :func:`torch.nn.utils.clip_grad_norm_`). Costs one host read per
-        parameter per step (installs a :class:`~dualnn.optim.hooks.GradientClipping`
-        hook).
+        most this (as :func:`torch.nn.utils.clip_grad_norm_`). One host read per step
+        on the CPU, none on a GPU (the factor stays on the device; installs a
+        :class:`~dualnn.optim.hooks.GradientClipping` hook).
 
     Attributes
     ----------
@@ -328,8 +328,8 @@ class Optimizer:
         Parameters
         ----------
         check_finite : bool
-            First check that every gradient is finite (one host read per parameter);
-            if one is not, raise before anything changes.
+            First check that every gradient is finite (all checked on the device, one
+            host read per step); if one is not, raise before anything changes.
 
         Raises
         ------
@@ -339,22 +339,86 @@ class Optimizer:
             left unchanged.
         """
         if check_finite:
-            for p in self.params:
-                if not p.backend.all_finite(p.grad):
-                    raise NonFiniteError(
-                        f"{type(self).__name__}: non-finite gradient of {p.name} "
-                        f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
-                        "were not updated", layer=_layer_of(p.name))
+            bad = self.first_nonfinite()
+            if bad >= 0:
+                p = self.params[bad]
+                raise NonFiniteError(
+                    f"{type(self).__name__}: non-finite gradient of {p.name} "
+                    f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
+                    "were not updated", layer=_layer_of(p.name))
         hooks = self.hooks
+        flat = self._flat_parameters()
         grads = [p.grad for p in self.params]
+        if flat is not None:
+            grads = FlatArrays(grads, flat.grad)
         for hook in hooks:
             grads = hook.before_update(self, grads)
-        for p, grad in zip(self.params, grads):
-            state = p.state
-            state["step"] = int(state.get("step", 0)) + 1
-            self.update(p, grad, state)
+        flat_grad = getattr(grads, "flat", None)
+        if flat is not None and flat_grad is not None and len(flat_grad) == flat.size:
+            self._flat_step(flat, flat_grad)
+        else:
+            for p, grad in zip(self.params, grads):
+                state = p.state
+                state["step"] = int(state.get("step", 0)) + 1
+                self.update(p, grad, state)
         for hook in hooks:
             hook.after_update(self)
+
+    elementwise_update = False
+    """True when :meth:`update` is elementwise with the same hyperparameters for every
+    parameter (SGD, Adam, RMSprop...): on a backend with ``flat_parameters`` the update
+    then runs once over flat buffers holding all parameters (one launch)."""
+
+    def _flat_parameters(self):
+        """The :class:`~dualnn.parameter.FlatParameters` packing of :attr:`params`, built or
+        rebuilt as needed, or None when the update runs per parameter."""
+        params = self.params
+        backend = params[0].backend
+        if not (self.elementwise_update and getattr(backend, "flat_parameters", False)):
+            return None
+        if len({int(p.state.get("step", 0)) for p in params}) != 1:
+            return None
+        flat = self.__dict__.get("_flat")
+        if flat is None or not flat.intact(params):
+            if not FlatParameters.packable(params):
+                return None
+            flat = self._flat = FlatParameters(params)
+        if not flat.adopt_state(self.state_keys):
+            return None
+        return flat
+
+    def _flat_step(self, flat, grad):
+        """One update of every parameter through the flat buffers (``grad``: the flat
+        gradient the hooks produced, or ``flat.grad``)."""
+        step = int(self.params[0].state.get("step", 0)) + 1
+        for p in self.params:
+            p.state["step"] = step
+        flat.state["step"] = step
+        self.update(flat.as_parameter(), grad, flat.state)
+        flat.share_state(self.state_keys)
+
+    def first_nonfinite(self, extra=()):
+        """Index of the first non-finite array among ``extra`` then the gradients, or -1.
+
+        All are checked on the device and read back together: one host read per step
+        when the parameters share a backend (as ``step(check_finite=True)`` does).
+
+        Parameters
+        ----------
+        extra : sequence of arrays
+            Checked first (``fit`` passes the loss); a gradient's index is then offset by
+            ``len(extra)``.
+        """
+        backend = self.params[0].backend
+        arrays = list(extra) + [p.grad for p in self.params]
+        if all(p.backend is backend for p in self.params) and all(
+                backend.owns(a) for a in extra):
+            return backend.nonfinite_index(arrays)
+        for i, a in enumerate(arrays):
+            owner = self.params[i - len(extra)].backend if i >= len(extra) else backend
+            if not owner.all_finite(a):
+                return i
+        return -1
 
     def update(self, p, grad, state):
         """Apply the update rule to one parameter, in place.

@@ -28,7 +28,7 @@ CLIP_EPS = 1e-6
 def global_grad_norm(params, grads=None):
     """L2 norm of all gradients together, as a Python float.
 
-    ``sqrt(sum_p sum(g_p ** 2))``. Reads one value back to the host per parameter.
+    ``sqrt(sum_p sum(g_p ** 2))``, summed on the device; one host read per backend.
 
     Parameters
     ----------
@@ -44,9 +44,28 @@ def global_grad_norm(params, grads=None):
     if grads is None:
         grads = [p.grad for p in params]
     total = 0.0
-    for p, g in zip(params, grads):
-        total += p.backend.item(p.backend.xp.sum(g * g))
+    for backend, arrays in _by_backend(params, grads):
+        out = backend.scratch("global_grad_norm", (), "float64")
+        total += backend.item(backend.sum_of_squares(arrays, out))
     return math.sqrt(total)
+
+
+def _by_backend(params, arrays):
+    """``[(backend, [arrays of its parameters])]`` in first-seen order."""
+    groups = {}
+    for p, a in zip(params, arrays):
+        groups.setdefault(id(p.backend), (p.backend, []))[1].append(a)
+    return list(groups.values())
+
+
+def clip_factor_on_device(backend, grads, max_norm, out):
+    """``min(1, max_norm / (||g||_2 + 1e-6))`` of ``grads`` written into the 0-d ``out``.
+
+    Nothing is read back to the host: the factor stays on the device and scales the
+    gradients there (see :class:`~dualnn.optim.hooks.GradientClipping`).
+    """
+    backend.sum_of_squares(grads, out)
+    return backend.clip_factor(out, float(max_norm), CLIP_EPS)
 
 
 def clip_coefficient(total_norm, max_norm):
@@ -96,10 +115,4 @@ def apply_max_norm(p, max_norm):
     data = p.data
     if data.ndim < 2:
         return
-    xp = p.backend.xp
-    axes = tuple(range(1, data.ndim))
-    norms = xp.sqrt(xp.sum(data * data, axis=axes, keepdims=True))
-    # max_norm / max(norm, max_norm): exactly 1 inside the ball, max_norm / norm outside.
-    # Bounds by position: CuPy's clip names them a_min/a_max, the Array API min/max.
-    factor = max_norm / xp.clip(norms, max_norm, None)
-    p.backend.assign(data, data * factor)
+    p.backend.max_norm_rows(data, float(max_norm))

@@ -59,6 +59,7 @@ class RMSprop(Optimizer):
         momentum=real(0.0, low=0.0),
         centered=flag(False))
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")
+    elementwise_update = True
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")

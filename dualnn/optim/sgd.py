@@ -60,6 +60,7 @@ class SGD(Optimizer):
         nesterov=flag(False),
         weight_decay=real(0.0, low=0.0))
     state_keys = ("momentum_buffer",)
+    elementwise_update = True
 
     def check_hyperparameters(self, hyper):
         if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):

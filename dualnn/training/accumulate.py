@@ -30,6 +30,7 @@ import numpy as np
 from .. import memory as _summary
 from ..errors import ConfigurationError, NonFiniteError, ShapeError
 from .checks import to_device
+from .feeder import output_slot
 
 AUTO_HEADROOM = 0.85
 """``"auto"`` plans for this share of the free memory: the estimate is ~15% exact."""
@@ -169,19 +170,18 @@ class StepResult:
     Attributes
     ----------
     value : float or None
-        The batch's loss on the host (guarded steps), else None.
-    term : device scalar
-        The batch loss times its weight (rows for a mean loss), for device-side sums.
-    hits : device scalar or None
-        Correct predictions (classification).
+        The batch's loss on the host (steps that read it), else None: the loss is then
+        summed on the device in :attr:`StepRunner.loss_sum`.
+    hits : array scalar or None
+        Correct predictions (classification, when counted on the host side).
     stepped : bool
         False when the loss scaler skipped the update (a non-finite scaled gradient).
     """
 
-    __slots__ = ("hits", "stepped", "term", "value")
+    __slots__ = ("hits", "stepped", "value")
 
-    def __init__(self, value, term, hits, stepped):
-        self.value, self.term, self.hits, self.stepped = value, term, hits, stepped
+    def __init__(self, value, hits, stepped):
+        self.value, self.hits, self.stepped = value, hits, stepped
 
 
 class StepRunner:
@@ -223,35 +223,49 @@ class StepRunner:
         self.before_step = before_step
         self.per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
         self.classify = None
+        self.start_epoch(guard_each_step, count_on_device=False)
         from .loop import backward_without_input_grad  # loop imports this module
 
         self._backward = backward_without_input_grad
 
-    def run(self, xb, yb, epoch, step, restore):
-        """Train on the host batch ``(xb, yb)``; returns a :class:`StepResult`.
+    def start_epoch(self, host_reads, count_on_device):
+        """Reset the epoch's running sums. ``host_reads``: the loss is read every step
+        (``StepResult.value``), else summed on the device in :attr:`loss_sum`;
+        ``count_on_device``: correct predictions summed in :attr:`correct_sum` (no read)."""
+        self.guard = host_reads
+        self.count_on_device = count_on_device
+        self.loss_sum = None
+        self.correct_sum = None
+
+    def run(self, xd, yd, epoch, step, restore, device_check=None):
+        """Train on the batch ``(xd, yd)`` (device arrays, or host arrays to move); returns
+        a :class:`StepResult`.
 
         ``restore()`` puts batch norm's running statistics back (called before the
-        diagnostic forward of a non-finite loss). Raises :class:`NonFiniteError` with
-        ``epoch`` and ``step`` in the message.
+        diagnostic forward of a non-finite loss). ``device_check(loss)``, if given, runs
+        after the last backward and before the update (the device-side finite check).
+        Raises :class:`NonFiniteError` with ``epoch`` and ``step`` in the message.
         """
         backend, xp = self.backend, self.backend.xp
-        nb = len(xb)
+        nb = len(xd)
         value = 0.0 if self.guard else None
-        term = hits = None
-        for start, stop in micro_slices(nb, self.micro, self.min_rows):
-            xd = backend.asarray(xb[start:stop], self.dtype)
-            yd = to_device(backend, yb[start:stop], self.labels, self.dtype)
+        hits = None
+        pieces = micro_slices(nb, self.micro, self.min_rows)
+        for start, stop in pieces:
+            whole = len(pieces) == 1
+            xm = backend.asarray(xd if whole else xd[start:stop], self.dtype)
+            ym = to_device(backend, yd if whole else yd[start:stop], self.labels, self.dtype)
             if self.precision is not None:
-                out = self.precision.forward(xd)
+                out = self.precision.forward(xm)
             else:
-                out = self.model.forward(xd, training=True)
-            loss = self.loss_fn.forward(out, yd)
+                out = self.model.forward(xm, training=True, **output_slot(self.model, xm))
+            loss = self.loss_fn.forward(out, ym)
             share = (stop - start) / nb if self.per_sample else 1.0
             if self.guard:
                 piece = backend.item(loss)
                 if not math.isfinite(piece):
                     restore()
-                    layer = first_nonfinite_output(self.model, xd)
+                    layer = first_nonfinite_output(self.model, xm)
                     where = f"; first non-finite output: layer {layer}" if layer else ""
                     raise NonFiniteError(
                         f"non-finite loss ({piece}) at epoch {epoch}, step {step}{where}; "
@@ -260,14 +274,17 @@ class StepRunner:
                         "clip gradients (clip_grad_norm=...)",
                         epoch=epoch, step=step, layer=layer)
                 value += piece * share
-            else:
-                weighted = loss * (share * (nb if self.per_sample else 1))
-                term = weighted if term is None else term + weighted
+            else:  # summed on the device before the next piece reuses the loss slot
+                weight = share * (nb if self.per_sample else 1)
+                self.loss_sum = backend.accumulate(self.loss_sum, loss, weight)
             if self.classify is None:
                 self.classify = self.labels and len(out.shape) == 2 and out.shape[1] > 1
             if self.classify:
-                h = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
-                hits = h if hits is None else hits + h
+                if getattr(self, "count_on_device", False):
+                    self.correct_sum = backend.count_correct(out, ym, self.correct_sum)
+                else:
+                    h = xp.sum(xp.astype(xp.argmax(out, axis=1) == ym, xp.int64))
+                    hits = h if hits is None else hits + h
             dy = self.loss_fn.backward()
             if share != 1.0:
                 dy = dy * share
@@ -277,8 +294,10 @@ class StepRunner:
                 self.precision.backward(dy)
             else:
                 self._backward(self.model, dy)
+        if device_check is not None:
+            device_check(loss)
         stepped = self.optimizer_step(epoch, step)
-        return StepResult(value, term, hits, stepped)
+        return StepResult(value, hits, stepped)
 
     def optimizer_step(self, epoch, step):
         """THE place where fit updates the parameters: once per batch, after every

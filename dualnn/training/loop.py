@@ -25,7 +25,8 @@ Decisions users can rely on
   model holds the weights of the last good step. On a GPU the running loss stays on the
   device and is read once per log interval: the error then names the
   interval, and the weights may include the bad steps of that interval; pass
-  ``check_finite=True`` to check every step there too (one host sync per parameter).
+  ``check_finite=True`` to check every step there too (loss and gradients are checked
+  on the device and read back together: one host sync per step).
 - **Micro-batches and mixed precision.** ``micro_batch_size`` splits each batch into
   pieces whose gradients accumulate into one optimizer step
   (:mod:`dualnn.training.accumulate`, where the one optimizer-step call lives);
@@ -59,6 +60,7 @@ from .checks import (
     output_classes,
     to_device,
 )
+from .feeder import feed, output_slot, reuse_loss_slot
 from .history import History, TrainingRun
 from .interrupt import DeferredInterrupt
 from .mixed_precision import PrecisionRunner, resolve_precision
@@ -234,6 +236,8 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs=1, batch_size=32, shuffle=T
             and getattr(loss_fn, "check_labels", False) is True):
         train_loss = copy.copy(loss_fn)
         train_loss.check_labels = False
+    if not cpu:
+        train_loss = reuse_loss_slot(train_loss, backend, dtype)
     runner = accumulate.StepRunner(
         model, train_loss, optimizer, dtype, labels, micro, 2 if has_bn else 1,
         guard_each_step, PrecisionRunner(model, policy) if policy.name != "float32" else None,
@@ -284,6 +288,9 @@ def _fit_epochs(model, loss_fn, runner, optimizer, loader, epochs, dtype, labels
     with DeferredInterrupt() as interrupt:
         try:
             optimizer.zero_grad()
+            # several ranks: each iterates its shard through the loader (never resident)
+            feeder = (feed(model.backend, loader, dtype, labels,
+                           resident=False if ctx is not None else None) if epochs else None)
             callbacks.on_train_begin(run)
             for epoch in range(start + 1, start + int(epochs) + 1):
                 run.epoch = epoch
@@ -292,7 +299,7 @@ def _fit_epochs(model, loss_fn, runner, optimizer, loader, epochs, dtype, labels
                 logs = {"lr": optimizer.lr}
                 logs.update(_train_epoch(model, runner, optimizer, loader, epoch, dtype,
                                          labels, guard_each_step, log_interval, show, run,
-                                         interrupt, callbacks))
+                                         interrupt, feeder))
                 model.epochs_trained = epoch
                 if validation_data is not None:
                     scores = _evaluate_checked(model, loss_fn, X_val, y_val,
@@ -338,73 +345,79 @@ def _raise_if_interrupted(interrupt):
 
 
 def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_each_step,
-                 log_interval, show, run, interrupt, callbacks):
+                 log_interval, show, run, interrupt, feeder=None):
     backend = model.backend
     per_sample = runner.per_sample
     loss_total = 0.0           # host running sum (guarded path)
-    loss_device = None         # device running sum (GPU path)
     correct_total = 0
-    correct_device = None
     read_correct_on_host = backend.device == "cpu"
+    # On a device, the per-step guard checks loss and gradients there and reads one
+    # vector of flags per step; the running loss stays on the device as without guard.
+    host_guard = guard_each_step and read_correct_on_host
+    device_guard = guard_each_step and not host_guard
+    runner.start_epoch(host_guard, count_on_device=not read_correct_on_host)
     seen = 0
-    classify = None
     bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
     started = time.perf_counter()
     step = 0
     skipped = 0  # updates the loss scaler skipped (non-finite float16 gradients)
     last_read_step = 0
     try:
-        for xb, yb in loader:
+        for xd, yd, nb in (feeder if feeder is not None else feed(backend, loader, dtype, labels)):
             step += 1
-            nb = len(xb)
             # Batch norm's running statistics move in the training forward: copied here
             # (a few small arrays, no host sync), put back if the step does not complete.
             snapshot = _snapshot_buffers(model)
+            check = (functools.partial(_device_guard, model, optimizer, snapshot=snapshot,
+                                       xd=xd, epoch=epoch, step=step)
+                     if device_guard else None)
             try:
-                result = runner.run(xb, yb, epoch, step,
-                                    functools.partial(_restore_buffers, model, snapshot))
+                result = runner.run(xd, yd, epoch, step,
+                                    functools.partial(_restore_buffers, model, snapshot),
+                                    device_check=check)
             except BaseException:
                 _restore_buffers(model, snapshot)
                 optimizer.zero_grad()
                 raise
-            weight = nb if per_sample else 1
-            value, term, hits = result.value, result.term, result.hits
             skipped += not result.stepped
-            classify = runner.classify
             optimizer.zero_grad()
             run.step = step
             # the step is complete: only now does it count
-            if guard_each_step:
-                loss_total += value * weight
-            else:
-                loss_device = term if loss_device is None else loss_device + term
-            if classify:
-                if read_correct_on_host:
-                    correct_total += int(hits)
-                else:
-                    correct_device = hits if correct_device is None else correct_device + hits
+            if host_guard:
+                loss_total += result.value * (nb if per_sample else 1)
+                if runner.classify:
+                    correct_total += int(result.hits)
             seen += nb
-            if not guard_each_step and (step % log_interval == 0):
-                loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
+            if not host_guard and (step % log_interval == 0):
+                loss_total, correct_read = _read_totals(backend, runner.loss_sum,
+                                                        runner.correct_sum, epoch,
+                                                        last_read_step, step)
+                correct_total = correct_read if correct_read is not None else correct_total
                 last_read_step = step
             if bar is not None:
                 bar.update(nb)
-                if guard_each_step or step % log_interval == 0:
+                if host_guard or step % log_interval == 0:
                     elapsed = max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss_total / max(seen if per_sample else step, 1):.4f}",
                                     samples_s=f"{seen / elapsed:.0f}", refresh=False)
             _raise_if_interrupted(interrupt)
-        if not guard_each_step and loss_device is not None and last_read_step != step:
-            loss_total = _read_guard(backend, loss_device, epoch, last_read_step, step)
-        backend.synchronize()
+        if not host_guard and runner.loss_sum is not None and last_read_step != step:
+            # the epoch's one read: it waits for every queued step, so no synchronize
+            loss_total, correct_read = _read_totals(backend, runner.loss_sum,
+                                                    runner.correct_sum, epoch,
+                                                    last_read_step, step)
+            correct_total = correct_read if correct_read is not None else correct_total
+            last_read_step = step
+        elif host_guard or runner.loss_sum is None:
+            backend.synchronize()
         elapsed = max(time.perf_counter() - started, 1e-9)
     finally:
         if bar is not None:
             bar.close()
-    if correct_device is not None:
-        correct_total = int(backend.item(correct_device))
+    if runner.correct_sum is not None and last_read_step != step:
+        correct_total = int(backend.item(runner.correct_sum))
     logs = {"loss": loss_total / max(seen if per_sample else step, 1)}
-    if classify:
+    if runner.classify:
         logs["accuracy"] = correct_total / max(seen, 1)
     if runner.scaler is not None:
         logs["skipped_steps"] = skipped
@@ -414,9 +427,50 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
     return logs
 
 
-def _read_guard(backend, loss_device, epoch, first_step, step):
-    """Read the device-side running loss (one sync) and stop on a non-finite value."""
-    value = backend.item(loss_device)
+def _device_guard(model, optimizer, loss, *, snapshot, xd, epoch, step):
+    """``check_finite=True`` on a device: loss and every gradient checked there, one read."""
+    bad = optimizer.first_nonfinite(extra=(loss,))
+    if bad < 0:
+        return
+    if bad == 0:
+        _restore_buffers(model, snapshot)
+        layer = _first_nonfinite_output(model, xd)
+        where = f"; first non-finite output: layer {layer}" if layer else ""
+        raise NonFiniteError(
+            f"non-finite loss at epoch {epoch}, step {step}{where}; training stopped before "
+            "the update, the model keeps the weights of the last good step. Lower the "
+            "learning rate, check the data, or clip gradients (clip_grad_norm=...)",
+            epoch=epoch, step=step, layer=layer)
+    p = optimizer.params[bad - 1]
+    label = _layer_label(model, p.name.rpartition(".")[0] or p.name)
+    raise NonFiniteError(
+        f"non-finite gradient at epoch {epoch}, step {step}, first in layer {label}: "
+        f"{type(optimizer).__name__}: non-finite gradient of {p.name} (shape {p.shape}, "
+        f"{p.dtype}); parameters and optimizer state were not updated. The model keeps the "
+        "weights of the last good step", epoch=epoch, step=step, layer=label)
+
+
+def _read_together(backend, loss_device, count_device):
+    """``(loss, count)`` of two 0-d device arrays in one host read."""
+    xp = backend.xp
+    both = backend.to_host(xp.stack([xp.astype(loss_device, xp.float64),
+                                     xp.astype(count_device, xp.float64)]))
+    return float(both[0]), int(both[1])
+
+
+def _read_totals(backend, loss_device, correct_device, epoch, first_step, step):
+    """``(running loss, correct count or None)`` read in one sync; stops on a bad loss."""
+    value = correct = None
+    if correct_device is not None:
+        value, correct = _read_together(backend, loss_device, correct_device)
+    return _read_guard(backend, loss_device, epoch, first_step, step, value=value), correct
+
+
+def _read_guard(backend, loss_device, epoch, first_step, step, value=None):
+    """Read the device-side running loss (one sync, unless ``value`` was read already)
+    and stop on a non-finite value."""
+    if value is None:
+        value = backend.item(loss_device)
     if not math.isfinite(value):
         raise NonFiniteError(
             f"non-finite loss at epoch {epoch}, between steps {first_step + 1} and {step} "
@@ -443,10 +497,15 @@ def evaluate(model, loss_fn, X, y, batch_size=1024):
 
 def _evaluate_checked(model, loss_fn, X, y, batch_size):
     backend = model.backend
-    xp = backend.xp
     dtype = model_dtype(model)
     labels = is_labels(y)
     per_sample = getattr(loss_fn, "reduction", "mean") == "mean"
+    if getattr(loss_fn, "check_labels", False) is True:
+        # the labels were checked on the host (check_data): no per-batch device check
+        loss_fn = copy.copy(loss_fn)
+        loss_fn.check_labels = False
+    if backend.device != "cpu":
+        loss_fn = reuse_loss_slot(loss_fn, backend, dtype)
     loader = DataLoader(X, y, batch_size, shuffle=False)
     loss_sum = None
     correct = None
@@ -456,18 +515,21 @@ def _evaluate_checked(model, loss_fn, X, y, batch_size):
         steps += 1
         xd = backend.asarray(xb, dtype)
         yd = to_device(backend, yb, labels, dtype)
-        out = model.forward(xd, training=False)
-        loss = loss_fn.forward(out, yd) * (len(xb) if per_sample else 1)
-        loss_sum = loss if loss_sum is None else loss_sum + loss
+        out = model.forward(xd, training=False, **output_slot(model, xd))
+        loss = loss_fn.forward(out, yd)
+        loss_sum = backend.accumulate(loss_sum, loss, len(xb) if per_sample else 1)
         if classify is None:
             classify = labels and len(out.shape) == 2 and out.shape[1] > 1
         if classify:
-            hits = xp.sum(xp.astype(xp.argmax(out, axis=1) == yd, xp.int64))
-            correct = hits if correct is None else correct + hits
+            correct = backend.count_correct(out, yd, correct)
     n = loader.n
-    result = {"loss": backend.item(loss_sum) / (n if per_sample else steps)}
     if classify:
-        result["accuracy"] = backend.item(correct) / n
+        loss_value, hits_value = _read_together(backend, loss_sum, correct)
+    else:
+        loss_value = backend.item(loss_sum)
+    result = {"loss": loss_value / (n if per_sample else steps)}
+    if classify:
+        result["accuracy"] = hits_value / n
     return result
 
 

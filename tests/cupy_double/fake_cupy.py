@@ -16,7 +16,7 @@ GPU) when dualnn first touches it:
 
 :func:`install` puts the double into ``sys.modules["cupy"]`` (and its submodules); it
 must run before dualnn first imports cupy. The only thing patched inside dualnn is the
-simulator launch hook ``dualnn.kernels.cuda._simulated_device_array``, so that Numba's
+simulator launch hook ``dualnn.kernels._cuda._simulated_device_array``, so that Numba's
 simulator, which accepts NumPy arrays but neither ``__cuda_array_interface__`` nor
 DLPack objects, receives the NumPy memory behind a double array (``launch_array()``).
 """
@@ -246,7 +246,7 @@ def install():
     sys.modules["cupy.cuda"] = module.cuda
     sys.modules["cupy.cuda.runtime"] = module.cuda.runtime
     sys.modules["cupy.random"] = module.random
-    from dualnn.kernels import cuda as kernels_cuda
+    from dualnn.kernels import _cuda as kernels_cuda
 
     _saved_hook = kernels_cuda._simulated_device_array
 
@@ -265,7 +265,7 @@ def uninstall():
     for key in [k for k in sys.modules if k == "cupy" or k.startswith("cupy.")]:
         del sys.modules[key]
     sys.modules.update(_saved_modules or {})
-    from dualnn.kernels import cuda as kernels_cuda
+    from dualnn.kernels import _cuda as kernels_cuda
 
     kernels_cuda._simulated_device_array = _saved_hook
     module = None
