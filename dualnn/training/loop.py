@@ -355,7 +355,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
     # vector of flags per step; the running loss stays on the device as without guard.
     host_guard = guard_each_step and read_correct_on_host
     device_guard = guard_each_step and not host_guard
-    runner.start_epoch(host_guard, count_on_device=not read_correct_on_host)
+    runner.start_epoch(host_guard, count_on_device=not host_guard)
     seen = 0
     bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
     started = time.perf_counter()
@@ -434,7 +434,7 @@ def _device_guard(model, optimizer, loss, *, snapshot, xd, epoch, step):
         return
     if bad == 0:
         _restore_buffers(model, snapshot)
-        layer = _first_nonfinite_output(model, xd)
+        layer = accumulate.first_nonfinite_output(model, xd)
         where = f"; first non-finite output: layer {layer}" if layer else ""
         raise NonFiniteError(
             f"non-finite loss at epoch {epoch}, step {step}{where}; training stopped before "
@@ -442,7 +442,7 @@ def _device_guard(model, optimizer, loss, *, snapshot, xd, epoch, step):
             "learning rate, check the data, or clip gradients (clip_grad_norm=...)",
             epoch=epoch, step=step, layer=layer)
     p = optimizer.params[bad - 1]
-    label = _layer_label(model, p.name.rpartition(".")[0] or p.name)
+    label = accumulate.layer_label(model, p.name.rpartition(".")[0] or p.name)
     raise NonFiniteError(
         f"non-finite gradient at epoch {epoch}, step {step}, first in layer {label}: "
         f"{type(optimizer).__name__}: non-finite gradient of {p.name} (shape {p.shape}, "
