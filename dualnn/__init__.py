@@ -32,5 +32,8 @@ __all__ = [
 
 from . import callbacks, data, datasets, training  # noqa: E402, F401
 from .training import History, evaluate, fit, load, predict, save  # noqa: E402
+from ._threads import install as _install_thread_policy  # noqa: E402
+
+_install_thread_policy()  # re-time an OpenBLAS loaded before dualnn; hook the kernels
 __all__ += ["callbacks", "data", "datasets", "evaluate", "fit", "History", "load", "predict",
             "save", "training"]
