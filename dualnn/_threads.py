@@ -172,6 +172,8 @@ def check_openblas(retime=True):
     retime : bool
         Re-read the environment and restart the threads of an OpenBLAS that read no
         ``OPENBLAS_THREAD_TIMEOUT`` when it loaded (its workers then sleep after a GEMM).
+        Restarting joins the idle workers, so it must not race a GEMM in another thread:
+        dualnn does it only in ``import dualnn`` (:func:`install`).
 
     Returns
     -------
@@ -255,7 +257,7 @@ def choose(situation):
 
 def situation():
     """The facts :func:`choose` decides on, detected now."""
-    pools = check_openblas(retime=bool(forced().get("retime", 1)))
+    pools = check_openblas(retime=False)  # re-timing restarts threads: only at import
     gomp_now = _loaded_library("libgomp.so.1") is not None
     gomp_spins = _at_import.get("gomp_spins", False) if _at_import.get("gomp") else (
         gomp_now and _gomp_spins({k: v for k, v in os.environ.items()}))
