@@ -102,14 +102,24 @@ def _initial_user_env():
     return {name: start[name] for name in EXPORTED if name in start}
 
 
-def measure(rows, repeats, epochs, steps, out=print):
-    """Round-robin over ``rows``, ``repeats`` times; returns per-row lists of results."""
+def measure(rows, repeats, epochs, steps, out=print, json_path=None):
+    """Round-robin over ``rows``, ``repeats`` times; returns per-row lists of results.
+
+    With ``json_path``, the results so far are written there after every round.
+    """
     results = [[] for _ in rows]
     for r in range(repeats):
         for i, row in enumerate(rows):
             results[i].append(run_row(row, epochs, steps))
-        out(f"  round {r + 1}/{repeats} done")
+            out(f"  round {r + 1}/{repeats}, row {i + 1}/{len(rows)} done")
+        if json_path:
+            _write_json(json_path, rows, results)
     return results
+
+
+def _write_json(path, rows, results):
+    with open(path, "w") as f:
+        json.dump([dict(row, results=res) for row, res in zip(rows, results)], f, indent=2)
 
 
 def _range(values, fmt):
@@ -161,12 +171,10 @@ def main(args, out=print):
         f"load average {load:.1f} on {os.cpu_count()} cores (timings are noisy on a "
         "loaded machine)")
     started = time.perf_counter()
-    results = measure(rows, args.repeats, args.epochs, args.steps, out)
+    results = measure(rows, args.repeats, args.epochs, args.steps, out,
+                      getattr(args, "json", None))
     report(rows, results, args.epochs, out)
     out(f"({time.perf_counter() - started:.0f} s)")
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump([dict(row, results=res) for row, res in zip(rows, results)], f, indent=2)
     return 0
 
 
