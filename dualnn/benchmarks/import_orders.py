@@ -128,6 +128,19 @@ def _range(values, fmt):
     return f"{fmt.format(mid)} ({fmt.format(values[0])}-{fmt.format(values[-1])})"
 
 
+def policy_summary(policy):
+    """One phrase for a row's policy: layer, serial/parallel kernels, OpenBLAS state."""
+    pools = policy["openblas"].values()
+    if any(pool["spins"] for pool in pools):
+        blas = "spins"
+    elif any(pool["retimed"] for pool in pools):
+        blas = "re-timed"
+    else:
+        blas = "timed at load"
+    kernels = "parallel" if policy["parallel_kernels"] else "serial"
+    return f"{policy['numba_layer'] or 'no layer'}, {kernels} kernels, OpenBLAS {blas}"
+
+
 def report(rows, results, epochs, out=print):
     """Print the table: one line per row, median (min-max)."""
     out("")
@@ -141,10 +154,7 @@ def report(rows, results, epochs, out=print):
             value = _range([r["ratio"] for r in res], "{:.2f}") + "x PyTorch"
         if row["label"]:
             name += f", {row['label']}"
-        policy = res[-1]["policy"]
-        summary = (f"{policy['numba_layer'] or '-'}, "
-                   f"{'parallel' if policy['parallel_kernels'] else 'serial'}, "
-                   f"openblas {'re-timed' if any(p['retimed'] for p in policy['openblas'].values()) else ('spins' if any(p['spins'] for p in policy['openblas'].values()) else 'timed')}")
+        summary = policy_summary(res[-1]["policy"])
         if len(name) > 44:
             out(name)
             name = ""
