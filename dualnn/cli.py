@@ -365,6 +365,8 @@ def _bench_import_orders(argv):
                         help="timed MLP steps per round (default 10)")
     parser.add_argument("--alternatives", action="store_true",
                         help="also time the policies dualnn chose among")
+    parser.add_argument("--only", choices=["digits", "step"],
+                        help="only the digits-fit rows or only the MLP-step rows")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     from dualnn.benchmarks import import_orders
 
