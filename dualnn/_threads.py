@@ -36,7 +36,7 @@ POLICY = {
     "OPENBLAS_THREAD_TIMEOUT": "4",
     "OMP_WAIT_POLICY": "PASSIVE",
 }
-TIMEOUT_EXPORT = "export OPENBLAS_THREAD_TIMEOUT=4 OMP_WAIT_POLICY=PASSIVE"
+TIMEOUT_EXPORT = "export OPENBLAS_THREAD_TIMEOUT=4 OMP_WAIT_POLICY=PASSIVE before Python starts"
 
 _applied = {}
 """Variables :func:`apply_thread_policy_env` set (name -> value)."""
