@@ -41,3 +41,7 @@ from .memory import estimate_memory, summary  # noqa: E402
 __all__ += ["estimate_memory", "LossScaler", "summary"]
 from .export import export_onnx  # noqa: E402  (onnx itself is imported only when called)
 __all__ += ["export_onnx"]
+
+from ._threads import install as _install_thread_policy  # noqa: E402
+
+_install_thread_policy()  # re-time an OpenBLAS loaded before dualnn; hook the kernels

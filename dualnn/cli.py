@@ -640,6 +640,29 @@ def cmd_info(args, out):
     return 0
 
 
+def _bench_import_orders(argv):
+    """``dualnn bench --import-orders``: the thread policy's timings per import order."""
+    parser = argparse.ArgumentParser(
+        prog="dualnn bench --import-orders",
+        description="Time the digits fit and the MLP step (against PyTorch) with dualnn "
+                    "imported first, after NumPy, after NumPy + scikit-learn and after NumPy "
+                    "+ PyTorch, each row in a fresh process, alternated and repeated.")
+    parser.add_argument("--import-orders", action="store_true", required=True)
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="default 3")
+    parser.add_argument("--epochs", type=_positive_int, default=30,
+                        help="digits fit epochs (default 30)")
+    parser.add_argument("--steps", type=_positive_int, default=10,
+                        help="timed MLP steps per round (default 10)")
+    parser.add_argument("--alternatives", action="store_true",
+                        help="also time the policies dualnn chose among")
+    parser.add_argument("--only", choices=["digits", "step"],
+                        help="only the digits-fit rows or only the MLP-step rows")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    from dualnn.benchmarks import import_orders
+
+    return import_orders.main(parser.parse_args(argv))
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "export": cmd_export, "info": cmd_info}
 
@@ -704,6 +727,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     out, err = sys.stdout, sys.stderr
+    if argv[:1] == ["bench"] and "--import-orders" in argv:
+        return _bench_import_orders(argv[1:])
     if argv[:1] == ["bench"] and any(a == "--workers" or a.startswith("--workers=")
                                      for a in argv):
         from dualnn.benchmarks.distributed import main as distributed_bench_main

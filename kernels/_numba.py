@@ -113,6 +113,45 @@ def _variant(fn, namespace, suffix):
 
 
 
+DEFAULT_LAYER_PRIORITY = ("omp", "tbb", "workqueue")
+
+_policy = {"hook": None, "parallel": True}
+
+
+def set_policy_hook(hook):
+    """Register ``hook(numba) -> {"parallel": bool, ...}``, called once before the first
+    kernel is built (before Numba's threading layer starts).
+
+    The hook may set ``numba.config.THREADING_LAYER_PRIORITY``; ``parallel=False`` makes
+    :meth:`KernelSet.get` return serial builds only. Without a hook the priority is
+    :data:`DEFAULT_LAYER_PRIORITY` and parallel builds are allowed.
+    """
+    _policy["hook"] = hook
+
+
+def parallel_enabled():
+    """Whether kernels may run their parallel builds (the thread policy's choice)."""
+    return _policy["parallel"]
+
+
+def numba_module():
+    """Numba, configured (threading-layer priority, cache directory, the policy hook)."""
+    return _numba()
+
+
+def start_threading_layer():
+    """Run a tiny parallel kernel so Numba's threading layer starts; returns its name."""
+    numba = _numba()
+    if "start" not in _policy:
+        def _k_start(out):
+            for i in numba.prange(out.size):
+                out[i] = i
+
+        _policy["start"] = numba.njit(parallel=True, cache=False)(_k_start)
+    _policy["start"](np.zeros(4))
+    return numba.threading_layer()
+
+
 def _numba():
     """Import Numba (once) with the threading layer and cache directory set."""
     cache_path = _choose_cache_dir()
@@ -121,7 +160,10 @@ def _numba():
     with _numba_setup_lock:
         if not _cache_state.get("configured"):
             if "NUMBA_THREADING_LAYER" not in os.environ:
-                numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+                numba.config.THREADING_LAYER_PRIORITY = list(DEFAULT_LAYER_PRIORITY)
+            if _policy["hook"] is not None:
+                decision = _policy["hook"](numba)
+                _policy["parallel"] = bool(decision.get("parallel", True))
             if cache_path and os.environ.get("NUMBA_CACHE_DIR") == cache_path:
                 numba.config.CACHE_DIR = cache_path  # numba may have been imported first
             if cache_path is None:
@@ -182,7 +224,7 @@ class KernelSet:
                 if not self._built:
                     self._built.update(self._build())
         serial, parallel = self._built[name]
-        return parallel if size >= threshold else serial
+        return parallel if size >= threshold and _policy["parallel"] else serial
 
 
 def check(reference_array, *arrays, shapes=None, outputs=()):
