@@ -289,10 +289,25 @@ def _finalize(MPI):
         MPI.Finalize()
 
 
-def report_and_abort(comm, error, code=1):
-    """Print ``error`` for rank ``comm.rank`` on stderr, then ``MPI_Abort`` the job."""
+ABORT_GRACE_SECONDS = 0.5
+"""Pause between reporting a failure and aborting the job (see :func:`report_and_abort`)."""
+
+
+def report_failure(comm, error):
+    """One line naming the rank and the error, flushed at once (the job may be killed
+    while anything longer, such as a traceback, is still being written)."""
     sys.stderr.write(f"dualnn.distributed: rank {comm.rank} of {comm.size} failed: "
                      f"{type(error).__name__}: {error}\n")
     sys.stderr.flush()
+
+
+def report_and_abort(comm, error, code=1, *, reported=False):
+    """Print ``error`` for rank ``comm.rank`` on stderr (unless ``reported``), then
+    ``MPI_Abort`` the job."""
+    if not reported:
+        report_failure(comm, error)
+    # MPI_Abort makes the launcher kill every process at once, dropping output its proxies
+    # have not forwarded yet: give them a moment to pass on the lines that name the error.
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.comm.Abort(code)
     os._exit(code)  # MPI_Abort may return before the launcher kills this process

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from .communicator import MPICommunicator, report_and_abort, resolve_timeout
+from .communicator import MPICommunicator, report_and_abort, report_failure, resolve_timeout
 
 _lock = threading.Lock()
 _state = None
@@ -115,8 +115,9 @@ def _install_excepthook(state):
         comm = state.comm
         sys.stderr.write(f"dualnn.distributed: uncaught exception on rank {comm.rank} of "
                          f"{comm.size} (pid {os.getpid()}); aborting every rank\n")
+        report_failure(comm, value)  # first: the traceback may not get out whole
         state.previous_excepthook(kind, value, tb)
-        report_and_abort(comm, value)
+        report_and_abort(comm, value, reported=True)
 
     sys.excepthook = hook
 
