@@ -11,6 +11,12 @@ trains data-parallel on N MPI processes (see the "Training on several workers" p
 
 Errors print one line, ``dualnn: error: ...``, on stderr and exit with status 2 (usage)
 or 1 (runtime); ``--debug`` shows the traceback instead.
+
+Why one long module: it is the single place that maps the command line onto the public
+API — the argument parser and one small handler per subcommand side by side, so a flag and
+what it does are read together. The handlers only plumb arguments; the work lives in the
+library (data files in :mod:`dualnn.data.files`, workers in :mod:`dualnn.distributed`,
+benchmarks in :mod:`dualnn.benchmarks`).
 """
 
 # Only the standard library before the thread policy: it must be set before NumPy loads.

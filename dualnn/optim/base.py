@@ -6,6 +6,11 @@ in the optimizer, so ``model.to(device)`` moves it with the parameter. Updates g
 the parameter's backend (``p.backend.adam_update(...)`` etc.), which runs a fused kernel
 where it has one and the reference math otherwise; nothing here touches an array library
 directly.
+
+Why this module is long: the base class owns everything every optimizer shares —
+declared hyperparameters, option hooks, per-parameter state and its checkpoint format,
+the one-launch update over flat buffers on the GPU, and the device-side finite check — so
+that a concrete optimizer is only its hyperparameter declaration and its update call.
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ Decisions users can rely on
   back, Ctrl-C stops after the current step and returns the partial :class:`History`
   (``history.stopped``). The "Errors and guarantees" page of the documentation has the
   details.
+
+Why this module is long: the epoch loop's bookkeeping (device-side running sums read
+once per log interval, the per-step guard on either device, rollback of an unfinished
+step, interruption) must be read in one piece to be checked; the step itself lives in
+:mod:`~dualnn.training.accumulate`, data feeding in :mod:`~dualnn.training.feeder`,
+validation in :mod:`~dualnn.training.checks` and workers in :mod:`~dualnn.training.workers`.
 """
 
 from __future__ import annotations
