@@ -21,10 +21,10 @@ from .._cuda import (
     dtype_constants,
     dtype_of,
     grid_stride,
+    install_simulator_shuffle,
     is_cupy,
     numba_cuda,
     require_array,
-    install_simulator_shuffle,
     stream_for,
 )
 from ..ops import LABEL_DTYPES
