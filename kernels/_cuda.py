@@ -34,7 +34,8 @@ class LaunchConfig:
     block : int
         Threads per block of the elementwise (grid-stride) kernels.
     max_blocks : int
-        Cap on the blocks of a grid-stride launch; larger inputs loop.
+        Cap on the blocks of a grid-stride launch; larger inputs loop. :func:`grid_stride`
+        also caps at ``blocks_per_sm`` blocks per multiprocessor (whichever is smaller).
     bn_block_features, bn_block_slices : int
         Block shape (features x row slices) of the batch-norm reduction kernels.
     bn_rows_per_slice : int
