@@ -34,7 +34,8 @@ class LaunchConfig:
     block : int
         Threads per block of the elementwise (grid-stride) kernels.
     max_blocks : int
-        Cap on the blocks of a grid-stride launch; larger inputs loop.
+        Cap on the blocks of a grid-stride launch; larger inputs loop. :func:`grid_stride`
+        also caps at ``blocks_per_sm`` blocks per multiprocessor (whichever is smaller).
     bn_block_features, bn_block_slices : int
         Block shape (features x row slices) of the batch-norm reduction kernels.
     bn_rows_per_slice : int
@@ -43,6 +44,12 @@ class LaunchConfig:
     bn_max_slices : int
     reduce_block : int
         Threads of the one-block loss-mean reduction (a power of two, <= 256).
+    blocks_per_sm : int
+        Blocks per multiprocessor of a grid-stride launch (:func:`grid_stride`): 8 blocks
+        of 256 threads fill the 2048 thread slots of an H100 (or A100) SM in one wave.
+    xent_warp_min_classes : int
+        Softmax cross-entropy uses one warp per row from this many classes up, one thread
+        per row below (see ``docs/gpu_performance.md``).
     """
 
     block: int = 256
@@ -52,7 +59,8 @@ class LaunchConfig:
     bn_rows_per_slice: int = 8
     bn_max_slices: int = 128
     reduce_block: int = 256
-
+    blocks_per_sm: int = 8
+    xent_warp_min_classes: int = 16
 
 
 config = LaunchConfig()
@@ -248,6 +256,118 @@ def grid_1d(n):
     threads = max(1, min(config.block, n))
     blocks = max(1, min(-(-n // threads), config.max_blocks))
     return blocks, threads
+
+
+SIMULATOR_SM_COUNT = 2
+"""Multiprocessors assumed under the simulator (it has no device to ask; small keeps
+simulated grids small)."""
+
+_sm_count = None
+
+
+def multiprocessor_count():
+    """Multiprocessors (SMs) of the current device, read once and cached.
+
+    ``SIMULATOR_SM_COUNT`` under the simulator. The first device asked is the one cached:
+    a process driving several GPUs of one model (the usual case) gets the right count.
+    """
+    global _sm_count
+    if _sm_count is None:
+        if simulator_enabled():
+            _sm_count = SIMULATOR_SM_COUNT
+        else:
+            _sm_count = int(numba_cuda().get_current_device().MULTIPROCESSOR_COUNT)
+    return _sm_count
+
+
+def grid_stride(n, threads=None):
+    """``(blocks, threads)`` of a grid-stride launch over ``n`` work items.
+
+    ``threads`` defaults to ``config.block`` (fewer for tiny ``n``). Blocks cover ``n``
+    once if that takes fewer than ``config.blocks_per_sm`` blocks per multiprocessor (and
+    ``config.max_blocks``); beyond that each thread loops, so a huge array launches one
+    full wave sized to the device, not a grid capped at an arbitrary count.
+    """
+    if threads is None:
+        threads = max(1, min(config.block, n))
+    cap = max(1, min(config.max_blocks, multiprocessor_count() * config.blocks_per_sm))
+    blocks = max(1, min(-(-n // threads), cap))
+    return blocks, threads
+
+
+_warp_exchange_lock = threading.Lock()
+
+
+SHFL_XOR = 3
+"""The ``mode`` of ``cuda.shfl_sync_intrinsic`` for a butterfly (``lane ^ index``) shuffle."""
+
+
+def install_simulator_shuffle():
+    """Give the simulator's ``cuda`` module a ``shfl_sync_intrinsic`` (it has none).
+
+    Kernels shuffle through ``cuda.shfl_sync_intrinsic(mask, mode, value, index, clamp)``
+    (returning ``(value, valid)``), not the ``cuda.shfl_xor_sync`` wrapper: the wrapper is
+    a device function whose compilation asks the driver for the current device, so it
+    cannot go through ``compile_ptx`` on a machine without a GPU. Under the simulator this
+    adds :func:`simulator_shfl_sync` to the module object the simulator substitutes for
+    ``cuda`` inside kernels; elsewhere it does nothing.
+    """
+    if not simulator_enabled():
+        return
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    if not hasattr(FakeCUDAModule, "shfl_sync_intrinsic"):
+        FakeCUDAModule.shfl_sync_intrinsic = staticmethod(simulator_shfl_sync)
+
+
+_warp_exchange_lock = threading.Lock()
+
+
+SHFL_XOR = 3
+"""The ``mode`` of ``cuda.shfl_sync_intrinsic`` for a butterfly (``lane ^ index``) shuffle."""
+
+
+def shfl_sync_intrinsic():
+    """The warp-shuffle primitive the kernels call: ``f(mask, mode, value, index, clamp)``
+    returning ``(value, valid)``.
+
+    On the CUDA target this is ``numba.cuda.shfl_sync_intrinsic`` itself: the
+    ``cuda.shfl_xor_sync`` wrapper is a device function whose compilation asks the driver
+    for the current device, so it cannot go through ``compile_ptx`` on a machine without
+    a GPU. Under the simulator (which has no shuffles) it is
+    :func:`simulator_shfl_sync`.
+    """
+    if simulator_enabled():
+        return simulator_shfl_sync
+    return numba_cuda().shfl_sync_intrinsic
+
+
+_warp_exchange_lock = threading.Lock()
+
+
+def simulator_shfl_sync(mask, mode, value, index, clamp):
+    """Simulator stand-in for ``cuda.shfl_sync_intrinsic``, xor mode only.
+
+    Each simulated thread is a Python thread; the 32 lanes of a warp meet at a barrier,
+    publish ``value`` and read lane ``lane ^ index``'s. As on the hardware every lane of
+    the warp must call it; ``mask`` and ``clamp`` are ignored (kernels here always shuffle
+    the full warp), and the block size must be a multiple of 32.
+    """
+    if mode != SHFL_XOR:
+        raise NotImplementedError(f"simulator shuffle: mode {mode}, only xor ({SHFL_XOR})")
+    me = threading.current_thread()
+    warp, lane = divmod(me.thread_id, 32)
+    with _warp_exchange_lock:
+        warps = me._manager.__dict__.setdefault("_dualnn_warps", {})
+        slot = warps.get(warp)
+        if slot is None:
+            slot = warps[warp] = ([None] * 32, threading.Barrier(32, timeout=120))
+    values, barrier = slot
+    values[lane] = value
+    barrier.wait()
+    out = values[lane ^ index]
+    barrier.wait()
+    return out, True
 
 
 def flat(a):

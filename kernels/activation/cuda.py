@@ -16,7 +16,7 @@ from .._cuda import (
     check,
     dtype_constants,
     flat,
-    grid_1d,
+    grid_stride,
     numba_cuda,
     require_array,
     stream_for,
@@ -110,7 +110,7 @@ def activation_backward(kind, dy, saved, alpha=0.0, *, out):
                    {"dy": (dy, None), "saved": (saved, shape), "out": (out, shape)})
     size = int(np.prod(shape, dtype=np.int64))
     if size:
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         kernel = KERNELS.compiled("activation_backward", dtype)
         kernel[blocks, threads, stream_for(dy)](flat(dy), flat(saved), flat(out), code,
                                                  alpha)
@@ -134,7 +134,7 @@ def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
     dtype = check("bias_activation_forward", arrays)
     if n * c:
         zf = flat(z)
-        blocks, threads = grid_1d(n * c)
+        blocks, threads = grid_stride(n * c)
         kernel = KERNELS.compiled("bias_activation_forward", dtype)
         kernel[blocks, threads, stream_for(z)](
             zf, zf[:1] if b is None else b, flat(out), c, code, alpha, int(b is not None))
@@ -149,7 +149,7 @@ def activation_forward(kind, z, alpha=0.0, *, out):
     size = int(np.prod(z.shape, dtype=np.int64))
     if size:
         zf = flat(z)
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         kernel = KERNELS.compiled("bias_activation_forward", dtype)
         kernel[blocks, threads, stream_for(z)](zf, zf[:1], flat(out), 1, code, alpha, 0)
     return out

@@ -14,7 +14,7 @@ from .._cuda import (
     check,
     dtype_constants,
     flat,
-    grid_1d,
+    grid_stride,
     numba_cuda,
     require_array,
     stream_for,
@@ -171,7 +171,7 @@ def sgd_update(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
     if size:
         pf = flat(param)
         buf = flat(momentum_buffer) if momentum != 0 else pf
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         KERNELS.compiled("sgd_update", dtype)[blocks, threads, stream_for(param)](
             pf, flat(grad), buf, lr, momentum, 1.0 - dampening, weight_decay,
             int(weight_decay != 0), int(momentum != 0), int(bool(nesterov)),
@@ -187,7 +187,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
         mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
         step_size = lr / (1 - beta1 ** step)
         bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         KERNELS.compiled("adam_update", dtype)[blocks, threads, stream_for(param)](
             flat(param), flat(grad), flat(exp_avg), flat(exp_avg_sq), beta1, 1.0 - beta1,
             beta2, 1.0 - beta2, step_size, bias_correction2_sqrt, eps, weight_decay,
@@ -209,7 +209,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, al
     dtype, size = _optimizer_arrays("rmsprop_update", param, **state)
     if size:
         pf = flat(param)
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         KERNELS.compiled("rmsprop_update", dtype)[blocks, threads, stream_for(param)](
             pf, flat(grad), flat(square_avg),
             flat(momentum_buffer) if momentum > 0 else pf,
@@ -224,7 +224,7 @@ def adagrad_update(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_dec
     dtype, size = _optimizer_arrays("adagrad_update", param, grad=grad, state_sum=state_sum)
     if size:
         clr = lr / (1 + (step - 1) * lr_decay)
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         KERNELS.compiled("adagrad_update", dtype)[blocks, threads, stream_for(param)](
             flat(param), flat(grad), flat(state_sum), clr, eps, weight_decay,
             int(weight_decay != 0))
@@ -236,7 +236,7 @@ def adadelta_update(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=
     dtype, size = _optimizer_arrays("adadelta_update", param, grad=grad,
                                     square_avg=square_avg, acc_delta=acc_delta)
     if size:
-        blocks, threads = grid_1d(size)
+        blocks, threads = grid_stride(size)
         KERNELS.compiled("adadelta_update", dtype)[blocks, threads, stream_for(param)](
             flat(param), flat(grad), flat(square_avg), flat(acc_delta), lr, rho,
             1.0 - rho, eps, weight_decay, int(weight_decay != 0))

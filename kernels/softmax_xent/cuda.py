@@ -1,6 +1,9 @@
 """Softmax cross-entropy as Numba-CUDA kernels and their launcher.
 
-One thread per row (stable log-sum-exp, the row's loss, ``dlogits``), then a one-block
+Per row: stable log-sum-exp, the row's loss, ``dlogits``. From
+``config.xent_warp_min_classes`` classes up one warp works on a row (lane ``j`` reads
+columns ``j, j + 32, ...``: coalesced; warp-shuffle reductions for the max and the sum);
+below, one thread per row (a warp would leave most lanes idle). Then a one-block
 fixed-order tree for the mean (deterministic, no atomics).
 """
 
@@ -11,12 +14,14 @@ import math
 import numpy as np
 
 from .._cuda import (
+    SHFL_XOR,
     KernelFamily,
     check,
     config,
     dtype_constants,
     dtype_of,
-    grid_1d,
+    grid_stride,
+    install_simulator_shuffle,
     is_cupy,
     numba_cuda,
     require_array,
@@ -29,10 +34,14 @@ cuda = None
 because the kernels name it and the simulator swaps that global for its own."""
 
 _SHARED_REDUCE = 256  # shared-memory slots of the one-block mean reduction (max block size)
+WARP = 32
+_FULL_MASK = 0xFFFFFFFF
+_LANE_CLAMP = 0x1F  # shuffle within the whole 32-lane warp
 
 
 SIGNATURES = {
     "softmax_cross_entropy_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {f}[::1])",
+    "softmax_cross_entropy_warp_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {f}[::1])",
     "softmax_cross_entropy_mean": "void({f}[::1], {f}[::1])",
 }
 """Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
@@ -47,6 +56,8 @@ def _make_kernels(dtype_name):
     import numba
 
     shared_dtype = numba.from_dtype(np.dtype(dtype_name))
+    minus_inf = cast(-np.inf)
+    install_simulator_shuffle()
 
     def softmax_cross_entropy_rows(logits, labels, dlogits, row_loss):
         """One row per thread: stable log-sum-exp, the row's loss, ``dlogits / n``.
@@ -77,6 +88,55 @@ def _make_kernels(dtype_name):
             log_total = math.log(total)
             row_loss[i] = log_total - (logits[i, label] - top)
             for j in range(k):
+                p = math.exp((logits[i, j] - top) - log_total)
+                if j == label:
+                    p -= one
+                dlogits[i, j] = p / nf
+
+    def softmax_cross_entropy_warp_rows(logits, labels, dlogits, row_loss):
+        """One row per warp: lane ``j`` handles columns ``j, j + 32, ...`` of the row.
+
+        Row max and sum of ``exp`` by xor-butterfly shuffles, so every lane ends with the
+        same (bitwise) value; the grid-stride loop runs over warps, so all 32 lanes of a
+        warp take the same trip count and always meet at the shuffles. The block size
+        must be a multiple of 32. A label outside ``[0, k)`` gives a NaN row.
+        """
+        n = logits.shape[0]
+        k = logits.shape[1]
+        nf = cast(n)
+        lane = cuda.threadIdx.x % WARP
+        first = cuda.grid(1) // WARP
+        warps = cuda.gridsize(1) // WARP
+        for i in range(first, n, warps):
+            label = labels[i]
+            if label < 0 or label >= k:
+                if lane == 0:
+                    row_loss[i] = nan
+                for j in range(lane, k, WARP):
+                    dlogits[i, j] = nan
+                continue
+            top = minus_inf
+            for j in range(lane, k, WARP):
+                v = logits[i, j]
+                if v > top or v != v:  # noqa: PLR0124 - v != v: NaN propagates
+                    top = v
+            offset = WARP // 2
+            while offset > 0:
+                other = cuda.shfl_sync_intrinsic(_FULL_MASK, SHFL_XOR, top, offset, _LANE_CLAMP)[0]
+                if other > top or other != other:  # noqa: PLR0124 - NaN propagates
+                    top = other
+                offset //= 2
+            total = zero
+            for j in range(lane, k, WARP):
+                total += math.exp(logits[i, j] - top)
+            offset = WARP // 2
+            while offset > 0:
+                total += cuda.shfl_sync_intrinsic(_FULL_MASK, SHFL_XOR, total, offset, _LANE_CLAMP)[0]
+                offset //= 2
+            log_total = math.log(total)
+            if lane == 0:
+                row_loss[i] = log_total - (logits[i, label] - top)
+            for j in range(lane, k, WARP):
                 p = math.exp((logits[i, j] - top) - log_total)
                 if j == label:
                     p -= one
@@ -127,7 +187,8 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
     array, ``dlogits`` ``(n, k)``, ``row_loss`` ``(n,)`` scratch
     (:func:`softmax_cross_entropy_scratch`). Labels are not checked
     against ``[0, k)`` on the host (that would sync the device); a bad label gives a NaN
-    loss. Two launches: one thread per row, then a one-block fixed-order mean.
+    loss. Two launches: the rows (one warp per row from ``config.xent_warp_min_classes``
+    classes up, else one thread per row), then a one-block fixed-order mean.
 
     Returns ``(loss, dlogits)``.
     """
@@ -157,8 +218,14 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
         raise ValueError(f"softmax_cross_entropy: labels must be a contiguous ({n},) array, "
                          f"got shape {tuple(labels.shape)}")
     stream = stream_for(logits)
-    blocks, threads = grid_1d(n)
-    KERNELS.compiled("softmax_cross_entropy_rows", dtype, label_dtype)[blocks, threads, stream](
+    if k >= config.xent_warp_min_classes:
+        name = "softmax_cross_entropy_warp_rows"
+        threads = max(WARP, config.block // WARP * WARP)
+        blocks, threads = grid_stride(n * WARP, threads)
+    else:
+        name = "softmax_cross_entropy_rows"
+        blocks, threads = grid_stride(n)
+    KERNELS.compiled(name, dtype, label_dtype)[blocks, threads, stream](
         logits, labels, dlogits, row_loss)
     width = 1
     while width * 2 <= min(n, config.reduce_block, _SHARED_REDUCE):

@@ -369,3 +369,75 @@ def test_cudasim_tiny_model_matches_numpy(dtype):
     assert {"batchnorm_forward_partial", "batchnorm_backward_apply", "batchnorm_forward_eval",
             "softmax_cross_entropy_rows", "adam_update", "activation_backward",
             "bias_activation_forward"} <= launched
+
+
+# ------------------------------------------------------------ launch grids sized from the device
+
+
+class _FakeDevice:
+    def __init__(self, sms):
+        self.MULTIPROCESSOR_COUNT = sms
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """``_cuda`` believing it drives a GPU with 132 SMs (an H100 SXM); counts the asks."""
+    from dualnn.kernels import _cuda
+
+    asks = []
+
+    class FakeCuda:
+        @staticmethod
+        def get_current_device():
+            asks.append(1)
+            return _FakeDevice(132)
+
+    monkeypatch.setattr(_cuda, "_sm_count", None)
+    monkeypatch.setattr(_cuda, "_cuda", FakeCuda)
+    monkeypatch.setattr(_cuda, "simulator_enabled", lambda: False)
+    saved = dict(vars(_cuda.config))
+    yield _cuda, asks
+    for key, value in saved.items():
+        setattr(_cuda.config, key, value)
+
+
+def test_multiprocessor_count_is_read_once(fake_gpu):
+    _cuda, asks = fake_gpu
+    assert _cuda.multiprocessor_count() == 132
+    assert _cuda.multiprocessor_count() == 132
+    assert len(asks) == 1
+
+
+def test_grid_stride_fills_the_device_then_loops(fake_gpu):
+    _cuda, _ = fake_gpu
+    _cuda.config.max_blocks = 10**9
+    wave = 132 * _cuda.config.blocks_per_sm
+    assert _cuda.grid_stride(1) == (1, 1)
+    assert _cuda.grid_stride(1000) == (4, 256)
+    assert _cuda.grid_stride(wave * 256) == (wave, 256)
+    assert _cuda.grid_stride(wave * 256 + 1) == (wave, 256)  # one full wave, threads loop
+    assert _cuda.grid_stride(10**9) == (wave, 256)
+    assert _cuda.grid_stride(100 * 32, threads=64) == (50, 64)
+    _cuda.config.blocks_per_sm = 2
+    assert _cuda.grid_stride(10**9) == (264, 256)
+    _cuda.config.max_blocks = 7  # an explicit cap still wins
+    assert _cuda.grid_stride(10**9) == (7, 256)
+
+
+def test_simulator_uses_a_fixed_small_count(monkeypatch):
+    from dualnn.kernels import _cuda
+
+    def no_device():
+        raise AssertionError("the simulator has no device to ask")
+
+    monkeypatch.setattr(_cuda, "_sm_count", None)
+    monkeypatch.setattr(_cuda, "simulator_enabled", lambda: True)
+    monkeypatch.setattr(_cuda, "numba_cuda", no_device)
+    assert _cuda.multiprocessor_count() == _cuda.SIMULATOR_SM_COUNT
+
+
+def test_simulator_shuffle_is_xor_only():
+    from dualnn.kernels import _cuda
+
+    with pytest.raises(NotImplementedError, match="xor"):
+        _cuda.simulator_shfl_sync(0xFFFFFFFF, 0, 1.0, 1, 31)

@@ -5,6 +5,8 @@ extreme logits and label checks.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from dualnn.kernels import cpu, reference
@@ -117,6 +119,13 @@ def _sim_run(ck, logits, labels):
     return loss, dlogits
 
 
+@pytest.fixture(params=["thread", "warp"])
+def path(request, ck):
+    """Force one row kernel: one thread per row or one warp per row, whatever ``k``."""
+    ck.config.xent_warp_min_classes = 10**9 if request.param == "thread" else 1
+    return ck
+
+
 def _sim_tol(dtype):
     return {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-14}
 
@@ -138,12 +147,12 @@ def test_cudasim_matches_reference(ck, rng, shape, dtype, label_dtype):
 
 @CUDASIM
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
-def test_cudasim_stable_for_huge_logits(ck, dtype):
+def test_cudasim_stable_for_huge_logits(path, dtype):
     """|z| ~ 1e4 and 3e38-ish spreads: the max shift keeps exp from overflowing."""
     logits = np.array([[1e4, -1e4, 0.0], [5e3, 5e3, 5e3], [-1e4, -1e4 + 1, -1e4 - 1]], dtype)
     labels = np.array([1, 0, 2])
     loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
-    loss, dlogits = _sim_run(ck, logits, labels)
+    loss, dlogits = _sim_run(path, logits, labels)
     assert np.isfinite(loss) and np.isfinite(dlogits).all()
     np.testing.assert_allclose(loss, loss_ref, **_sim_tol(dtype))
     np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol(dtype))
@@ -151,35 +160,37 @@ def test_cudasim_stable_for_huge_logits(ck, dtype):
 
 @CUDASIM
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_cudasim_nan_and_inf_logits_give_nan(ck):
+def test_cudasim_nan_and_inf_logits_give_nan(path):
     logits = np.array([[0.0, np.nan, 1.0], [np.inf, 0.0, 1.0], [1.0, 2.0, 3.0]], np.float32)
-    loss, dlogits = _sim_run(ck, logits, np.array([0, 0, 2]))
+    loss, dlogits = _sim_run(path, logits, np.array([0, 0, 2]))
     assert np.isnan(loss)
     assert np.isnan(dlogits[:2]).all() and np.isfinite(dlogits[2]).all()
 
 
 @CUDASIM
-def test_cudasim_minus_inf_logit_is_a_zero_probability(ck):
+def test_cudasim_minus_inf_logit_is_a_zero_probability(path):
     """A -inf logit off the label costs nothing (mathematically exact)."""
     logits = np.array([[-np.inf, 0.0, 0.0]], np.float64)
-    loss, dlogits = _sim_run(ck, logits, np.array([1]))
+    loss, dlogits = _sim_run(path, logits, np.array([1]))
     np.testing.assert_allclose(loss, np.log(2.0))
     np.testing.assert_allclose(dlogits, [[0.0, -0.5, 0.5]])
 
 
 @CUDASIM
-def test_cudasim_label_out_of_range_is_nan_not_an_out_of_bounds_read(ck):
+def test_cudasim_label_out_of_range_is_nan_not_an_out_of_bounds_read(path):
     logits = np.zeros((3, 4), np.float32)
-    loss, dlogits = _sim_run(ck, logits, np.array([0, 4, -1]))
+    loss, dlogits = _sim_run(path, logits, np.array([0, 4, -1]))
     assert np.isnan(loss)
     assert np.isfinite(dlogits[0]).all() and np.isnan(dlogits[1:]).all()
 
 
 @CUDASIM
+@pytest.mark.parametrize("warp_min_classes", [10**9, 1], ids=["thread", "warp"])
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
-def test_cudasim_grid_stride_and_tree_mean(tiny_grid, rng, dtype):
-    """8 row threads for 37 rows, a 4-thread mean tree: still the reference."""
+def test_cudasim_grid_stride_and_tree_mean(tiny_grid, rng, dtype, warp_min_classes):
+    """8 row threads (or 2 warps) for 37 rows, a 4-thread mean tree: still the reference."""
     ck = tiny_grid
+    ck.config.xent_warp_min_classes = warp_min_classes
     logits = rng.standard_normal((37, 3)).astype(dtype)
     labels = rng.integers(0, 3, 37)
     loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
@@ -189,11 +200,11 @@ def test_cudasim_grid_stride_and_tree_mean(tiny_grid, rng, dtype):
 
 
 @CUDASIM
-def test_cudasim_deterministic(ck, rng):
+def test_cudasim_deterministic(path, rng):
     logits = rng.standard_normal((37, 3)).astype(np.float32)
     labels = rng.integers(0, 3, 37)
-    first = [a.copy() for a in _sim_run(ck, logits, labels)]
-    second = _sim_run(ck, logits, labels)
+    first = [a.copy() for a in _sim_run(path, logits, labels)]
+    second = _sim_run(path, logits, labels)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
@@ -218,3 +229,105 @@ class TestLauncherChecks:
         with pytest.raises(ValueError, match="loss"):
             ck.softmax_cross_entropy(logits, np.zeros(2, np.int64),
                                      loss=np.empty(2, np.float32), **kw)
+
+
+# ------------------------------------------------------------ one warp per row
+
+
+@CUDASIM
+@pytest.mark.parametrize("classes", [1, 31, 32, 33, 100])
+@pytest.mark.parametrize("rows", [1, 9, 70])
+def test_cudasim_warp_rows_match_reference(ck, classes, rows):
+    """Lane-strided columns (k below, at and above 32, several columns per lane) and
+    grid-stride rows (2 warps per block, 16 blocks under the simulator) in float64."""
+    ck.config.xent_warp_min_classes = 1
+    ck.config.block = 64
+    rng = np.random.default_rng(classes * 100 + rows)
+    logits = rng.standard_normal((rows, classes)) * 4
+    labels = rng.integers(0, classes, rows).astype(np.int32)
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+    loss, dlogits = _sim_run(ck, logits, labels)
+    np.testing.assert_allclose(loss, loss_ref, **_sim_tol("float64"))
+    np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol("float64"))
+
+
+@CUDASIM
+@pytest.mark.parametrize("shape", [(9, 33), (70, 100)])
+def test_cudasim_warp_rows_float32(ck, shape):
+    ck.config.xent_warp_min_classes = 1
+    ck.config.block = 64
+    rng = np.random.default_rng(shape[1])
+    logits = (rng.standard_normal(shape) * 4).astype(np.float32)
+    labels = rng.integers(0, shape[1], shape[0])
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+    loss, dlogits = _sim_run(ck, logits, labels)
+    assert dlogits.dtype == np.float32
+    np.testing.assert_allclose(loss, loss_ref, **_sim_tol("float32"))
+    np.testing.assert_allclose(dlogits, dlogits_ref, **_sim_tol("float32"))
+
+
+@CUDASIM
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cudasim_warp_edge_values_reach_every_lane(ck):
+    """A NaN or +inf seen by one lane reaches the whole row; a -inf (and a huge logit) in
+    one lane's columns leaves a finite loss; rows stay independent."""
+    ck.config.xent_warp_min_classes = 1
+    k = 70
+    logits = np.zeros((5, k))
+    logits[0, 40] = np.nan                 # lane 8's second column
+    logits[1, 69] = np.inf                 # lane 5's third column
+    logits[2, 33] = -np.inf                # off the label
+    logits[3, 66] = 1e4                    # the max sits in lane 2 only
+    logits[4, :] = np.linspace(-3, 3, k)
+    labels = np.array([0, 1, 2, 66, 31])
+    with np.errstate(all="ignore"):
+        _, dlogits_ref = reference.softmax_cross_entropy(np, logits, labels)
+        loss_ref2, _ = reference.softmax_cross_entropy(np, logits[2:], labels[2:])
+    loss, dlogits = _sim_run(ck, logits, labels)
+    assert np.isnan(loss)
+    assert np.isnan(dlogits[:2]).all() and np.isfinite(dlogits[2:]).all()
+    np.testing.assert_allclose(dlogits[2:], dlogits_ref[2:], **_sim_tol("float64"))
+    assert dlogits[2, 33] == 0.0
+    loss2, _ = _sim_run(ck, logits[2:].copy(), labels[2:].copy())
+    np.testing.assert_allclose(loss2, loss_ref2, **_sim_tol("float64"))
+
+
+@CUDASIM
+@pytest.mark.parametrize("classes,kernel", [(15, "softmax_cross_entropy_rows"),
+                                            (16, "softmax_cross_entropy_warp_rows")])
+def test_cudasim_launcher_picks_the_row_kernel_by_class_count(ck, monkeypatch, classes,
+                                                              kernel):
+    from dualnn.kernels.softmax_xent import cuda as xent
+
+    assert ck.config.xent_warp_min_classes == 16
+    launched = []
+    real = xent.KERNELS.compiled
+
+    def record(name, *args):
+        launched.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(xent.KERNELS, "compiled", record)
+    logits = np.zeros((2, classes))
+    loss, _ = _sim_run(ck, logits, np.array([0, classes - 1]))
+    assert launched == [kernel, "softmax_cross_entropy_mean"]
+    np.testing.assert_allclose(loss, np.log(classes))
+
+
+def test_warp_kernel_compiles_to_butterfly_shuffles():
+    """On the real CUDA target the reductions are ``shfl.sync.bfly`` (5 steps each for max
+    and sum; a float64 shuffle moves two 32-bit halves)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+        pytest.skip("compile_ptx needs the real CUDA target")
+    cuda = pytest.importorskip("numba.cuda")
+    from dualnn.kernels.softmax_xent import cuda as xent
+
+    for dtype, per_shuffle in (("float32", 1), ("float64", 2)):
+        name = "softmax_cross_entropy_warp_rows"
+        try:
+            ptx, _ = cuda.compile_ptx(xent.KERNELS.python_kernel(name, dtype),
+                                      xent.KERNELS.signature(name, dtype, "int32"),
+                                      cc=(9, 0))
+        except Exception as exc:  # noqa: BLE001 - no NVRTC wheels
+            pytest.skip(f"compile_ptx unavailable: {exc}")
+        assert ptx.count("shfl.sync.bfly") == 2 * 5 * per_shuffle
