@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import FLOAT_DTYPES, LABEL_DTYPES
+from .ops import BFLOAT16_STORAGE, COMPUTE_DTYPE, FLOAT_DTYPES, LABEL_DTYPES, STORAGE_TYPE
 
 
 @dataclass
@@ -80,12 +80,13 @@ def simulator_enabled():
 
 
 def dtype_constants(dtype_name):
-    """``(cast, zero, one, nan)`` typed as ``dtype_name``, for kernel closures.
+    """``(cast, zero, one, nan)`` typed as the compute dtype of ``dtype_name``.
 
-    Kernels capture NumPy scalars of their dtype, so Numba types every constant as that
-    dtype and float32 kernels never promote to float64.
+    Kernels capture NumPy scalars of their compute dtype, so Numba types every constant as
+    that dtype and float32 kernels never promote to float64. The 16-bit variants compute
+    in float32: ``cast(x[i])`` is the load-and-widen of a float16 element.
     """
-    cast = getattr(np, dtype_name)
+    cast = getattr(np, COMPUTE_DTYPE[dtype_name])
     return cast, cast(0.0), cast(1.0), cast(np.nan)
 
 
@@ -98,20 +99,27 @@ class KernelFamily:
         ``make_kernels(dtype_name) -> {name: python function}`` for ``"float32"`` or
         ``"float64"``.
     signatures : dict
-        ``{name: signature}`` with ``{f}`` for the float dtype and ``{i}`` for the label
-        dtype, e.g. ``"void({f}[::1], {f}[::1], int32)"``.
+        ``{name: signature}`` with ``{f}`` for the storage dtype of activations and
+        gradients, ``{a}`` for the compute dtype (parameters, statistics, scalars; the same
+        as ``{f}`` for float32/float64, float32 for the 16-bit variants) and ``{i}`` for
+        the label dtype, e.g. ``"void({f}[::1], {f}[::1], int32, {a})"``.
+    half_dtypes : dict, optional
+        ``{name: tuple of 16-bit dtypes}`` (from :data:`~dualnn.kernels.ops.HALF_DTYPES`):
+        the kernels that also have float16 / bfloat16 variants.
     """
 
-    def __init__(self, make_kernels, signatures):
+    def __init__(self, make_kernels, signatures, half_dtypes=None):
         self._make = make_kernels
         self.signatures = dict(signatures)
+        self.half_dtypes = dict(half_dtypes or {})
         self._python = {}
         self._compiled = {}
         self._lock = threading.Lock()
 
     def signature(self, name, dtype, label_dtype="int64"):
         """The explicit Numba signature string of kernel ``name`` for ``dtype``."""
-        return self.signatures[name].format(f=dtype, i=label_dtype)
+        return self.signatures[name].format(f=STORAGE_TYPE[dtype], a=COMPUTE_DTYPE[dtype],
+                                            i=label_dtype)
 
     def python_kernel(self, name, dtype):
         """The (uncompiled) Python function of kernel ``name`` for ``dtype``."""
@@ -124,7 +132,7 @@ class KernelFamily:
         """Every ``(name, dtype, label_dtype or None)`` a launcher may compile."""
         out = []
         for name, sig in self.signatures.items():
-            for dtype in FLOAT_DTYPES:
+            for dtype in FLOAT_DTYPES + tuple(self.half_dtypes.get(name, ())):
                 if "{i}" in sig:
                     out.extend((name, dtype, lab) for lab in LABEL_DTYPES)
                 else:
@@ -204,10 +212,17 @@ def dtype_of(a):
     return np.dtype(a.dtype).name
 
 
-def check(name, arrays, dtype=None):
+def kernel_dtype_of(a):
+    """The kernel dtype name of ``a``: its dtype name, ``"bfloat16"`` for uint16 bits."""
+    name = np.dtype(a.dtype).name
+    return "bfloat16" if name == BFLOAT16_STORAGE else name
+
+
+def check(name, arrays, dtype=None, allowed=FLOAT_DTYPES):
     """Check ``{label: (array, shape or None)}``: same float dtype, C-contiguous, same library.
 
-    Returns the common dtype name.
+    ``allowed`` lists the kernel dtype names accepted (uint16 arrays count as
+    ``"bfloat16"`` bit patterns). Returns the common kernel dtype name.
     """
     first = None
     for label, (a, shape) in arrays.items():
@@ -221,19 +236,20 @@ def check(name, arrays, dtype=None):
                 raise TypeError(f"{name}: NumPy arrays run only under the CUDA simulator "
                                 "(NUMBA_ENABLE_CUDASIM=1); on a GPU pass CuPy arrays")
             if dtype is None:
-                dtype = dtype_of(a)
+                dtype = kernel_dtype_of(a)
         elif is_cupy(a) != cupy_arrays or not (cupy_arrays or isinstance(a, np.ndarray)):
             raise TypeError(f"{name}: {label} is a {type(a).__module__} array but the other "
                             "arguments are not; all arrays must come from one library")
-        if dtype_of(a) != dtype:
-            raise TypeError(f"{name}: {label} has dtype {dtype_of(a)}, expected {dtype}")
+        if kernel_dtype_of(a) != dtype:
+            raise TypeError(f"{name}: {label} has dtype {kernel_dtype_of(a)}, expected "
+                            f"{dtype}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{name}: {label} must be C-contiguous")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ValueError(f"{name}: {label} has shape {tuple(a.shape)}, expected "
                              f"{tuple(shape)}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype {dtype} has no kernel; expected one of {FLOAT_DTYPES}")
+    if dtype not in allowed:
+        raise TypeError(f"{name}: dtype {dtype} has no kernel; expected one of {allowed}")
     return dtype
 
 

@@ -17,11 +17,24 @@ from .._cuda import (
     dtype_constants,
     flat,
     grid_1d,
+    is_cupy,
     numba_cuda,
     require_array,
     stream_for,
 )
-from ..ops import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, activation_code
+from ..ops import (
+    COMPUTE_DTYPE,
+    ELU,
+    FLOAT_DTYPES,
+    IDENTITY,
+    LEAKY_RELU,
+    RELU,
+    SIGMOID,
+    TANH,
+    activation_code,
+)
+
+_DTYPES = FLOAT_DTYPES + ("float16",)
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -32,11 +45,15 @@ _IDENTITY, _RELU, _LEAKY_RELU, _ELU, _SIGMOID, _TANH = (IDENTITY, RELU, LEAKY_RE
 
 
 SIGNATURES = {
-    "activation_backward": "void({f}[::1], {f}[::1], {f}[::1], int32, {f})",
-    "bias_activation_forward": "void({f}[::1], {f}[::1], {f}[::1], int64, int32, {f}, int32)",
+    "activation_backward": "void({f}[::1], {f}[::1], {f}[::1], int32, {a})",
+    "bias_activation_forward": "void({f}[::1], {a}[::1], {f}[::1], int64, int32, {a}, int32)",
 }
-"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
-dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the storage dtype of ``z``/``dy``/
+``saved``/``out``, ``{a}`` the compute dtype (the bias stays float32 in the 16-bit
+variants: it is a master weight)."""
+
+HALF_DTYPES = {name: ("float16",) for name in SIGNATURES}
+"""Both kernels also have a float16 variant: load, widen to float32, compute, round on store."""
 
 
 def _make_kernels(dtype_name):
@@ -50,8 +67,8 @@ def _make_kernels(dtype_name):
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
         for i in range(start, dy.shape[0], stride):
-            g = dy[i]
-            s = saved[i]
+            g = cast(dy[i])
+            s = cast(saved[i])
             if kind == _RELU:
                 r = g if s > zero else zero
             elif kind == _LEAKY_RELU:
@@ -72,7 +89,7 @@ def _make_kernels(dtype_name):
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
         for i in range(start, z.shape[0], stride):
-            v = z[i]
+            v = cast(z[i])
             if has_bias:
                 v = v + b[i % features]
             if kind == _RELU:
@@ -94,7 +111,7 @@ def _make_kernels(dtype_name):
     return {name: kernels[name] for name in SIGNATURES}
 
 
-KERNELS = KernelFamily(_make_kernels, SIGNATURES)
+KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)
 """This family's kernels: signatures, Python functions, compiled kernels."""
 
 
@@ -107,7 +124,8 @@ def activation_backward(kind, dy, saved, alpha=0.0, *, out):
     require_array("activation_backward", "dy", dy)
     shape = dy.shape
     dtype = check("activation_backward",
-                   {"dy": (dy, None), "saved": (saved, shape), "out": (out, shape)})
+                   {"dy": (dy, None), "saved": (saved, shape), "out": (out, shape)},
+                   allowed=_DTYPES)
     size = int(np.prod(shape, dtype=np.int64))
     if size:
         blocks, threads = grid_1d(size)
@@ -128,16 +146,17 @@ def bias_activation_forward(z, b, kind, alpha=0.0, *, out):
         raise ValueError(f"bias_activation_forward: z must be 2-D (batch, features), got "
                          f"shape {tuple(z.shape)}")
     n, c = z.shape
-    arrays = {"z": (z, None), "out": (out, z.shape)}
+    dtype = check("bias_activation_forward", {"z": (z, None), "out": (out, z.shape)},
+                  allowed=_DTYPES)
     if b is not None:
-        arrays["b"] = (b, (c,))
-    dtype = check("bias_activation_forward", arrays)
+        check("bias_activation_forward", {"b": (b, (c,))}, COMPUTE_DTYPE[dtype])
     if n * c:
         zf = flat(z)
         blocks, threads = grid_1d(n * c)
         kernel = KERNELS.compiled("bias_activation_forward", dtype)
         kernel[blocks, threads, stream_for(z)](
-            zf, zf[:1] if b is None else b, flat(out), c, code, alpha, int(b is not None))
+            zf, _no_bias(z, dtype) if b is None else b, flat(out), c, code, alpha,
+            int(b is not None))
     return out
 
 
@@ -145,12 +164,29 @@ def activation_forward(kind, z, alpha=0.0, *, out):
     """``out = act(z)`` elementwise, any shape (the bias kernel without a bias)."""
     code = activation_code(kind)
     require_array("activation_forward", "z", z)
-    dtype = check("activation_forward", {"z": (z, None), "out": (out, z.shape)})
+    dtype = check("activation_forward", {"z": (z, None), "out": (out, z.shape)},
+                  allowed=_DTYPES)
     size = int(np.prod(z.shape, dtype=np.int64))
     if size:
         zf = flat(z)
         blocks, threads = grid_1d(size)
         kernel = KERNELS.compiled("bias_activation_forward", dtype)
-        kernel[blocks, threads, stream_for(z)](zf, zf[:1], flat(out), 1, code, alpha, 0)
+        kernel[blocks, threads, stream_for(z)](zf, _no_bias(z, dtype), flat(out), 1, code,
+                                                alpha, 0)
     return out
+
+
+def _no_bias(z, dtype):
+    """A one-element placeholder for the unused bias argument (of the compute dtype)."""
+    if COMPUTE_DTYPE[dtype] == dtype:
+        return flat(z)[:1]
+    return _zeros_like_library(z, 1, COMPUTE_DTYPE[dtype])
+
+
+def _zeros_like_library(a, n, dtype):
+    if is_cupy(a):
+        import cupy
+
+        return cupy.zeros(n, dtype=dtype)
+    return np.zeros(n, dtype=dtype)
 

@@ -22,7 +22,7 @@ from .._cuda import (
     require_array,
     stream_for,
 )
-from ..ops import LABEL_DTYPES
+from ..ops import COMPUTE_DTYPE, FLOAT_DTYPES, LABEL_DTYPES
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -32,11 +32,15 @@ _SHARED_REDUCE = 256  # shared-memory slots of the one-block mean reduction (max
 
 
 SIGNATURES = {
-    "softmax_cross_entropy_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {f}[::1])",
-    "softmax_cross_entropy_mean": "void({f}[::1], {f}[::1])",
+    "softmax_cross_entropy_rows": "void({f}[:, ::1], {i}[::1], {f}[:, ::1], {a}[::1])",
+    "softmax_cross_entropy_mean": "void({a}[::1], {a}[::1])",
 }
-"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
-dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the storage dtype of the logits and
+``dlogits``, ``{a}`` the compute dtype (row losses and the loss: float32 in the float16
+variant), ``{i}`` the label dtype."""
+
+HALF_DTYPES = {"softmax_cross_entropy_rows": ("float16",)}
+"""float16 logits/dlogits, float32 sums and loss (the mean kernel is the float32 one)."""
 
 
 def _make_kernels(dtype_name):
@@ -46,7 +50,7 @@ def _make_kernels(dtype_name):
     cast, zero, one, nan = dtype_constants(dtype_name)
     import numba
 
-    shared_dtype = numba.from_dtype(np.dtype(dtype_name))
+    shared_dtype = numba.from_dtype(np.dtype(COMPUTE_DTYPE[dtype_name]))
 
     def softmax_cross_entropy_rows(logits, labels, dlogits, row_loss):
         """One row per thread: stable log-sum-exp, the row's loss, ``dlogits / n``.
@@ -66,18 +70,18 @@ def _make_kernels(dtype_name):
                 for j in range(k):
                     dlogits[i, j] = nan
                 continue
-            top = logits[i, 0]
+            top = cast(logits[i, 0])
             for j in range(1, k):
-                v = logits[i, j]
+                v = cast(logits[i, j])
                 if v > top or v != v:  # noqa: PLR0124 - v != v: NaN propagates
                     top = v
             total = zero
             for j in range(k):
-                total += math.exp(logits[i, j] - top)
+                total += math.exp(cast(logits[i, j]) - top)
             log_total = math.log(total)
-            row_loss[i] = log_total - (logits[i, label] - top)
+            row_loss[i] = log_total - (cast(logits[i, label]) - top)
             for j in range(k):
-                p = math.exp((logits[i, j] - top) - log_total)
+                p = math.exp((cast(logits[i, j]) - top) - log_total)
                 if j == label:
                     p -= one
                 dlogits[i, j] = p / nf
@@ -106,7 +110,7 @@ def _make_kernels(dtype_name):
     return {name: kernels[name] for name in SIGNATURES}
 
 
-KERNELS = KernelFamily(_make_kernels, SIGNATURES)
+KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)
 """This family's kernels: signatures, Python functions, compiled kernels."""
 
 
@@ -116,8 +120,9 @@ def softmax_cross_entropy_scratch_shape(n):
 
 
 def softmax_cross_entropy_scratch(n, dtype):
-    """``(shape, dtype name)`` of the per-row loss scratch for ``n`` rows of ``dtype``."""
-    return (n,), dtype
+    """``(shape, dtype name)`` of the per-row loss scratch for ``n`` rows of ``dtype``
+    (float32 for float16 logits: losses are summed in float32)."""
+    return (n,), COMPUTE_DTYPE.get(dtype, dtype)
 
 
 def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
@@ -141,12 +146,14 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
     if n == 0 or k == 0:
         raise ValueError(f"softmax_cross_entropy: empty logits of shape {(n, k)}")
     dtype = check("softmax_cross_entropy", {
-        "logits": (logits, None), "dlogits": (dlogits, logits.shape),
-        "row_loss": (row_loss, (n,))})
+        "logits": (logits, None), "dlogits": (dlogits, logits.shape)},
+        allowed=FLOAT_DTYPES + ("float16",))
+    acc = COMPUTE_DTYPE[dtype]
+    check("softmax_cross_entropy", {"row_loss": (row_loss, (n,))}, acc)
     if int(np.prod(loss.shape, dtype=np.int64)) != 1:
         raise ValueError(f"softmax_cross_entropy: loss must hold one element, got shape "
                          f"{tuple(loss.shape)}")
-    check("softmax_cross_entropy", {"loss": (loss, None)}, dtype)
+    check("softmax_cross_entropy", {"loss": (loss, None)}, acc)
     label_dtype = dtype_of(labels)
     if label_dtype not in LABEL_DTYPES:
         raise TypeError(f"softmax_cross_entropy: labels have dtype {label_dtype}, expected "
@@ -163,7 +170,7 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
     width = 1
     while width * 2 <= min(n, config.reduce_block, _SHARED_REDUCE):
         width *= 2
-    KERNELS.compiled("softmax_cross_entropy_mean", dtype)[1, width, stream](
+    KERNELS.compiled("softmax_cross_entropy_mean", acc)[1, width, stream](
         row_loss, loss.reshape(1))
     return loss, dlogits
 
