@@ -508,3 +508,58 @@ class TestLauncherChecks:
         a = np.zeros((2, 3), np.float32)
         with pytest.raises(TypeError):
             ck.activation_backward("relu", [[0.0]], a, out=a)
+
+
+# ------------------------------------------------------------ CUDA simulator: float16 variants
+# The simulator runs float16 arrays natively (NumPy float16 elements; the kernels widen each
+# load to float32 and NumPy rounds each store to float16, as the GPU's cvt.rn.f16.f32 does).
+
+HALF_TOL = {"rtol": 2.0 ** -10, "atol": 2.0 ** -24}
+"""One float16 ulp relative (2**-10) plus the smallest float16 subnormal: the kernel and
+the reference round float32 values that may differ in the last float32 bits."""
+
+
+def _half_expected(values):
+    """The float32 reference results rounded to float16, compared in float32."""
+    with np.errstate(all="ignore"):
+        return [np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for v in values]
+
+
+@CUDASIM
+@pytest.mark.parametrize("kind", SIM_KINDS)
+def test_cudasim_float16_matches_float32_reference_rounded(ck, rng, kind):
+    alpha = SIM_ALPHA.get(kind, 0.1)
+    with np.errstate(all="ignore"):
+        z = _sim_edge_matrix("float16", rng)
+        dy = _sim_edge_matrix("float16", rng)[::-1].copy()
+        b = rng.standard_normal(z.shape[1]).astype(np.float32)  # a float32 master weight
+        z32, dy32 = z.astype(np.float32), dy.astype(np.float32)
+        saved = (reference.activation_forward(np, kind, z32, alpha)
+                 if kind in reference.BACKWARD_FROM_OUTPUT else z32).astype(np.float16)
+        expected = _half_expected((
+            reference.activation_forward(np, kind, z32, alpha),
+            reference.bias_activation_forward(np, z32, b, kind, alpha),
+            reference.activation_backward(np, kind, dy32, saved.astype(np.float32), alpha)))
+    got = (ck.activation_forward(kind, z, alpha, out=np.full_like(z, 7.0)),
+           ck.bias_activation_forward(z, b, kind, alpha, out=np.full_like(z, 7.0)),
+           ck.activation_backward(kind, dy, saved, alpha, out=np.full_like(z, 7.0)))
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float16
+        np.testing.assert_allclose(g.astype(np.float32), e, equal_nan=True, **HALF_TOL)
+
+
+@CUDASIM
+def test_cudasim_float16_computes_in_float32(ck):
+    # 2048 + 1.0004 = 2049.0004 in float32 rounds up to 2050 in float16; a float16 sum would
+    # round the bias to 1 first, then 2049 (a tie) to the even 2048
+    z = np.array([[2048.0]], np.float16)
+    b = np.array([1.0004], np.float32)
+    out = ck.bias_activation_forward(z, b, "identity", out=np.empty_like(z))
+    assert out[0, 0] == np.float16(2050.0)
+
+
+@CUDASIM
+def test_cudasim_float16_bias_must_be_float32(ck):
+    z = np.zeros((2, 3), np.float16)
+    with pytest.raises(TypeError, match="float32"):
+        ck.bias_activation_forward(z, np.zeros(3, np.float16), "relu", out=z)

@@ -218,3 +218,37 @@ class TestLauncherChecks:
         with pytest.raises(ValueError, match="loss"):
             ck.softmax_cross_entropy(logits, np.zeros(2, np.int64),
                                      loss=np.empty(2, np.float32), **kw)
+
+
+# ------------------------------------------------------------ CUDA simulator: float16 logits
+
+@CUDASIM
+@pytest.mark.parametrize("shape", [(1, 4), (6, 5), (37, 3)])
+def test_cudasim_float16_logits_match_float32_reference(ck, rng, shape):
+    n, k = shape
+    logits = (rng.standard_normal(shape) * 3).astype(np.float16)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    loss_ref, dlogits_ref = reference.softmax_cross_entropy(np, logits.astype(np.float32),
+                                                            labels)
+    loss = np.full((), 99.0, np.float32)  # loss and row sums stay float32
+    dlogits = np.full_like(logits, 7.0)
+    shape_, dtype = ck.softmax_cross_entropy_scratch(n, "float16")
+    assert dtype == "float32"
+    ck.softmax_cross_entropy(logits, labels, loss=loss, dlogits=dlogits,
+                             row_loss=np.empty(shape_, dtype))
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    # dlogits: float32 values rounded once to float16 (one ulp, 2**-10 relative)
+    assert dlogits.dtype == np.float16
+    np.testing.assert_allclose(dlogits.astype(np.float32),
+                               dlogits_ref.astype(np.float16).astype(np.float32),
+                               rtol=2.0 ** -10, atol=2.0 ** -24)
+
+
+@CUDASIM
+def test_cudasim_float16_logits_need_float32_loss(ck):
+    logits = np.zeros((2, 3), np.float16)
+    labels = np.zeros(2, np.int64)
+    with pytest.raises(TypeError, match="float32"):
+        ck.softmax_cross_entropy(logits, labels, loss=np.zeros((), np.float16),
+                                 dlogits=np.empty_like(logits),
+                                 row_loss=np.empty(2, np.float32))
