@@ -79,6 +79,27 @@ def simulator_enabled():
 
 
 
+def bit_casts():
+    """``(bits_to_float32, float32_to_bits)``: reinterpret a 32-bit word as float32 and back.
+
+    On the CUDA target these are libdevice's ``int_as_float`` / ``float_as_int`` (a register
+    move, no conversion); the simulator has no libdevice, so there they are the exact NumPy
+    equivalents. The bfloat16 kernels widen ``bits << 16`` with the first and round the
+    second's result to the top 16 bits.
+    """
+    if simulator_enabled():
+        def bits_to_float32(word):
+            return np.uint32(word).view(np.float32)
+
+        def float32_to_bits(value):
+            return np.float32(value).view(np.uint32)
+
+        return bits_to_float32, float32_to_bits
+    from numba.cuda import libdevice
+
+    return libdevice.int_as_float, libdevice.float_as_int
+
+
 def dtype_constants(dtype_name):
     """``(cast, zero, one, nan)`` typed as the compute dtype of ``dtype_name``.
 

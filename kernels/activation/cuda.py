@@ -13,6 +13,7 @@ import numpy as np
 
 from .._cuda import (
     KernelFamily,
+    bit_casts,
     check,
     dtype_constants,
     flat,
@@ -34,7 +35,7 @@ from ..ops import (
     activation_code,
 )
 
-_DTYPES = FLOAT_DTYPES + ("float16",)
+_DTYPES = FLOAT_DTYPES + ("float16", "bfloat16")
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -52,8 +53,16 @@ SIGNATURES = {
 ``saved``/``out``, ``{a}`` the compute dtype (the bias stays float32 in the 16-bit
 variants: it is a master weight)."""
 
-HALF_DTYPES = {name: ("float16",) for name in SIGNATURES}
-"""Both kernels also have a float16 variant: load, widen to float32, compute, round on store."""
+HALF_DTYPES = {name: ("float16", "bfloat16") for name in SIGNATURES}
+"""Both kernels also have float16 and bfloat16 (uint16 bits) variants: load, widen to
+float32, compute, round on store."""
+
+_ABS = np.uint32(0x7FFFFFFF)
+_INF = np.uint32(0x7F800000)
+_QUIET = np.uint32(0x00400000)
+_HALF_MINUS_ONE = np.uint32(0x7FFF)
+_ONE_BIT = np.uint32(1)
+_SHIFT = np.uint32(16)
 
 
 def _make_kernels(dtype_name):
@@ -61,6 +70,8 @@ def _make_kernels(dtype_name):
     global cuda
     cuda = numba_cuda()
     cast, zero, one, nan = dtype_constants(dtype_name)
+    if dtype_name == "bfloat16":
+        return _make_bfloat16_kernels()
 
     def activation_backward(dy, saved, out, kind, alpha):
         """``out = dy * f'(saved)`` elementwise over flat arrays; ``out`` may be ``dy``."""
@@ -109,6 +120,75 @@ def _make_kernels(dtype_name):
 
     kernels = dict(locals())
     return {name: kernels[name] for name in SIGNATURES}
+
+
+def _make_bfloat16_kernels():
+    """The kernels for bfloat16 stored as uint16 bits, written out (a device function cannot
+    be compiled to PTX without a GPU): widen on load (``bits << 16`` is the float32), compute
+    in float32, round to nearest even on store with NaN kept quiet, exactly as
+    :func:`dualnn.kernels.cast.reference.round_bfloat16` rounds."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    u16 = np.uint16
+    u32 = np.uint32
+    as_float, as_bits = bit_casts()
+
+    def activation_backward(dy, saved, out, kind, alpha):
+        """bfloat16 twin of the generic ``activation_backward``."""
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, dy.shape[0], stride):
+            g = as_float(u32(dy[i]) << _SHIFT)
+            s = as_float(u32(saved[i]) << _SHIFT)
+            if kind == _RELU:
+                r = g if s > zero else zero
+            elif kind == _LEAKY_RELU:
+                r = g if s > zero else alpha * g
+            elif kind == _ELU:
+                r = g if s > zero else g * (alpha * math.exp(s))
+            elif kind == _SIGMOID:
+                r = g * s * (one - s)
+            elif kind == _TANH:
+                r = g * (one - s * s)
+            else:
+                r = g
+            bits = u32(as_bits(r))
+            if (bits & _ABS) > _INF:
+                bits = bits | _QUIET
+            else:
+                bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+            out[i] = u16(bits >> _SHIFT)
+
+    def bias_activation_forward(z, b, out, features, kind, alpha, has_bias):
+        """bfloat16 twin of the generic ``bias_activation_forward`` (``b`` is float32)."""
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, z.shape[0], stride):
+            v = as_float(u32(z[i]) << _SHIFT)
+            if has_bias:
+                v = v + b[i % features]
+            if kind == _RELU:
+                r = zero if v < zero else v
+            elif kind == _LEAKY_RELU:
+                r = v if v > zero else alpha * v
+            elif kind == _ELU:
+                r = v if v > zero else alpha * math.expm1(v)
+            elif kind == _SIGMOID:
+                e = math.exp(-abs(v))
+                r = one / (one + e) if v >= zero else e / (one + e)
+            elif kind == _TANH:
+                r = math.tanh(v)
+            else:
+                r = v
+            bits = u32(as_bits(r))
+            if (bits & _ABS) > _INF:
+                bits = bits | _QUIET
+            else:
+                bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+            out[i] = u16(bits >> _SHIFT)
+
+    return {"activation_backward": activation_backward,
+            "bias_activation_forward": bias_activation_forward}
 
 
 KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)

@@ -563,3 +563,71 @@ def test_cudasim_float16_bias_must_be_float32(ck):
     z = np.zeros((2, 3), np.float16)
     with pytest.raises(TypeError, match="float32"):
         ck.bias_activation_forward(z, np.zeros(3, np.float16), "relu", out=z)
+
+
+# ------------------------------------------------------------ CUDA simulator: bfloat16 variants
+# bfloat16 values are stored as uint16 bit patterns (the top half of a float32). Under the
+# simulator the in-kernel bit reinterpretation is NumPy's view (libdevice on a GPU); the
+# widening, float32 math and round-to-nearest-even store are the kernel's own code.
+
+BF16_TOL = {"rtol": 2.0 ** -7, "atol": 0.0}
+"""One bfloat16 ulp relative (8-bit significand: 2**-7)."""
+
+
+def _to_bf16_bits(x):
+    """float32 values rounded to bfloat16 (the cast reference), as uint16 bits."""
+    from dualnn.kernels.cast import reference as cast_reference
+
+    rounded = cast_reference.round_bfloat16(np, np.asarray(x, np.float32))
+    return (rounded.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _from_bf16_bits(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@CUDASIM
+@pytest.mark.parametrize("kind", SIM_KINDS)
+def test_cudasim_bfloat16_matches_float32_reference_rounded(ck, rng, kind):
+    alpha = SIM_ALPHA.get(kind, 0.1)
+    with np.errstate(all="ignore"):
+        z = _to_bf16_bits(_sim_edge_matrix("float32", rng))
+        dy = _to_bf16_bits(_sim_edge_matrix("float32", rng)[::-1].copy())
+        b = rng.standard_normal(z.shape[1]).astype(np.float32)
+        z32, dy32 = _from_bf16_bits(z), _from_bf16_bits(dy)
+        saved = _to_bf16_bits(reference.activation_forward(np, kind, z32, alpha)
+                              if kind in reference.BACKWARD_FROM_OUTPUT else z32)
+        expected = [_from_bf16_bits(_to_bf16_bits(e)) for e in (
+            reference.activation_forward(np, kind, z32, alpha),
+            reference.bias_activation_forward(np, z32, b, kind, alpha),
+            reference.activation_backward(np, kind, dy32, _from_bf16_bits(saved), alpha))]
+    got = (ck.activation_forward(kind, z, alpha, out=np.full_like(z, 7)),
+           ck.bias_activation_forward(z, b, kind, alpha, out=np.full_like(z, 7)),
+           ck.activation_backward(kind, dy, saved, alpha, out=np.full_like(z, 7)))
+    for g, e in zip(got, expected):
+        assert g.dtype == np.uint16
+        np.testing.assert_allclose(_from_bf16_bits(g), e, equal_nan=True, **BF16_TOL)
+
+
+@CUDASIM
+def test_cudasim_bfloat16_rounds_to_nearest_even_on_store(ck):
+    # identity + float32 bias: the sum is exact in float32, the store rounds it
+    z = _to_bf16_bits(np.array([1.0, 1.0, 1.0, -1.0], np.float32))
+    b = np.array([2.0 ** -8, 3 * 2.0 ** -8, 2.0 ** -8 + 2.0 ** -20, 0.0], np.float32)
+    z4 = z.reshape(1, 4)
+    out = ck.bias_activation_forward(z4, b, "identity", out=np.empty_like(z4))
+    # 1 + 2**-8: a tie -> even 1.0; 1 + 3 * 2**-8: a tie -> even 1 + 2**-6;
+    # just above the tie -> up to 1 + 2**-7
+    np.testing.assert_array_equal(_from_bf16_bits(out.ravel()),
+                                  [1.0, 1.0 + 2.0 ** -6, 1.0 + 2.0 ** -7, -1.0])
+
+
+@CUDASIM
+def test_cudasim_bfloat16_nan_and_overflow(ck):
+    big = np.float32(3.0e38)  # finite in bfloat16 (max ~3.39e38)
+    z = _to_bf16_bits(np.array([[np.nan, big, -np.inf, 2.0]], np.float32))
+    out = ck.bias_activation_forward(z, np.array([0, big, 0, 0], np.float32), "identity",
+                                     out=np.empty_like(z))
+    values = _from_bf16_bits(out.ravel())
+    assert np.isnan(values[0])
+    assert values[1] == np.inf and values[2] == -np.inf and values[3] == 2.0
