@@ -631,3 +631,36 @@ def test_cudasim_bfloat16_nan_and_overflow(ck):
     values = _from_bf16_bits(out.ravel())
     assert np.isnan(values[0])
     assert values[1] == np.inf and values[2] == -np.inf and values[3] == 2.0
+
+
+@CUDASIM
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+def test_cudasim_backend_takes_16_bit_activations(rng, storage):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    z32 = rng.standard_normal((4, 6)).astype(np.float32)
+    if storage == "float16":
+        z, widen = z32.astype(np.float16), lambda a: a.astype(np.float32)
+    else:
+        z, widen = _to_bf16_bits(z32), _from_bf16_bits
+    b = rng.standard_normal(6).astype(np.float32)
+    y = backend.bias_activation_forward(z, b, "tanh")
+    assert y.dtype == z.dtype
+    expected = np.tanh(widen(z) + b)
+    np.testing.assert_allclose(widen(y), expected, rtol=2.0 ** -7, atol=0)
+    dz = backend.activation_backward("relu", z, z)
+    assert dz.dtype == z.dtype
+    np.testing.assert_array_equal(widen(dz), np.where(widen(z) > 0, widen(z), 0))
+    # a 16-bit bias is not a master weight: the kernel is not taken, the reference runs
+    assert backend._kernel_takes([(z, None)], [], params=[(b.astype(np.float16), (6,))],
+                                 half=("float16", "bfloat16")) is None
+
+
+def test_cpu_backend_does_not_take_16_bit_arrays():
+    from dualnn.backend.numpy_backend import NumpyBackend
+
+    backend = NumpyBackend()
+    z = np.zeros((2, 3), np.float16)
+    assert backend._kernel_takes([(z, None)]) is None
+    assert backend._kernel_takes([(z.astype(np.float32), None)]) == "float32"

@@ -516,3 +516,22 @@ def test_cudasim_float16_statistics_must_be_float32(ck, rng):
                                    SIM_MOMENTUM, out=np.empty_like(x),
                                    mean=np.empty(3, np.float32),
                                    invstd=np.empty(3, np.float32), scratch=scratch)
+
+
+@CUDASIM
+def test_cudasim_backend_batchnorm_float16_with_float32_statistics(rng):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    x, gamma, beta, rm, rv = _half_inputs(rng, 8, 3)
+    y, mean, invstd = backend.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS,
+                                                      SIM_MOMENTUM)
+    assert y.dtype == np.float16 and mean.dtype == np.float32 and invstd.dtype == np.float32
+    ref = reference.batchnorm_forward_train(np, x.astype(np.float32), gamma, beta,
+                                            np.zeros(3, np.float32), np.ones(3, np.float32),
+                                            SIM_EPS, SIM_MOMENTUM)
+    np.testing.assert_allclose(mean, ref[1], **_sim_bn_tol("float32"))
+    dy = rng.standard_normal((8, 3)).astype(np.float16)
+    dx, dgamma, dbeta = backend.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
+    assert dx.dtype == np.float16 and dgamma.dtype == np.float32
+    np.testing.assert_allclose(dbeta, dy.astype(np.float32).sum(0), rtol=1e-5, atol=1e-5)

@@ -252,3 +252,16 @@ def test_cudasim_float16_logits_need_float32_loss(ck):
         ck.softmax_cross_entropy(logits, labels, loss=np.zeros((), np.float16),
                                  dlogits=np.empty_like(logits),
                                  row_loss=np.empty(2, np.float32))
+
+
+@CUDASIM
+def test_cudasim_backend_float16_logits_give_a_float32_loss(rng):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    logits = rng.standard_normal((5, 4)).astype(np.float16)
+    labels = rng.integers(0, 4, 5)
+    loss, dlogits = backend.softmax_cross_entropy(logits, labels)
+    assert loss.dtype == np.float32 and dlogits.dtype == np.float16
+    loss_ref, _ = reference.softmax_cross_entropy(np, logits.astype(np.float32), labels)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
