@@ -257,16 +257,23 @@ def activation_forward(kind, z, alpha=0.0, *, out):
 
 
 def _no_bias(z, dtype):
-    """A one-element placeholder for the unused bias argument (of the compute dtype)."""
+    """A one-element placeholder for the unused bias argument (of the compute dtype).
+
+    The 16-bit variants take a float32 bias, so ``z`` cannot stand in; one zero float32
+    element per device is made on first use and kept (a launcher allocates nothing per call).
+    """
     if COMPUTE_DTYPE[dtype] == dtype:
         return flat(z)[:1]
-    return _zeros_like_library(z, 1, COMPUTE_DTYPE[dtype])
+    if not is_cupy(z):
+        return _NUMPY_PLACEHOLDER
+    import cupy
+
+    device = cupy.cuda.Device().id
+    placeholder = _cupy_placeholders.get(device)
+    if placeholder is None:
+        placeholder = _cupy_placeholders.setdefault(device, cupy.zeros(1, dtype=np.float32))
+    return placeholder
 
 
-def _zeros_like_library(a, n, dtype):
-    if is_cupy(a):
-        import cupy
-
-        return cupy.zeros(n, dtype=dtype)
-    return np.zeros(n, dtype=dtype)
-
+_NUMPY_PLACEHOLDER = np.zeros(1, np.float32)
+_cupy_placeholders = {}
