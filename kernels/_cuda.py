@@ -3,7 +3,9 @@ check, streams, compilation for explicit signatures.
 
 - ``numba.cuda`` is imported lazily: importing ``dualnn`` or any kernel module never
   touches the CUDA driver. Kernels compile on their first launch, for one explicit
-  signature per dtype (float32 or float64, C-contiguous), once, and are cached.
+  signature per dtype (float32 or float64, C-contiguous; the kernels a family lists in
+  its ``HALF_DTYPES`` also float16 and/or bfloat16 as uint16 bits, computing in float32),
+  once, and are cached.
 - A compiled kernel does not type-check its arguments, so every launcher runs
   :func:`check` (dtype, C-contiguity, shape, array library) before launching and raises
   ``TypeError``/``ValueError`` instead of computing garbage.

@@ -2,7 +2,9 @@
 
 One grid-stride kernel serves forward with or without a bias, one the backward pass.
 Launchers check their arguments once (:func:`dualnn.kernels._cuda.check`) and write into
-the caller's ``out``, which may be the input (in place).
+the caller's ``out``, which may be the input (in place). Mixed precision: ``z``/``dy``/
+``saved``/``out`` may be float16 or bfloat16 (uint16 bit patterns) with a float32 bias;
+each element is widened to float32, computed on, and rounded once on store.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def _make_bfloat16_kernels():
             if has_bias:
                 v = v + b[i % features]
             if kind == _RELU:
-                r = zero if v < zero else v
+                r = zero if v < zero else v  # NaN passes through, as the reference
             elif kind == _LEAKY_RELU:
                 r = v if v > zero else alpha * v
             elif kind == _ELU:

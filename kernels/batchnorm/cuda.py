@@ -3,7 +3,9 @@
 Reductions over the batch axis are deterministic: a 2-D grid in which each thread keeps
 statistics over a fixed slice of rows for a slice of features, partial results in a
 caller-allocated scratch buffer (:func:`batchnorm_scratch_shape`), then a merge pass
-over the slices in a fixed order. No atomics.
+over the slices in a fixed order. No atomics. Mixed precision: ``x``/``out``/``dy`` may be
+float16 while gamma, beta, the statistics, the scratch and the gradients of gamma/beta
+are float32; every sum and the normalization run in float32.
 """
 
 from __future__ import annotations

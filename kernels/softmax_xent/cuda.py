@@ -1,7 +1,9 @@
 """Softmax cross-entropy as Numba-CUDA kernels and their launcher.
 
 One thread per row (stable log-sum-exp, the row's loss, ``dlogits``), then a one-block
-fixed-order tree for the mean (deterministic, no atomics).
+fixed-order tree for the mean (deterministic, no atomics). Mixed precision: float16
+``logits``/``dlogits`` with float32 ``row_loss`` and ``loss`` (log-sum-exp and the mean in
+float32).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
 
     ``logits`` ``(n, k)``, ``labels`` int32/int64 ``(n,)``, ``loss`` a 0-d (or 1-element)
     array, ``dlogits`` ``(n, k)``, ``row_loss`` ``(n,)`` scratch
-    (:func:`softmax_cross_entropy_scratch`). Labels are not checked
+    (:func:`softmax_cross_entropy_scratch`); for float16 logits ``loss`` and ``row_loss``
+    are float32 and ``dlogits`` float16. Labels are not checked
     against ``[0, k)`` on the host (that would sync the device); a bad label gives a NaN
     loss. Two launches: one thread per row, then a one-block fixed-order mean.
 
