@@ -23,10 +23,11 @@ def _dtype_str(a):
 
 
 _ACTIVATION_HALF = ("float16", "bfloat16")
-"""16-bit storage the activation kernels take (bfloat16 as uint16 bit patterns)."""
+"""16-bit storage the activation and softmax cross-entropy kernels take (bfloat16 as uint16
+bit patterns)."""
 
 _HALF = ("float16",)
-"""16-bit storage the batch-norm and softmax cross-entropy kernels take."""
+"""16-bit storage the batch-norm kernels take."""
 
 
 class CudaKernelOps(FusedDispatch):
@@ -38,7 +39,7 @@ class CudaKernelOps(FusedDispatch):
     defers to ``super()`` (the reference math on the same arrays).
 
     Mixed precision: activations and their gradients may also be float16 (the activation
-    ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
+    and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
     beta/statistics and the loss must be float32 and every kernel computes in float32 (see
     docs/gpu_training.md, "Mixed precision on the GPU").
 
@@ -281,7 +282,7 @@ class CudaKernelOps(FusedDispatch):
     # -- losses
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
         dtype = self._kernel_takes([(logits, None)], param_outputs=[(loss_out, ())],
-                                   half=_HALF)
+                                   half=_ACTIVATION_HALF)
         if (dtype is None or logits.ndim != 2 or 0 in logits.shape
                 or not self.owns(labels) or _dtype_str(labels) not in LABEL_DTYPES
                 or tuple(labels.shape) != (logits.shape[0],)
@@ -295,7 +296,7 @@ class CudaKernelOps(FusedDispatch):
             return k.softmax_cross_entropy(
                 logits, labels,
                 loss=self._new((), COMPUTE_DTYPE[dtype]) if loss_out is None else loss_out,
-                dlogits=self.scratch("dlogits", logits.shape, dtype),
+                dlogits=self.scratch("dlogits", logits.shape, STORAGE_TYPE[dtype]),
                 row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
     # -- optimizer updates

@@ -3,7 +3,7 @@
 One thread per row (stable log-sum-exp, the row's loss, ``dlogits``), then a one-block
 fixed-order tree for the mean (deterministic, no atomics). Mixed precision: float16
 ``logits``/``dlogits`` with float32 ``row_loss`` and ``loss`` (log-sum-exp and the mean in
-float32).
+float32); bfloat16 logits/dlogits are uint16 bit patterns.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from .._cuda import (
     KernelFamily,
+    bit_casts,
     check,
     config,
     dtype_constants,
@@ -41,8 +42,16 @@ SIGNATURES = {
 ``dlogits``, ``{a}`` the compute dtype (row losses and the loss: float32 in the float16
 variant), ``{i}`` the label dtype."""
 
-HALF_DTYPES = {"softmax_cross_entropy_rows": ("float16",)}
-"""float16 logits/dlogits, float32 sums and loss (the mean kernel is the float32 one)."""
+HALF_DTYPES = {"softmax_cross_entropy_rows": ("float16", "bfloat16")}
+"""float16 or bfloat16 (uint16 bits) logits/dlogits, float32 sums and loss (the mean kernel
+is the float32 one)."""
+
+_ABS = np.uint32(0x7FFFFFFF)
+_INF = np.uint32(0x7F800000)
+_QUIET = np.uint32(0x00400000)
+_HALF_MINUS_ONE = np.uint32(0x7FFF)
+_ONE_BIT = np.uint32(1)
+_SHIFT = np.uint32(16)
 
 
 def _make_kernels(dtype_name):
@@ -53,6 +62,8 @@ def _make_kernels(dtype_name):
     import numba
 
     shared_dtype = numba.from_dtype(np.dtype(COMPUTE_DTYPE[dtype_name]))
+    if dtype_name == "bfloat16":
+        return {"softmax_cross_entropy_rows": _make_bfloat16_rows()}
 
     def softmax_cross_entropy_rows(logits, labels, dlogits, row_loss):
         """One row per thread: stable log-sum-exp, the row's loss, ``dlogits / n``.
@@ -112,6 +123,58 @@ def _make_kernels(dtype_name):
     return {name: kernels[name] for name in SIGNATURES}
 
 
+def _make_bfloat16_rows():
+    """The rows kernel for bfloat16 logits/dlogits stored as uint16 bits, written out (a
+    device function cannot be compiled to PTX without a GPU): each logit widened
+    (``bits << 16``), float32 math, ``dlogits`` rounded to nearest even on store, NaN kept
+    quiet (as :func:`dualnn.kernels.cast.reference.round_bfloat16`)."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    nan = np.float32(np.nan)
+    f32 = np.float32
+    u16 = np.uint16
+    u32 = np.uint32
+    nan_bits = u16(0x7FC0)
+    as_float, as_bits = bit_casts()
+
+    def softmax_cross_entropy_rows(logits, labels, dlogits, row_loss):
+        """bfloat16 twin of the generic ``softmax_cross_entropy_rows``."""
+        n = logits.shape[0]
+        k = logits.shape[1]
+        nf = f32(n)
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for i in range(start, n, stride):
+            label = labels[i]
+            if label < 0 or label >= k:
+                row_loss[i] = nan
+                for j in range(k):
+                    dlogits[i, j] = nan_bits
+                continue
+            top = as_float(u32(logits[i, 0]) << _SHIFT)
+            for j in range(1, k):
+                v = as_float(u32(logits[i, j]) << _SHIFT)
+                if v > top or v != v:  # noqa: PLR0124 - v != v: NaN propagates
+                    top = v
+            total = zero
+            for j in range(k):
+                total += math.exp(as_float(u32(logits[i, j]) << _SHIFT) - top)
+            log_total = math.log(total)
+            row_loss[i] = log_total - (as_float(u32(logits[i, label]) << _SHIFT) - top)
+            for j in range(k):
+                p = math.exp((as_float(u32(logits[i, j]) << _SHIFT) - top) - log_total)
+                if j == label:
+                    p -= one
+                bits = u32(as_bits(p / nf))
+                if (bits & _ABS) > _INF:
+                    bits = bits | _QUIET
+                else:
+                    bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+                dlogits[i, j] = u16(bits >> _SHIFT)
+
+    return softmax_cross_entropy_rows
+
+
 KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)
 """This family's kernels: signatures, Python functions, compiled kernels."""
 
@@ -150,7 +213,7 @@ def softmax_cross_entropy(logits, labels, *, loss, dlogits, row_loss):
         raise ValueError(f"softmax_cross_entropy: empty logits of shape {(n, k)}")
     dtype = check("softmax_cross_entropy", {
         "logits": (logits, None), "dlogits": (dlogits, logits.shape)},
-        allowed=FLOAT_DTYPES + ("float16",))
+        allowed=FLOAT_DTYPES + ("float16", "bfloat16"))
     acc = COMPUTE_DTYPE[dtype]
     check("softmax_cross_entropy", {"row_loss": (row_loss, (n,))}, acc)
     if int(np.prod(loss.shape, dtype=np.int64)) != 1:
