@@ -3,7 +3,9 @@ check, streams, compilation for explicit signatures.
 
 - ``numba.cuda`` is imported lazily: importing ``dualnn`` or any kernel module never
   touches the CUDA driver. Kernels compile on their first launch, for one explicit
-  signature per dtype (float32 or float64, C-contiguous), once, and are cached.
+  signature per dtype (float32 or float64, C-contiguous; the kernels a family lists in
+  its ``HALF_DTYPES`` also float16 and/or bfloat16 as uint16 bits, computing in float32),
+  once, and are cached.
 - A compiled kernel does not type-check its arguments, so every launcher runs
   :func:`check` (dtype, C-contiguity, shape, array library) before launching and raises
   ``TypeError``/``ValueError`` instead of computing garbage.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import FLOAT_DTYPES, LABEL_DTYPES
+from .ops import BFLOAT16_STORAGE, COMPUTE_DTYPE, FLOAT_DTYPES, LABEL_DTYPES, STORAGE_TYPE
 
 
 @dataclass
@@ -87,13 +89,35 @@ def simulator_enabled():
 
 
 
-def dtype_constants(dtype_name):
-    """``(cast, zero, one, nan)`` typed as ``dtype_name``, for kernel closures.
+def bit_casts():
+    """``(bits_to_float32, float32_to_bits)``: reinterpret a 32-bit word as float32 and back.
 
-    Kernels capture NumPy scalars of their dtype, so Numba types every constant as that
-    dtype and float32 kernels never promote to float64.
+    On the CUDA target these are libdevice's ``int_as_float`` / ``float_as_int`` (a register
+    move, no conversion); the simulator has no libdevice, so there they are the exact NumPy
+    equivalents. The bfloat16 kernels widen ``bits << 16`` with the first and round the
+    second's result to the top 16 bits.
     """
-    cast = getattr(np, dtype_name)
+    if simulator_enabled():
+        def bits_to_float32(word):
+            return np.uint32(word).view(np.float32)
+
+        def float32_to_bits(value):
+            return np.float32(value).view(np.uint32)
+
+        return bits_to_float32, float32_to_bits
+    from numba.cuda import libdevice
+
+    return libdevice.int_as_float, libdevice.float_as_int
+
+
+def dtype_constants(dtype_name):
+    """``(cast, zero, one, nan)`` typed as the compute dtype of ``dtype_name``.
+
+    Kernels capture NumPy scalars of their compute dtype, so Numba types every constant as
+    that dtype and float32 kernels never promote to float64. The 16-bit variants compute
+    in float32: ``cast(x[i])`` is the load-and-widen of a float16 element.
+    """
+    cast = getattr(np, COMPUTE_DTYPE[dtype_name])
     return cast, cast(0.0), cast(1.0), cast(np.nan)
 
 
@@ -106,20 +130,27 @@ class KernelFamily:
         ``make_kernels(dtype_name) -> {name: python function}`` for ``"float32"`` or
         ``"float64"``.
     signatures : dict
-        ``{name: signature}`` with ``{f}`` for the float dtype and ``{i}`` for the label
-        dtype, e.g. ``"void({f}[::1], {f}[::1], int32)"``.
+        ``{name: signature}`` with ``{f}`` for the storage dtype of activations and
+        gradients, ``{a}`` for the compute dtype (parameters, statistics, scalars; the same
+        as ``{f}`` for float32/float64, float32 for the 16-bit variants) and ``{i}`` for
+        the label dtype, e.g. ``"void({f}[::1], {f}[::1], int32, {a})"``.
+    half_dtypes : dict, optional
+        ``{name: tuple of 16-bit dtypes}`` (from :data:`~dualnn.kernels.ops.HALF_DTYPES`):
+        the kernels that also have float16 / bfloat16 variants.
     """
 
-    def __init__(self, make_kernels, signatures):
+    def __init__(self, make_kernels, signatures, half_dtypes=None):
         self._make = make_kernels
         self.signatures = dict(signatures)
+        self.half_dtypes = dict(half_dtypes or {})
         self._python = {}
         self._compiled = {}
         self._lock = threading.Lock()
 
     def signature(self, name, dtype, label_dtype="int64"):
         """The explicit Numba signature string of kernel ``name`` for ``dtype``."""
-        return self.signatures[name].format(f=dtype, i=label_dtype)
+        return self.signatures[name].format(f=STORAGE_TYPE[dtype], a=COMPUTE_DTYPE[dtype],
+                                            i=label_dtype)
 
     def python_kernel(self, name, dtype):
         """The (uncompiled) Python function of kernel ``name`` for ``dtype``."""
@@ -132,7 +163,7 @@ class KernelFamily:
         """Every ``(name, dtype, label_dtype or None)`` a launcher may compile."""
         out = []
         for name, sig in self.signatures.items():
-            for dtype in FLOAT_DTYPES:
+            for dtype in FLOAT_DTYPES + tuple(self.half_dtypes.get(name, ())):
                 if "{i}" in sig:
                     out.extend((name, dtype, lab) for lab in LABEL_DTYPES)
                 else:
@@ -212,10 +243,17 @@ def dtype_of(a):
     return np.dtype(a.dtype).name
 
 
-def check(name, arrays, dtype=None):
+def kernel_dtype_of(a):
+    """The kernel dtype name of ``a``: its dtype name, ``"bfloat16"`` for uint16 bits."""
+    name = np.dtype(a.dtype).name
+    return "bfloat16" if name == BFLOAT16_STORAGE else name
+
+
+def check(name, arrays, dtype=None, allowed=FLOAT_DTYPES):
     """Check ``{label: (array, shape or None)}``: same float dtype, C-contiguous, same library.
 
-    Returns the common dtype name.
+    ``allowed`` lists the kernel dtype names accepted (uint16 arrays count as
+    ``"bfloat16"`` bit patterns). Returns the common kernel dtype name.
     """
     first = None
     for label, (a, shape) in arrays.items():
@@ -229,19 +267,20 @@ def check(name, arrays, dtype=None):
                 raise TypeError(f"{name}: NumPy arrays run only under the CUDA simulator "
                                 "(NUMBA_ENABLE_CUDASIM=1); on a GPU pass CuPy arrays")
             if dtype is None:
-                dtype = dtype_of(a)
+                dtype = kernel_dtype_of(a)
         elif is_cupy(a) != cupy_arrays or not (cupy_arrays or isinstance(a, np.ndarray)):
             raise TypeError(f"{name}: {label} is a {type(a).__module__} array but the other "
                             "arguments are not; all arrays must come from one library")
-        if dtype_of(a) != dtype:
-            raise TypeError(f"{name}: {label} has dtype {dtype_of(a)}, expected {dtype}")
+        if kernel_dtype_of(a) != dtype:
+            raise TypeError(f"{name}: {label} has dtype {kernel_dtype_of(a)}, expected "
+                            f"{dtype}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{name}: {label} must be C-contiguous")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ValueError(f"{name}: {label} has shape {tuple(a.shape)}, expected "
                              f"{tuple(shape)}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype {dtype} has no kernel; expected one of {FLOAT_DTYPES}")
+    if dtype not in allowed:
+        raise TypeError(f"{name}: dtype {dtype} has no kernel; expected one of {allowed}")
     return dtype
 
 
@@ -295,54 +334,32 @@ def grid_stride(n, threads=None):
     return blocks, threads
 
 
-_warp_exchange_lock = threading.Lock()
-
-
 SHFL_XOR = 3
-"""The ``mode`` of ``cuda.shfl_sync_intrinsic`` for a butterfly (``lane ^ index``) shuffle."""
+"""The shuffle mode of a butterfly (``lane ^ index``) exchange, as PTX's ``shfl.sync.bfly``."""
 
 
 def install_simulator_shuffle():
-    """Give the simulator's ``cuda`` module a ``shfl_sync_intrinsic`` (it has none).
+    """Give the simulator's ``cuda`` module a ``shfl_xor_sync`` (it has no shuffles).
 
-    Kernels shuffle through ``cuda.shfl_sync_intrinsic(mask, mode, value, index, clamp)``
-    (returning ``(value, valid)``), not the ``cuda.shfl_xor_sync`` wrapper: the wrapper is
-    a device function whose compilation asks the driver for the current device, so it
-    cannot go through ``compile_ptx`` on a machine without a GPU. Under the simulator this
-    adds :func:`simulator_shfl_sync` to the module object the simulator substitutes for
-    ``cuda`` inside kernels; elsewhere it does nothing.
+    Kernels shuffle with ``cuda.shfl_xor_sync(mask, value, lane_mask)``, which numba-cuda
+    compiles to ``shfl.sync.bfly`` (also through ``compile_ptx`` without a GPU). Under the
+    simulator this adds a stand-in built on :func:`simulator_shfl_sync` to the module object
+    the simulator substitutes for ``cuda`` inside kernels; elsewhere it does nothing.
     """
     if not simulator_enabled():
         return
     from numba.cuda.simulator.kernelapi import FakeCUDAModule
 
-    if not hasattr(FakeCUDAModule, "shfl_sync_intrinsic"):
-        FakeCUDAModule.shfl_sync_intrinsic = staticmethod(simulator_shfl_sync)
+    if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
+        FakeCUDAModule.shfl_xor_sync = staticmethod(_simulator_shfl_xor_sync)
 
 
 _warp_exchange_lock = threading.Lock()
 
 
-SHFL_XOR = 3
-"""The ``mode`` of ``cuda.shfl_sync_intrinsic`` for a butterfly (``lane ^ index``) shuffle."""
-
-
-def shfl_sync_intrinsic():
-    """The warp-shuffle primitive the kernels call: ``f(mask, mode, value, index, clamp)``
-    returning ``(value, valid)``.
-
-    On the CUDA target this is ``numba.cuda.shfl_sync_intrinsic`` itself: the
-    ``cuda.shfl_xor_sync`` wrapper is a device function whose compilation asks the driver
-    for the current device, so it cannot go through ``compile_ptx`` on a machine without
-    a GPU. Under the simulator (which has no shuffles) it is
-    :func:`simulator_shfl_sync`.
-    """
-    if simulator_enabled():
-        return simulator_shfl_sync
-    return numba_cuda().shfl_sync_intrinsic
-
-
-_warp_exchange_lock = threading.Lock()
+def _simulator_shfl_xor_sync(mask, value, lane_mask):
+    """Simulator stand-in for ``cuda.shfl_xor_sync`` (numba-cuda's simulator has none)."""
+    return simulator_shfl_sync(mask, SHFL_XOR, value, lane_mask, 0x1F)[0]
 
 
 def simulator_shfl_sync(mask, mode, value, index, clamp):

@@ -19,6 +19,21 @@ BACKWARD_FROM_OUTPUT = ("sigmoid", "tanh", "identity")
 FLOAT_DTYPES = ("float32", "float64")
 """Dtype names the fused kernels are compiled for."""
 
+HALF_DTYPES = ("float16", "bfloat16")
+"""16-bit storage dtypes of the mixed-precision CUDA variants: arrays between layers are
+stored in 16 bits, every kernel computes and accumulates in float32 (:data:`COMPUTE_DTYPE`)."""
+
+BFLOAT16_STORAGE = "uint16"
+"""Array dtype holding bfloat16 values as bit patterns (the top 16 bits of a float32)."""
+
+COMPUTE_DTYPE = {"float16": "float32", "bfloat16": "float32", "float32": "float32",
+                 "float64": "float64"}
+"""Dtype each kernel variant computes and accumulates in, by storage dtype."""
+
+STORAGE_TYPE = {"float16": "float16", "bfloat16": BFLOAT16_STORAGE, "float32": "float32",
+                "float64": "float64"}
+"""Numba array element type of each variant's 16/32/64-bit storage arrays."""
+
 LABEL_DTYPES = ("int32", "int64")
 """Label dtype names the CUDA softmax cross-entropy kernel is compiled for."""
 

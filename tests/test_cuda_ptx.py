@@ -1,9 +1,11 @@
 """Every Numba-CUDA kernel compiles to PTX for real GPUs (sm_80, sm_90), no GPU needed.
 
-Uses ``numba.cuda.compile_ptx`` with each kernel's explicit float32 and float64 signature
-(NVRTC from ``numba-cuda[cu12]``). The list comes from each family's signature
+Uses ``numba.cuda.compile_ptx`` with each kernel's explicit float32 and float64 signature,
+and the float16 signature of the kernels that declare one (NVRTC from ``numba-cuda[cu12]``). The list comes from each family's signature
 declarations (``kernels/<family>/cuda.py``), so a new kernel is covered without edits here. Also checks that float32 kernels contain no float64
-arithmetic (a float literal promoting the math would run at 1/64 rate on many GPUs).
+arithmetic (a float literal promoting the math would run at 1/64 rate on many GPUs), and
+that the 16-bit kernels contain no float64 either and widen their loads to float32 (float16:
+``cvt.f32.f16``; bfloat16: a 32-bit move of ``bits << 16`` into a float register).
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ def test_kernel_compiles_to_ptx(name, dtype, label_dtype, cc):
     ptx, _resty = cuda.compile_ptx(ck.python_kernel(name, dtype), sig, cc=cc)
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
     assert ".entry" in ptx
-    if dtype == "float32":
-        assert ".f64" not in ptx, f"{name}: float32 kernel computes in float64"
+    if dtype in ("float32", "float16", "bfloat16"):
+        assert ".f64" not in ptx, f"{name}: {dtype} kernel computes in float64"
+    if dtype == "float16":
+        assert "cvt.f32.f16" in ptx, f"{name}: float16 kernel does not widen to float32"
+    if dtype == "bfloat16":  # uint16 bits << 16 moved into a float32 register and back
+        assert "mov.b32" in ptx and ".f16" not in ptx, f"{name}: bfloat16 bit casts"
 
 
 def test_every_kernel_has_both_dtypes():
@@ -55,7 +61,23 @@ def test_every_kernel_has_both_dtypes():
     assert set(ck.FAMILIES) == {"activation", "batchnorm", "softmax_xent", "optim",
                                 "trust_ratio", "cast"}
     for name in names:
-        assert {v[1] for v in VARIANTS if v[0] == name} == {"float32", "float64"}
+        assert {v[1] for v in VARIANTS if v[0] == name} - {"float16", "bfloat16"} \
+            == {"float32", "float64"}
+
+
+def test_float16_variants_of_the_mixed_precision_kernels():
+    """float16: activations, batch norm (but its float32-only merge of sums), the softmax
+    rows; bfloat16: the activations and the softmax rows."""
+    half = {v[0] for v in VARIANTS if v[1] == "float16"}
+    families = ck.FAMILIES
+    expected = (set(families["activation"].signatures) | set(families["batchnorm"].signatures)
+                | {"softmax_cross_entropy_rows"}) - {"batchnorm_backward_sums"}
+    assert half == expected
+    bf16 = {v[0] for v in VARIANTS if v[1] == "bfloat16"}
+    assert bf16 == set(families["activation"].signatures) | {"softmax_cross_entropy_rows"}
+    assert ck.signature("activation_backward", "bfloat16").startswith("void(uint16[::1]")
+    sig = ck.signature("batchnorm_forward_apply", "float16")
+    assert sig.startswith("void(float16[::1], float32[:, :, ::1]")
 
 
 def test_every_trust_ratio_kernel_is_listed():

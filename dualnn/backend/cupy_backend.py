@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from ..kernels.ops import ACTIVATIONS, LABEL_DTYPES
+from ..kernels.ops import ACTIVATIONS, COMPUTE_DTYPE, LABEL_DTYPES, STORAGE_TYPE
 from .base import ArrayAPIBackend, dtype_name, is_dlpack_foreign
 from .fused import FusedDispatch
 from .numpy_backend import fused_kernels_enabled
@@ -22,6 +22,14 @@ def _dtype_str(a):
     return np.dtype(a.dtype).name
 
 
+_ACTIVATION_HALF = ("float16", "bfloat16")
+"""16-bit storage the activation and softmax cross-entropy kernels take (bfloat16 as uint16
+bit patterns)."""
+
+_HALF = ("float16",)
+"""16-bit storage the batch-norm kernels take."""
+
+
 class CudaKernelOps(FusedDispatch):
     """Fused ops that run the Numba-CUDA launchers of :mod:`dualnn.kernels.cuda`.
 
@@ -29,6 +37,11 @@ class CudaKernelOps(FusedDispatch):
     its kernel when ``self.fused`` is true and every array is owned by this backend,
     float32 or float64 (one dtype), C-contiguous and of the expected shapes; otherwise it
     defers to ``super()`` (the reference math on the same arrays).
+
+    Mixed precision: activations and their gradients may also be float16 (the activation
+    and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
+    beta/statistics and the loss must be float32 and every kernel computes in float32 (see
+    docs/gpu_training.md, "Mixed precision on the GPU").
 
     Outputs that callers keep (``y``, ``mean``, ``dgamma``, the loss...) are allocated per
     call from the backend's array library (CuPy's memory pool on a GPU); scratch buffers
@@ -171,29 +184,35 @@ class CudaKernelOps(FusedDispatch):
                 return self.kernels.round_bfloat16(a, out=self._new(a.shape, "float32"))
         return super().round_to_precision(a, dtype)
 
+    def _new_storage(self, shape, dtype):
+        """A new array of kernel dtype ``dtype`` (uint16 bits for bfloat16)."""
+        return self._new(shape, STORAGE_TYPE[dtype])
+
     def activation_forward(self, kind, z, alpha=0.0, out=None):
-        dtype = self._kernel_takes([(z, None)], [(out, z.shape)])
+        dtype = self._kernel_takes([(z, None)], [(out, z.shape)], half=_ACTIVATION_HALF)
         if dtype is None or kind == "identity" or kind not in ACTIVATIONS:
             return super().activation_forward(kind, z, alpha, out=out)
-        out = self._new(z.shape, dtype) if out is None else out
+        out = self._new_storage(z.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.activation_forward(kind, z, alpha, out=out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
         dtype = None
         if z.ndim == 2 and kind in ACTIVATIONS and not (b is None and kind == "identity"):
-            dtype = self._kernel_takes([(z, None), (b, (z.shape[1],))], [(out, z.shape)])
+            dtype = self._kernel_takes([(z, None)], [(out, z.shape)],
+                                       params=[(b, (z.shape[1],))], half=_ACTIVATION_HALF)
         if dtype is None:
             return super().bias_activation_forward(z, b, kind, alpha, out=out)
-        out = self._new(z.shape, dtype) if out is None else out
+        out = self._new_storage(z.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.bias_activation_forward(z, b, kind, alpha, out=out)
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
-        dtype = self._kernel_takes([(dy, None), (saved, dy.shape)], [(out, dy.shape)])
+        dtype = self._kernel_takes([(dy, None), (saved, dy.shape)], [(out, dy.shape)],
+                                   half=_ACTIVATION_HALF)
         if dtype is None or kind not in ACTIVATIONS or (kind == "identity" and out is None):
             return super().activation_backward(kind, dy, saved, alpha, out=out)
-        out = self._new(dy.shape, dtype) if out is None else out
+        out = self._new_storage(dy.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.activation_backward(kind, dy, saved, alpha, out=out)
 
@@ -203,17 +222,20 @@ class CudaKernelOps(FusedDispatch):
         dtype = None
         if x.ndim == 2 and x.shape[0] >= 2:
             c = (x.shape[1],)
-            dtype = self._kernel_takes([(x, None), (gamma, c), (beta, c)],
-                                       [(out, x.shape), (running_mean, c), (running_var, c)])
+            dtype = self._kernel_takes([(x, None)], [(out, x.shape)],
+                                       params=[(gamma, c), (beta, c)],
+                                       param_outputs=[(running_mean, c), (running_var, c)],
+                                       half=_HALF)
         if dtype is None:
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    eps, momentum, relu=relu, out=out)
         n, c = x.shape
         k = self.kernels
+        acc = COMPUTE_DTYPE[dtype]
         out = self._new(x.shape, dtype) if out is None else out
-        mean = self._new((c,), dtype)
-        invstd = self._new((c,), dtype)
-        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
+        mean = self._new((c,), acc)
+        invstd = self._new((c,), acc)
+        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), acc)
         with self._launch_scope():
             return k.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps,
                                              momentum, relu, out=out, mean=mean,
@@ -224,8 +246,9 @@ class CudaKernelOps(FusedDispatch):
         dtype = None
         if x.ndim == 2:
             c = (x.shape[1],)
-            dtype = self._kernel_takes([(x, None), (gamma, c), (beta, c), (running_mean, c),
-                                        (running_var, c)], [(out, x.shape)])
+            dtype = self._kernel_takes([(x, None)], [(out, x.shape)],
+                                       params=[(gamma, c), (beta, c), (running_mean, c),
+                                               (running_var, c)], half=_HALF)
         if dtype is None:
             return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
                                                   eps, relu=relu, out=out)
@@ -238,25 +261,28 @@ class CudaKernelOps(FusedDispatch):
         dtype = None
         if x.ndim == 2:
             c = (x.shape[1],)
-            dtype = self._kernel_takes([(dy, x.shape), (x, None), (gamma, c), (beta, c),
-                                        (mean, c), (invstd, c)], [(out, x.shape)])
+            dtype = self._kernel_takes([(dy, x.shape), (x, None)], [(out, x.shape)],
+                                       params=[(gamma, c), (beta, c), (mean, c), (invstd, c)],
+                                       half=_HALF)
         if dtype is None:
             return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=relu,
                                               out=out)
         n, c = x.shape
         k = self.kernels
+        acc = COMPUTE_DTYPE[dtype]
         out = self._new(x.shape, dtype) if out is None else out
         # dgamma/dbeta are added into the parameters' gradients at once: reused buffers
-        dgamma = self.scratch("batchnorm_dgamma", (c,), dtype)
-        dbeta = self.scratch("batchnorm_dbeta", (c,), dtype)
-        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), dtype)
+        dgamma = self.scratch("batchnorm_dgamma", (c,), acc)
+        dbeta = self.scratch("batchnorm_dbeta", (c,), acc)
+        scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), acc)
         with self._launch_scope():
             return k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
                                         dgamma=dgamma, dbeta=dbeta, scratch=scratch)
 
     # -- losses
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
-        dtype = self._kernel_takes([(logits, None)], [(loss_out, ())])
+        dtype = self._kernel_takes([(logits, None)], param_outputs=[(loss_out, ())],
+                                   half=_ACTIVATION_HALF)
         if (dtype is None or logits.ndim != 2 or 0 in logits.shape
                 or not self.owns(labels) or _dtype_str(labels) not in LABEL_DTYPES
                 or tuple(labels.shape) != (logits.shape[0],)
@@ -268,8 +294,9 @@ class CudaKernelOps(FusedDispatch):
         with self._launch_scope():
             # dL/dlogits is consumed by the next backward: reused from step to step
             return k.softmax_cross_entropy(
-                logits, labels, loss=self._new((), dtype) if loss_out is None else loss_out,
-                dlogits=self.scratch("dlogits", logits.shape, dtype),
+                logits, labels,
+                loss=self._new((), COMPUTE_DTYPE[dtype]) if loss_out is None else loss_out,
+                dlogits=self.scratch("dlogits", logits.shape, STORAGE_TYPE[dtype]),
                 row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
     # -- optimizer updates

@@ -3,7 +3,9 @@
 Reductions over the batch axis are deterministic: a 2-D grid in which each thread keeps
 statistics over a fixed slice of rows for a slice of features, partial results in a
 caller-allocated scratch buffer (:func:`batchnorm_scratch_shape`), then a merge pass
-over the slices in a fixed order. No atomics.
+over the slices in a fixed order. No atomics. Mixed precision: ``x``/``out``/``dy`` may be
+float16 while gamma, beta, the statistics, the scratch and the gradients of gamma/beta
+are float32; every sum and the normalization run in float32.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from .._cuda import (
     require_array,
     stream_for,
 )
+from ..ops import COMPUTE_DTYPE, FLOAT_DTYPES
+
+_DTYPES = FLOAT_DTYPES + ("float16",)
+"""Storage dtypes of ``x``/``dy``/``out`` the launchers take (float16: float32 statistics)."""
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -28,21 +34,25 @@ because the kernels name it and the simulator swaps that global for its own."""
 
 
 SIGNATURES = {
-    "batchnorm_forward_partial": "void({f}[:, ::1], {f}[:, :, ::1])",
-    "batchnorm_forward_stats": ("void({f}[:, ::1], {f}[:, :, ::1], {f}, {f}, {f}, {f}, {f}[::1], "
-                                "{f}[::1], {f}[::1], {f}[::1])"),
-    "batchnorm_forward_apply": ("void({f}[::1], {f}[:, :, ::1], {f}[::1], {f}[::1], {f}[::1], "
+    "batchnorm_forward_partial": "void({f}[:, ::1], {a}[:, :, ::1])",
+    "batchnorm_forward_stats": ("void({f}[:, ::1], {a}[:, :, ::1], {a}, {a}, {a}, {a}, {a}[::1], "
+                                "{a}[::1], {a}[::1], {a}[::1])"),
+    "batchnorm_forward_apply": ("void({f}[::1], {a}[:, :, ::1], {a}[::1], {a}[::1], {a}[::1], "
                                 "{f}[::1], int64, int32)"),
-    "batchnorm_forward_eval": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, "
+    "batchnorm_forward_eval": ("void({f}[::1], {a}[::1], {a}[::1], {a}[::1], {a}[::1], {a}, "
                                "{f}[::1], int64, int32)"),
-    "batchnorm_backward_partial": ("void({f}[:, ::1], {f}[:, ::1], {f}[::1], {f}[::1], {f}[::1], "
-                                   "{f}[::1], {f}[:, :, ::1], int32)"),
-    "batchnorm_backward_sums": "void({f}[:, :, ::1], {f}[::1], {f}[::1])",
-    "batchnorm_backward_apply": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], "
-                                 "{f}[::1], {f}[::1], {f}[::1], {f}[::1], int64, {f}, int32)"),
+    "batchnorm_backward_partial": ("void({f}[:, ::1], {f}[:, ::1], {a}[::1], {a}[::1], {a}[::1], "
+                                   "{a}[::1], {a}[:, :, ::1], int32)"),
+    "batchnorm_backward_sums": "void({a}[:, :, ::1], {a}[::1], {a}[::1])",
+    "batchnorm_backward_apply": ("void({f}[::1], {f}[::1], {a}[::1], {a}[::1], {a}[::1], "
+                                 "{a}[::1], {a}[::1], {a}[::1], {f}[::1], int64, {a}, int32)"),
 }
-"""Explicit signature of each kernel below; ``{f}`` is the float dtype, ``{i}`` the label
-dtype."""
+"""Explicit signature of each kernel below; ``{f}`` is the storage dtype of ``x``, ``y``,
+``dy`` and ``dx``, ``{a}`` the compute dtype of everything else (gamma/beta, statistics,
+running statistics, scratch, scalars: float32 in the float16 variants)."""
+
+HALF_DTYPES = {name: ("float16",) for name in SIGNATURES if name != "batchnorm_backward_sums"}
+"""float16 variants (``batchnorm_backward_sums`` only sees float32 scratch: no variant)."""
 
 
 def _make_kernels(dtype_name):
@@ -65,13 +75,13 @@ def _make_kernels(dtype_name):
         f0, r0 = cuda.grid(2)
         fstride, rstride = cuda.gridsize(2)
         for f in range(f0, c, fstride):
-            shift = x[0, f]
+            shift = cast(x[0, f])
             for r in range(r0, slices, rstride):
                 count = zero
                 mean = zero
                 m2 = zero
                 for i in range(r, n, slices):
-                    v = x[i, f] - shift
+                    v = cast(x[i, f]) - shift
                     count += one
                     d = v - mean
                     mean += d / count
@@ -105,7 +115,7 @@ def _make_kernels(dtype_name):
                     m2 += partial[1, r, f] + d * d * (count * nb / total)
                     count = total
             var = m2 / cast(n)
-            shift = x[0, f]
+            shift = cast(x[0, f])
             partial[0, 0, f] = mean
             partial[1, 0, f] = shift
             mean = shift + mean
@@ -124,7 +134,7 @@ def _make_kernels(dtype_name):
         stride = cuda.gridsize(1)
         for i in range(start, x.shape[0], stride):
             f = i % features
-            centered = (x[i] - partial[1, 0, f]) - partial[0, 0, f]
+            centered = (cast(x[i]) - partial[1, 0, f]) - partial[0, 0, f]
             y = centered * (invstd[f] * gamma[f]) + beta[f]
             if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
@@ -138,7 +148,7 @@ def _make_kernels(dtype_name):
         for i in range(start, x.shape[0], stride):
             f = i % features
             scale = gamma[f] / math.sqrt(running_var[f] + eps)
-            y = (x[i] - running_mean[f]) * scale + beta[f]
+            y = (cast(x[i]) - running_mean[f]) * scale + beta[f]
             if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
             out[i] = y
@@ -162,8 +172,8 @@ def _make_kernels(dtype_name):
                 sum_dy = zero
                 sum_dy_xhat = zero
                 for i in range(r, n, slices):
-                    xhat = (x[i, f] - mu) * istd
-                    d = dy[i, f]
+                    xhat = (cast(x[i, f]) - mu) * istd
+                    d = cast(dy[i, f])
                     if relu and not xhat * g + b > zero:
                         d = zero
                     sum_dy += d
@@ -195,8 +205,8 @@ def _make_kernels(dtype_name):
             f = i % features
             istd = invstd[f]
             g = gamma[f]
-            xhat = (x[i] - mean[f]) * istd
-            d = dy[i]
+            xhat = (cast(x[i]) - mean[f]) * istd
+            d = cast(dy[i])
             if relu and not xhat * g + beta[f] > zero:
                 d = zero
             out[i] = (g * istd / n) * (n * d - dbeta[f] - xhat * dgamma[f])
@@ -205,7 +215,7 @@ def _make_kernels(dtype_name):
     return {name: kernels[name] for name in SIGNATURES}
 
 
-KERNELS = KernelFamily(_make_kernels, SIGNATURES)
+KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)
 """This family's kernels: signatures, Python functions, compiled kernels."""
 
 
@@ -247,11 +257,13 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
     if n < 2:
         raise ValueError(f"batchnorm_forward_train: training needs at least 2 rows, got {n}")
     vec = (c,)
-    dtype = check("batchnorm_forward_train", {
-        "x": (x, None), "gamma": (gamma, vec), "beta": (beta, vec),
+    dtype = check("batchnorm_forward_train", {"x": (x, None), "out": (out, x.shape)},
+                  allowed=_DTYPES)
+    check("batchnorm_forward_train", {
+        "gamma": (gamma, vec), "beta": (beta, vec),
         "running_mean": (running_mean, vec), "running_var": (running_var, vec),
-        "out": (out, x.shape), "mean": (mean, vec), "invstd": (invstd, vec),
-        "scratch": (scratch, None)})
+        "mean": (mean, vec), "invstd": (invstd, vec),
+        "scratch": (scratch, None)}, COMPUTE_DTYPE[dtype])
     check_scratch("batchnorm_forward_train", scratch, c)
     if c == 0:
         return out, mean, invstd
@@ -275,10 +287,12 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=
         raise ValueError(f"batchnorm_forward_eval: x must be 2-D, got shape {tuple(x.shape)}")
     n, c = x.shape
     vec = (c,)
-    dtype = check("batchnorm_forward_eval", {
-        "x": (x, None), "gamma": (gamma, vec), "beta": (beta, vec),
-        "running_mean": (running_mean, vec), "running_var": (running_var, vec),
-        "out": (out, x.shape)})
+    dtype = check("batchnorm_forward_eval", {"x": (x, None), "out": (out, x.shape)},
+                  allowed=_DTYPES)
+    check("batchnorm_forward_eval", {
+        "gamma": (gamma, vec), "beta": (beta, vec),
+        "running_mean": (running_mean, vec), "running_var": (running_var, vec)},
+        COMPUTE_DTYPE[dtype])
     if n * c:
         blocks, threads = grid_1d(n * c)
         KERNELS.compiled("batchnorm_forward_eval", dtype)[blocks, threads, stream_for(x)](
@@ -300,9 +314,12 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dga
     n, c = x.shape
     vec = (c,)
     dtype = check("batchnorm_backward", {
-        "dy": (dy, x.shape), "x": (x, None), "gamma": (gamma, vec), "beta": (beta, vec),
-        "mean": (mean, vec), "invstd": (invstd, vec), "out": (out, x.shape),
-        "dgamma": (dgamma, vec), "dbeta": (dbeta, vec), "scratch": (scratch, None)})
+        "dy": (dy, x.shape), "x": (x, None), "out": (out, x.shape)}, allowed=_DTYPES)
+    check("batchnorm_backward", {
+        "gamma": (gamma, vec), "beta": (beta, vec),
+        "mean": (mean, vec), "invstd": (invstd, vec),
+        "dgamma": (dgamma, vec), "dbeta": (dbeta, vec), "scratch": (scratch, None)},
+        COMPUTE_DTYPE[dtype])
     check_scratch("batchnorm_backward", scratch, c)
     if c == 0:
         return out, dgamma, dbeta
@@ -312,7 +329,7 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dga
     KERNELS.compiled("batchnorm_backward_partial", dtype)[grid, block, stream](
         dy, x, gamma, beta, mean, invstd, scratch, relu)
     blocks, threads = grid_1d(c)
-    KERNELS.compiled("batchnorm_backward_sums", dtype)[blocks, threads, stream](
+    KERNELS.compiled("batchnorm_backward_sums", COMPUTE_DTYPE[dtype])[blocks, threads, stream](
         scratch, dgamma, dbeta)
     if n:
         blocks, threads = grid_1d(n * c)

@@ -508,3 +508,159 @@ class TestLauncherChecks:
         a = np.zeros((2, 3), np.float32)
         with pytest.raises(TypeError):
             ck.activation_backward("relu", [[0.0]], a, out=a)
+
+
+# ------------------------------------------------------------ CUDA simulator: float16 variants
+# The simulator runs float16 arrays natively (NumPy float16 elements; the kernels widen each
+# load to float32 and NumPy rounds each store to float16, as the GPU's cvt.rn.f16.f32 does).
+
+HALF_TOL = {"rtol": 2.0 ** -10, "atol": 2.0 ** -24}
+"""One float16 ulp relative (2**-10) plus the smallest float16 subnormal: the kernel and
+the reference round float32 values that may differ in the last float32 bits."""
+
+
+def _half_expected(values):
+    """The float32 reference results rounded to float16, compared in float32."""
+    with np.errstate(all="ignore"):
+        return [np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for v in values]
+
+
+@CUDASIM
+@pytest.mark.parametrize("kind", SIM_KINDS)
+def test_cudasim_float16_matches_float32_reference_rounded(ck, rng, kind):
+    alpha = SIM_ALPHA.get(kind, 0.1)
+    with np.errstate(all="ignore"):
+        z = _sim_edge_matrix("float16", rng)
+        dy = _sim_edge_matrix("float16", rng)[::-1].copy()
+        b = rng.standard_normal(z.shape[1]).astype(np.float32)  # a float32 master weight
+        z32, dy32 = z.astype(np.float32), dy.astype(np.float32)
+        saved = (reference.activation_forward(np, kind, z32, alpha)
+                 if kind in reference.BACKWARD_FROM_OUTPUT else z32).astype(np.float16)
+        expected = _half_expected((
+            reference.activation_forward(np, kind, z32, alpha),
+            reference.bias_activation_forward(np, z32, b, kind, alpha),
+            reference.activation_backward(np, kind, dy32, saved.astype(np.float32), alpha)))
+    got = (ck.activation_forward(kind, z, alpha, out=np.full_like(z, 7.0)),
+           ck.bias_activation_forward(z, b, kind, alpha, out=np.full_like(z, 7.0)),
+           ck.activation_backward(kind, dy, saved, alpha, out=np.full_like(z, 7.0)))
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float16
+        np.testing.assert_allclose(g.astype(np.float32), e, equal_nan=True, **HALF_TOL)
+
+
+@CUDASIM
+def test_cudasim_float16_computes_in_float32(ck):
+    # 2048 + 1.0004 = 2049.0004 in float32 rounds up to 2050 in float16; a float16 sum would
+    # round the bias to 1 first, then 2049 (a tie) to the even 2048
+    z = np.array([[2048.0]], np.float16)
+    b = np.array([1.0004], np.float32)
+    out = ck.bias_activation_forward(z, b, "identity", out=np.empty_like(z))
+    assert out[0, 0] == np.float16(2050.0)
+
+
+@CUDASIM
+def test_cudasim_float16_bias_must_be_float32(ck):
+    z = np.zeros((2, 3), np.float16)
+    with pytest.raises(TypeError, match="float32"):
+        ck.bias_activation_forward(z, np.zeros(3, np.float16), "relu", out=z)
+
+
+# ------------------------------------------------------------ CUDA simulator: bfloat16 variants
+# bfloat16 values are stored as uint16 bit patterns (the top half of a float32). Under the
+# simulator the in-kernel bit reinterpretation is NumPy's view (libdevice on a GPU); the
+# widening, float32 math and round-to-nearest-even store are the kernel's own code.
+
+BF16_TOL = {"rtol": 2.0 ** -7, "atol": 0.0}
+"""One bfloat16 ulp relative (8-bit significand: 2**-7)."""
+
+
+def _to_bf16_bits(x):
+    """float32 values rounded to bfloat16 (the cast reference), as uint16 bits."""
+    from dualnn.kernels.cast import reference as cast_reference
+
+    rounded = cast_reference.round_bfloat16(np, np.asarray(x, np.float32))
+    return (rounded.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _from_bf16_bits(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@CUDASIM
+@pytest.mark.parametrize("kind", SIM_KINDS)
+def test_cudasim_bfloat16_matches_float32_reference_rounded(ck, rng, kind):
+    alpha = SIM_ALPHA.get(kind, 0.1)
+    with np.errstate(all="ignore"):
+        z = _to_bf16_bits(_sim_edge_matrix("float32", rng))
+        dy = _to_bf16_bits(_sim_edge_matrix("float32", rng)[::-1].copy())
+        b = rng.standard_normal(z.shape[1]).astype(np.float32)
+        z32, dy32 = _from_bf16_bits(z), _from_bf16_bits(dy)
+        saved = _to_bf16_bits(reference.activation_forward(np, kind, z32, alpha)
+                              if kind in reference.BACKWARD_FROM_OUTPUT else z32)
+        expected = [_from_bf16_bits(_to_bf16_bits(e)) for e in (
+            reference.activation_forward(np, kind, z32, alpha),
+            reference.bias_activation_forward(np, z32, b, kind, alpha),
+            reference.activation_backward(np, kind, dy32, _from_bf16_bits(saved), alpha))]
+    got = (ck.activation_forward(kind, z, alpha, out=np.full_like(z, 7)),
+           ck.bias_activation_forward(z, b, kind, alpha, out=np.full_like(z, 7)),
+           ck.activation_backward(kind, dy, saved, alpha, out=np.full_like(z, 7)))
+    for g, e in zip(got, expected):
+        assert g.dtype == np.uint16
+        np.testing.assert_allclose(_from_bf16_bits(g), e, equal_nan=True, **BF16_TOL)
+
+
+@CUDASIM
+def test_cudasim_bfloat16_rounds_to_nearest_even_on_store(ck):
+    # identity + float32 bias: the sum is exact in float32, the store rounds it
+    z = _to_bf16_bits(np.array([1.0, 1.0, 1.0, -1.0], np.float32))
+    b = np.array([2.0 ** -8, 3 * 2.0 ** -8, 2.0 ** -8 + 2.0 ** -20, 0.0], np.float32)
+    z4 = z.reshape(1, 4)
+    out = ck.bias_activation_forward(z4, b, "identity", out=np.empty_like(z4))
+    # 1 + 2**-8: a tie -> even 1.0; 1 + 3 * 2**-8: a tie -> even 1 + 2**-6;
+    # just above the tie -> up to 1 + 2**-7
+    np.testing.assert_array_equal(_from_bf16_bits(out.ravel()),
+                                  [1.0, 1.0 + 2.0 ** -6, 1.0 + 2.0 ** -7, -1.0])
+
+
+@CUDASIM
+def test_cudasim_bfloat16_nan_and_overflow(ck):
+    big = np.float32(3.0e38)  # finite in bfloat16 (max ~3.39e38)
+    z = _to_bf16_bits(np.array([[np.nan, big, -np.inf, 2.0]], np.float32))
+    out = ck.bias_activation_forward(z, np.array([0, big, 0, 0], np.float32), "identity",
+                                     out=np.empty_like(z))
+    values = _from_bf16_bits(out.ravel())
+    assert np.isnan(values[0])
+    assert values[1] == np.inf and values[2] == -np.inf and values[3] == 2.0
+
+
+@CUDASIM
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+def test_cudasim_backend_takes_16_bit_activations(rng, storage):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    z32 = rng.standard_normal((4, 6)).astype(np.float32)
+    if storage == "float16":
+        z, widen = z32.astype(np.float16), lambda a: a.astype(np.float32)
+    else:
+        z, widen = _to_bf16_bits(z32), _from_bf16_bits
+    b = rng.standard_normal(6).astype(np.float32)
+    y = backend.bias_activation_forward(z, b, "tanh")
+    assert y.dtype == z.dtype
+    expected = np.tanh(widen(z) + b)
+    np.testing.assert_allclose(widen(y), expected, rtol=2.0 ** -7, atol=0)
+    dz = backend.activation_backward("relu", z, z)
+    assert dz.dtype == z.dtype
+    np.testing.assert_array_equal(widen(dz), np.where(widen(z) > 0, widen(z), 0))
+    # a 16-bit bias is not a master weight: the kernel is not taken, the reference runs
+    assert backend._kernel_takes([(z, None)], [], params=[(b.astype(np.float16), (6,))],
+                                 half=("float16", "bfloat16")) is None
+
+
+def test_cpu_backend_does_not_take_16_bit_arrays():
+    from dualnn.backend.numpy_backend import NumpyBackend
+
+    backend = NumpyBackend()
+    z = np.zeros((2, 3), np.float16)
+    assert backend._kernel_takes([(z, None)]) is None
+    assert backend._kernel_takes([(z.astype(np.float32), None)]) == "float32"

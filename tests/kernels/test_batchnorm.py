@@ -450,3 +450,88 @@ class TestLauncherChecks:
             ck.batchnorm_forward_eval(x, v.astype(np.float64), v, v, v, SIM_EPS, out=x)
         with pytest.raises(ValueError, match="beta"):
             ck.batchnorm_forward_eval(x, v, np.zeros(4, np.float32), v, v, SIM_EPS, out=x)
+
+
+# ------------------------------------------------------------ CUDA simulator: float16 x/y/dy/dx
+# gamma, beta, statistics, running statistics and scratch stay float32; every sum is float32.
+
+HALF_BN_TOL = {"rtol": 2.0 ** -10, "atol": 2e-5}
+"""One float16 ulp relative; 2e-5 absolute (the float32 tolerance above) for outputs near
+zero, where float32 differences in the statistics exceed a float16 ulp of the output."""
+
+
+def _half_inputs(rng, n, c):
+    x, gamma, beta, rm, rv = _sim_inputs(rng, n, c, "float32")
+    return x.astype(np.float16), gamma, beta, rm, rv
+
+
+@CUDASIM
+@pytest.mark.parametrize("shape", [(2, 1), (16, 9), (33, 3)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_cudasim_float16_matches_float32_reference(ck, rng, shape, relu):
+    n, c = shape
+    x, gamma, beta, rm, rv = _half_inputs(rng, n, c)
+    x32 = x.astype(np.float32)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = reference.batchnorm_forward_train(
+        np, x32, gamma, beta, rm.copy(), rv.copy(), SIM_EPS, SIM_MOMENTUM, relu)
+    scratch = np.empty(ck.batchnorm_scratch_shape(n, c), np.float32)
+    mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+    y = np.full_like(x, 7.0)
+    ck.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, relu, out=y,
+                               mean=mean, invstd=invstd, scratch=scratch)
+    tol = _sim_bn_tol("float32")
+    for got, ref in ((mean, mean_ref), (invstd, invstd_ref), (rm, rm_ref), (rv, rv_ref)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, **tol)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y.astype(np.float32),
+                               y_ref.astype(np.float16).astype(np.float32), **HALF_BN_TOL)
+
+    y_eval = ck.batchnorm_forward_eval(x, gamma, beta, rm, rv, SIM_EPS, relu,
+                                       out=np.full_like(x, 7.0))
+    eval_ref = reference.batchnorm_forward_eval(np, x32, gamma, beta, rm, rv, SIM_EPS, relu)
+    np.testing.assert_allclose(y_eval.astype(np.float32),
+                               eval_ref.astype(np.float16).astype(np.float32), **HALF_BN_TOL)
+
+    dy = rng.standard_normal(shape).astype(np.float16)
+    dx_ref, dgamma_ref, dbeta_ref = reference.batchnorm_backward(
+        np, dy.astype(np.float32), x32, gamma, beta, mean, invstd, relu)
+    dgamma, dbeta = np.empty(c, np.float32), np.empty(c, np.float32)
+    dx = np.full_like(x, 7.0)
+    ck.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=dx, dgamma=dgamma,
+                          dbeta=dbeta, scratch=scratch)
+    np.testing.assert_allclose(dgamma, dgamma_ref, **tol)
+    np.testing.assert_allclose(dbeta, dbeta_ref, **tol)
+    assert dx.dtype == np.float16
+    np.testing.assert_allclose(dx.astype(np.float32),
+                               dx_ref.astype(np.float16).astype(np.float32), **HALF_BN_TOL)
+
+
+@CUDASIM
+def test_cudasim_float16_statistics_must_be_float32(ck, rng):
+    x, gamma, beta, rm, rv = _half_inputs(rng, 4, 3)
+    scratch = np.empty(ck.batchnorm_scratch_shape(4, 3), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        ck.batchnorm_forward_train(x, gamma.astype(np.float16), beta, rm, rv, SIM_EPS,
+                                   SIM_MOMENTUM, out=np.empty_like(x),
+                                   mean=np.empty(3, np.float32),
+                                   invstd=np.empty(3, np.float32), scratch=scratch)
+
+
+@CUDASIM
+def test_cudasim_backend_batchnorm_float16_with_float32_statistics(rng):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    x, gamma, beta, rm, rv = _half_inputs(rng, 8, 3)
+    y, mean, invstd = backend.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS,
+                                                      SIM_MOMENTUM)
+    assert y.dtype == np.float16 and mean.dtype == np.float32 and invstd.dtype == np.float32
+    ref = reference.batchnorm_forward_train(np, x.astype(np.float32), gamma, beta,
+                                            np.zeros(3, np.float32), np.ones(3, np.float32),
+                                            SIM_EPS, SIM_MOMENTUM)
+    np.testing.assert_allclose(mean, ref[1], **_sim_bn_tol("float32"))
+    dy = rng.standard_normal((8, 3)).astype(np.float16)
+    dx, dgamma, dbeta = backend.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
+    assert dx.dtype == np.float16 and dgamma.dtype == np.float32
+    np.testing.assert_allclose(dbeta, dy.astype(np.float32).sum(0), rtol=1e-5, atol=1e-5)

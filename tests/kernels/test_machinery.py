@@ -240,14 +240,15 @@ def test_cudasim_every_fused_op_runs_its_kernel_and_matches_reference(sim_backen
 
 @CUDASIM
 def test_cudasim_unsupported_arrays_fall_back_to_reference(sim_backend, sim_calls, rng):
-    """F-order, float16, mixed dtypes and wrong shapes run the reference: same results."""
+    """F-order, a float16 bias (not a float32 master weight), mixed dtypes and wrong shapes
+    run the reference: same results."""
     x = np.asfortranarray(rng.standard_normal((4, 3)))
     dy = rng.standard_normal((4, 3))
     np.testing.assert_allclose(sim_backend.activation_backward("relu", dy, x),
                                reference.activation_backward(np, "relu", dy, x))
     h = rng.standard_normal((4, 3)).astype(np.float16)
-    np.testing.assert_allclose(sim_backend.bias_activation_forward(h, None, "relu"),
-                               np.maximum(h, 0))
+    np.testing.assert_allclose(sim_backend.bias_activation_forward(h, h[0].copy(), "relu"),
+                               np.maximum(h + h[0], 0))
     x32 = rng.standard_normal((4, 3)).astype(np.float32)
     sim_backend.activation_backward("relu", dy, x32)  # float64 dy, float32 saved
     p = rng.standard_normal(3)
