@@ -5,6 +5,8 @@ Every reference, CPU and CUDA module and both backends read these names from her
 
 from __future__ import annotations
 
+import numpy as np
+
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 """Activation kinds understood by the activation ops; the position is the kernels' code."""
 
@@ -51,3 +53,12 @@ def activation_code(kind):
     except (KeyError, TypeError):
         raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}") \
             from None
+
+
+# float32 bit fields for the bfloat16 conversions done on bit patterns in the CUDA kernels
+# (round to nearest even on the upper 16 bits; NaN kept quiet; inf unchanged).
+F32_ABS_BITS = np.uint32(0x7FFFFFFF)
+F32_INF_BITS = np.uint32(0x7F800000)
+F32_QUIET_BIT = np.uint32(0x00400000)
+BF16_HALF_MINUS_ONE = np.uint32(0x7FFF)
+BF16_SHIFT = np.uint32(16)

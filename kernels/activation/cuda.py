@@ -25,6 +25,8 @@ from .._cuda import (
     require_array,
     stream_for,
 )
+from ..ops import BF16_HALF_MINUS_ONE as _HALF_MINUS_ONE
+from ..ops import BF16_SHIFT as _SHIFT
 from ..ops import (
     COMPUTE_DTYPE,
     ELU,
@@ -36,6 +38,9 @@ from ..ops import (
     TANH,
     activation_code,
 )
+from ..ops import F32_ABS_BITS as _ABS
+from ..ops import F32_INF_BITS as _INF
+from ..ops import F32_QUIET_BIT as _QUIET
 
 _DTYPES = FLOAT_DTYPES + ("float16", "bfloat16")
 
@@ -59,12 +64,7 @@ HALF_DTYPES = {name: ("float16", "bfloat16") for name in SIGNATURES}
 """Both kernels also have float16 and bfloat16 (uint16 bits) variants: load, widen to
 float32, compute, round on store."""
 
-_ABS = np.uint32(0x7FFFFFFF)
-_INF = np.uint32(0x7F800000)
-_QUIET = np.uint32(0x00400000)
-_HALF_MINUS_ONE = np.uint32(0x7FFF)
 _ONE_BIT = np.uint32(1)
-_SHIFT = np.uint32(16)
 
 
 def _make_kernels(dtype_name):

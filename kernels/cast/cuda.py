@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._cuda import KernelFamily, check, flat, grid_1d, numba_cuda, require_array, stream_for
+from ..ops import BF16_HALF_MINUS_ONE as _HALF_MINUS_ONE
+from ..ops import BF16_SHIFT as _SHIFT
+from ..ops import F32_ABS_BITS as _ABS
+from ..ops import F32_INF_BITS as _INF
+from ..ops import F32_QUIET_BIT as _QUIET
 
 cuda = None
 """``numba.cuda`` once the kernels are made (the simulator swaps this global)."""
@@ -19,12 +24,7 @@ SIGNATURES = {"round_bfloat16_bits": "void(uint32[::1], uint32[::1])"}
 """Explicit signature of each kernel below (no float dtype: it works on bit patterns)."""
 
 _KEEP = np.uint32(0xFFFF0000)
-_HALF_MINUS_ONE = np.uint32(0x7FFF)
-_ABS = np.uint32(0x7FFFFFFF)
-_INF = np.uint32(0x7F800000)
-_QUIET = np.uint32(0x00400000)
 _ONE = np.uint32(1)
-_SHIFT = np.uint32(16)
 
 
 def _make_kernels(dtype_name):

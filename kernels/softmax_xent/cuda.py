@@ -30,7 +30,12 @@ from .._cuda import (
     require_array,
     stream_for,
 )
+from ..ops import BF16_HALF_MINUS_ONE as _HALF_MINUS_ONE
+from ..ops import BF16_SHIFT as _SHIFT
 from ..ops import COMPUTE_DTYPE, FLOAT_DTYPES, LABEL_DTYPES
+from ..ops import F32_ABS_BITS as _ABS
+from ..ops import F32_INF_BITS as _INF
+from ..ops import F32_QUIET_BIT as _QUIET
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -55,12 +60,7 @@ HALF_DTYPES = {"softmax_cross_entropy_rows": ("float16", "bfloat16")}
 """float16 or bfloat16 (uint16 bits) logits/dlogits, float32 sums and loss (the mean kernel
 is the float32 one)."""
 
-_ABS = np.uint32(0x7FFFFFFF)
-_INF = np.uint32(0x7F800000)
-_QUIET = np.uint32(0x00400000)
-_HALF_MINUS_ONE = np.uint32(0x7FFF)
 _ONE_BIT = np.uint32(1)
-_SHIFT = np.uint32(16)
 
 
 def _make_kernels(dtype_name):
