@@ -26,8 +26,8 @@ _ACTIVATION_HALF = ("float16", "bfloat16")
 """16-bit storage the activation and softmax cross-entropy kernels take (bfloat16 as uint16
 bit patterns)."""
 
-_HALF = ("float16",)
-"""16-bit storage the batch-norm kernels take."""
+_HALF = ("float16", "bfloat16")
+"""16-bit storage the batch-norm kernels take (bfloat16 as uint16 bit patterns)."""
 
 
 class CudaKernelOps(FusedDispatch):
@@ -38,8 +38,8 @@ class CudaKernelOps(FusedDispatch):
     float32 or float64 (one dtype), C-contiguous and of the expected shapes; otherwise it
     defers to ``super()`` (the reference math on the same arrays).
 
-    Mixed precision: activations and their gradients may also be float16 (the activation
-    and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
+    Mixed precision: activations and their gradients may also be float16 (the activation,
+    batch-norm and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
     beta/statistics and the loss must be float32 and every kernel computes in float32 (see
     docs/gpu_training.md, "Mixed precision on the GPU").
 
@@ -232,7 +232,7 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         acc = COMPUTE_DTYPE[dtype]
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         mean = self._new((c,), acc)
         invstd = self._new((c,), acc)
         scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), acc)
@@ -252,7 +252,7 @@ class CudaKernelOps(FusedDispatch):
         if dtype is None:
             return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
                                                   eps, relu=relu, out=out)
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.batchnorm_forward_eval(x, gamma, beta, running_mean,
                                                        running_var, eps, relu, out=out)
@@ -270,7 +270,7 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         acc = COMPUTE_DTYPE[dtype]
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         # dgamma/dbeta are added into the parameters' gradients at once: reused buffers
         dgamma = self.scratch("batchnorm_dgamma", (c,), acc)
         dbeta = self.scratch("batchnorm_dbeta", (c,), acc)
