@@ -18,6 +18,7 @@ call, never at import.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -161,7 +162,7 @@ def _segment_bounds(name, size, offsets, adapt):
     offsets = [int(o) for o in np.asarray(offsets).reshape(-1)]
     adapt = [bool(a) for a in np.asarray(adapt).reshape(-1)]
     if len(offsets) != len(adapt) + 1 or offsets[0] != 0 or offsets[-1] != size or any(
-            b < a for a, b in zip(offsets, offsets[1:])):
+            b < a for a, b in itertools.pairwise(offsets)):
         raise ValueError(f"{name}: offsets must rise from 0 to the buffer size {size} with "
                          f"one entry more than adapt ({len(adapt)} flags); got {offsets}")
     return [(offsets[k], offsets[k + 1], adapt[k]) for k in range(len(adapt))]
@@ -192,10 +193,10 @@ def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, s
     ratios = np.ones(len(bounds))
     if inv_scale is not None:
         grad = grad * param.dtype.type(inv_scale)
-    if found_inf is not None:
-        if found_inf.reshape(-1)[0] != 0 or not np.isfinite(grad).all():
-            found_inf.reshape(-1)[0] = 1
-            return ratios
+    if found_inf is not None and (found_inf.reshape(-1)[0] != 0
+                                  or not np.isfinite(grad).all()):
+        found_inf.reshape(-1)[0] = 1
+        return ratios
     for k, (lo, hi, on) in enumerate(bounds):
         ratios[k] = lamb_update(param[lo:hi], grad[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi],
                                 step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,

@@ -19,6 +19,7 @@ much.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -418,14 +419,14 @@ def segment_layout(offsets, adapt, chunk=CHUNK):
     offsets = [int(o) for o in np.asarray(offsets).reshape(-1)]
     adapt = [bool(a) for a in np.asarray(adapt).reshape(-1)]
     if (len(offsets) != len(adapt) + 1 or offsets[0] != 0
-            or any(b < a for a, b in zip(offsets, offsets[1:]))):
+            or any(b < a for a, b in itertools.pairwise(offsets))):
         raise ValueError(f"segment_layout: offsets must rise from 0 with one entry more than "
                          f"adapt ({len(adapt)} flags); got {offsets}")
     if int(chunk) <= 0:
         raise ValueError(f"segment_layout: chunk must be > 0, got {chunk}")
     chunk = int(chunk)
     chunk_rows, segment_rows = [], []
-    for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
+    for s, (lo, hi) in enumerate(itertools.pairwise(offsets)):
         first = len(chunk_rows)
         chunk_rows.extend((a, min(a + chunk, hi), s) for a in range(lo, hi, chunk))
         segment_rows.append((first, len(chunk_rows), int(adapt[s])))

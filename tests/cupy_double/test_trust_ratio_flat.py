@@ -7,11 +7,13 @@ path's results (float64).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from dualnn.kernels import _cuda
 
 import dualnn as dn
-from dualnn.kernels import _cuda
 from tests.cupy_double import double
 from tests.cupy_double.helpers import BATCH, HIDDEN, IN, OUT, data
 
@@ -24,7 +26,7 @@ OPTIMIZERS = {
 def _model(layers):
     sizes = [IN] + [HIDDEN] * (layers - 1) + [OUT]
     stack = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         stack += [dn.layers.Linear(a, b, dtype="float64"), dn.layers.ReLU()]
     return dn.Sequential(*stack[:-1])
 
@@ -83,16 +85,15 @@ def test_a_step_is_three_launches_whatever_the_layer_count(name, monkeypatch):
     launches = _Launches(monkeypatch)
     per_step = {}
     for layers in (1, 3):
-        seen = []
+        seen = per_step[layers] = []
 
-        def step(i, opt):
+        def step(i, opt, seen=seen):
             launches.names.clear()
             opt.step()
             seen.append(list(launches.names))
 
-        model, opt = _run(gpu, name, layers=layers, on_step=step)
+        _, opt = _run(gpu, name, layers=layers, on_step=step)
         assert opt._flat is not None and len(opt._flat.params) == 2 * layers
-        per_step[layers] = seen
     first = per_step[1][0]
     assert len(first) == 3 and all(n.startswith("segmented_") for n in first), first
     for seen in per_step.values():

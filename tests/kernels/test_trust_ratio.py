@@ -498,7 +498,6 @@ def test_cpu_segmented_rejects_offsets_that_do_not_cover_the_buffer():
 @CUDASIM
 def test_cudasim_segmented_launch_count_does_not_grow_with_segments(tiny_grid, monkeypatch):
     from dualnn.kernels import _cuda
-    from dualnn.kernels.trust_ratio import cuda
 
     launches = []
     real = _cuda._SimulatorLaunch.__getitem__
