@@ -60,7 +60,9 @@ class LAMB(Optimizer):
       :math:`\phi(\cdot)`; here it is the identity.
 
     State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``. The fused kernels keep the
-    trust ratio on the device (no host read per step).
+    trust ratio on the device (no host read per step). On the GPU backend, whose
+    parameters live in flat buffers, one segmented step updates every parameter in three
+    kernel launches whatever their number (:meth:`flat_update`), with the same results.
     """
 
     hyperparameters = Hyperparameters(

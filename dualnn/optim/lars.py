@@ -76,7 +76,9 @@ class LARS(Optimizer):
       ``trust_ratio_mask``.
 
     State per parameter: ``momentum_buffer``, ``step``. The fused kernels keep the local
-    rate on the device (no host read per step on a GPU).
+    rate on the device (no host read per step on a GPU). On the GPU backend, whose
+    parameters live in flat buffers, one segmented step updates every parameter in three
+    kernel launches whatever their number (:meth:`flat_update`), with the same results.
     """
 
     hyperparameters = Hyperparameters(
