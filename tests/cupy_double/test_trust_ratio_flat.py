@@ -165,3 +165,17 @@ def test_lamb_takes_the_inverse_scale_and_the_found_inf_flag_on_the_device():
     assert gpu.to_host(found)[0] == 1
     np.testing.assert_array_equal(gpu.to_host(arrays[0]), p)
     np.testing.assert_array_equal(gpu.to_host(arrays[2]), m)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_without_fused_kernels_the_flat_step_runs_the_reference(name, cpu_backend,
+                                                                 monkeypatch):
+    launches = _Launches(monkeypatch)
+    gpu = dn.backend.CupyBackend(fused=False)
+    assert gpu.flat_parameters
+    model, opt = _run(gpu, name)
+    assert opt._flat is not None
+    assert not any(n.startswith("segmented_") for n in launches.names)
+    cpu_model, _ = _run(cpu_backend, name)
+    for p, q in zip(model.parameters(), cpu_model.parameters()):
+        np.testing.assert_allclose(gpu.to_host(p.data), q.data, rtol=1e-9, atol=1e-11)
