@@ -26,8 +26,8 @@ _ACTIVATION_HALF = ("float16", "bfloat16")
 """16-bit storage the activation and softmax cross-entropy kernels take (bfloat16 as uint16
 bit patterns)."""
 
-_HALF = ("float16",)
-"""16-bit storage the batch-norm kernels take."""
+_HALF = ("float16", "bfloat16")
+"""16-bit storage the batch-norm kernels take (bfloat16 as uint16 bit patterns)."""
 
 
 class CudaKernelOps(FusedDispatch):
@@ -38,8 +38,8 @@ class CudaKernelOps(FusedDispatch):
     float32 or float64 (one dtype), C-contiguous and of the expected shapes; otherwise it
     defers to ``super()`` (the reference math on the same arrays).
 
-    Mixed precision: activations and their gradients may also be float16 (the activation
-    and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
+    Mixed precision: activations and their gradients may also be float16 (the activation,
+    batch-norm and softmax cross-entropy ops also take bfloat16 stored as uint16 bit patterns); then biases, batch-norm gamma/
     beta/statistics and the loss must be float32 and every kernel computes in float32 (see
     docs/gpu_training.md, "Mixed precision on the GPU").
 
@@ -232,7 +232,7 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         acc = COMPUTE_DTYPE[dtype]
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         mean = self._new((c,), acc)
         invstd = self._new((c,), acc)
         scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), acc)
@@ -252,7 +252,7 @@ class CudaKernelOps(FusedDispatch):
         if dtype is None:
             return super().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var,
                                                   eps, relu=relu, out=out)
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         with self._launch_scope():
             return self.kernels.batchnorm_forward_eval(x, gamma, beta, running_mean,
                                                        running_var, eps, relu, out=out)
@@ -270,7 +270,7 @@ class CudaKernelOps(FusedDispatch):
         n, c = x.shape
         k = self.kernels
         acc = COMPUTE_DTYPE[dtype]
-        out = self._new(x.shape, dtype) if out is None else out
+        out = self._new_storage(x.shape, dtype) if out is None else out
         # dgamma/dbeta are added into the parameters' gradients at once: reused buffers
         dgamma = self.scratch("batchnorm_dgamma", (c,), acc)
         dbeta = self.scratch("batchnorm_dbeta", (c,), acc)
@@ -362,6 +362,104 @@ class CudaKernelOps(FusedDispatch):
             kernels, partial, ratio = self._trust_ratio_scratch(param, _dtype_str(param))
             kernels.lamb_update(param, grad, exp_avg, exp_avg_sq, partial=partial,
                                 ratio=ratio, **hyper)
+
+
+    # -- LARS/LAMB over flat buffers: one segment per parameter, a fixed launch count
+    def _segmented_scratch(self, param, offsets, adapt):
+        """Kernels, the layout's device tables (copied once per layout) and the reused
+        ``partial``/``ratio``/``found`` scratch of a segmented trust-ratio step."""
+        from ..kernels.trust_ratio import cuda as trust_ratio
+
+        tables = self.__dict__.setdefault("_segment_tables", {})
+        key = (tuple(offsets), tuple(adapt))
+        device_tables = tables.get(key)
+        if device_tables is None:
+            device_tables = tables[key] = tuple(
+                self.xp.asarray(t) for t in trust_ratio.segment_layout(offsets, adapt))
+        chunks, segments = device_tables
+        dtype = _dtype_str(param)
+        partial_shape, ratio_shape, found_shape = trust_ratio.segmented_scratch_shapes(
+            chunks, segments)
+        return (trust_ratio, chunks, segments,
+                self.scratch("trust_ratio_segmented_partial", partial_shape, dtype),
+                self.scratch("trust_ratio_segmented", ratio_shape, dtype),
+                self.scratch("trust_ratio_found", found_shape, "int32"))
+
+    def _segmented_takes(self, offsets, param, grad, *state):
+        return (len(param.shape) == 1 and len(offsets) >= 2
+                and int(offsets[-1]) == int(param.shape[0])
+                and self._update_takes(param, grad, *state))
+
+    def lars_update_segmented(self, param, grad, momentum_buffer, *, offsets, adapt,
+                              **hyper):
+        """In-place LARS over flat buffers, one local rate per segment (see
+        :func:`dualnn.kernels.trust_ratio.reference.lars_update_segmented`); three launches
+        whatever the number of segments.
+
+        Parameters
+        ----------
+        param, grad, momentum_buffer : array (total,)
+        offsets : sequence of int (n + 1,)
+        adapt : sequence of bool (n,)
+        """
+        if not self._segmented_takes(offsets, param, grad, momentum_buffer):
+            from ..kernels.trust_ratio import reference
+
+            p, b = reference.lars_update_segmented(self.xp, param, grad, momentum_buffer,
+                                                   offsets=offsets, adapt=adapt, **hyper)
+            param[...] = p
+            momentum_buffer[...] = b
+            return
+        with self._launch_scope():
+            kernels, chunks, segments, partial, ratio, found = self._segmented_scratch(
+                param, offsets, adapt)
+            kernels.lars_update_segmented(param, grad, momentum_buffer, chunks=chunks,
+                                          segments=segments, partial=partial, ratio=ratio,
+                                          found=found, **hyper)
+
+    def lamb_update_segmented(self, param, grad, exp_avg, exp_avg_sq, *, offsets, adapt,
+                              inv_scale=None, found_inf=None, **hyper):
+        """In-place LAMB over flat buffers, one trust ratio per segment (see
+        :func:`dualnn.kernels.trust_ratio.reference.lamb_update_segmented`); three launches
+        whatever the number of segments.
+
+        Parameters
+        ----------
+        param, grad, exp_avg, exp_avg_sq : array (total,)
+        offsets : sequence of int (n + 1,)
+        adapt : sequence of bool (n,)
+        inv_scale : float, optional
+            A loss scaler's ``1 / scale``: the step uses ``grad * inv_scale`` (``grad`` is
+            not written).
+        found_inf : int32 array (1,), optional
+            Set to 1 when a scaled gradient is NaN/inf; while it is nonzero (on entry or
+            after the check) parameters and moments are left unchanged.
+        """
+        if found_inf is not None and (not self.owns(found_inf) or _dtype_str(found_inf)
+                                      != "int32" or tuple(found_inf.shape) != (1,)):
+            raise TypeError(f"lamb_update_segmented: found_inf must be an int32 array of "
+                            f"shape (1,) on this device, got {type(found_inf).__name__} "
+                            f"{getattr(found_inf, 'dtype', None)} "
+                            f"{tuple(getattr(found_inf, 'shape', ()))}")
+        if not self._segmented_takes(offsets, param, grad, exp_avg, exp_avg_sq):
+            from ..kernels.trust_ratio import reference
+
+            p, m, v, found = reference.lamb_update_segmented(
+                self.xp, param, grad, exp_avg, exp_avg_sq, offsets=offsets, adapt=adapt,
+                inv_scale=inv_scale, found_inf=found_inf, **hyper)
+            param[...] = p
+            exp_avg[...] = m
+            exp_avg_sq[...] = v
+            if found_inf is not None:
+                found_inf[...] = self.xp.astype(found, found_inf.dtype)
+            return
+        with self._launch_scope():
+            kernels, chunks, segments, partial, ratio, found = self._segmented_scratch(
+                param, offsets, adapt)
+            kernels.lamb_update_segmented(
+                param, grad, exp_avg, exp_avg_sq, chunks=chunks, segments=segments,
+                partial=partial, ratio=ratio, found=found if found_inf is None else found_inf,
+                inv_scale=inv_scale, check_finite=found_inf is not None, **hyper)
 
 
 class CupyBackend(CudaKernelOps, ArrayAPIBackend):

@@ -374,12 +374,19 @@ class Optimizer:
     parameter (SGD, Adam, RMSprop...): on a backend with ``flat_parameters`` the update
     then runs once over flat buffers holding all parameters (one launch)."""
 
+    segmented_update = False
+    """True when the optimizer implements :meth:`flat_update` for flat buffers with one
+    segment per parameter (LARS, LAMB: per-parameter trust ratios in a fixed number of
+    launches); on a backend with ``flat_parameters`` it then replaces the per-parameter
+    loop."""
+
     def _flat_parameters(self):
         """The :class:`~dualnn.parameter.FlatParameters` packing of :attr:`params`, built or
         rebuilt as needed, or None when the update runs per parameter."""
         params = self.params
         backend = params[0].backend
-        if not (self.elementwise_update and getattr(backend, "flat_parameters", False)):
+        if not ((self.elementwise_update or self.segmented_update)
+                and getattr(backend, "flat_parameters", False)):
             return None
         if len({int(p.state.get("step", 0)) for p in params}) != 1:
             return None
@@ -399,8 +406,17 @@ class Optimizer:
         for p in self.params:
             p.state["step"] = step
         flat.state["step"] = step
-        self.update(flat.as_parameter(), grad, flat.state)
+        self.flat_update(flat, grad, flat.state)
         flat.share_state(self.state_keys)
+
+    def flat_update(self, flat, grad, state):
+        """Update every parameter of ``flat`` (a :class:`~dualnn.parameter.FlatParameters`)
+        from the flat gradient ``grad``; ``state`` is ``flat.state`` (flat arrays).
+
+        The default runs :meth:`update` once on the whole buffer (elementwise rules);
+        optimizers with ``segmented_update`` override it.
+        """
+        self.update(flat.as_parameter(), grad, state)
 
     def first_nonfinite(self, extra=()):
         """Index of the first non-finite array among ``extra`` then the gradients, or -1.

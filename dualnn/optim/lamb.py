@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Optimizer
 from .hyperparameters import Hyperparameters, flag, real, real_pair
+from .lars import segments
 
 
 class LAMB(Optimizer):
@@ -59,7 +60,9 @@ class LAMB(Optimizer):
       :math:`\phi(\cdot)`; here it is the identity.
 
     State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``. The fused kernels keep the
-    trust ratio on the device (no host read per step).
+    trust ratio on the device (no host read per step). On the GPU backend, whose
+    parameters live in flat buffers, one segmented step updates every parameter in three
+    kernel launches whatever their number (:meth:`flat_update`), with the same results.
     """
 
     hyperparameters = Hyperparameters(
@@ -69,6 +72,7 @@ class LAMB(Optimizer):
         weight_decay=real(0.01, low=0.0),
         exclude_1d=flag(True))
     state_keys = ("exp_avg", "exp_avg_sq")
+    segmented_update = True
 
     def update(self, p, grad, state):
         exp_avg = self.state_buffer(state, p, "exp_avg")
@@ -79,3 +83,16 @@ class LAMB(Optimizer):
                               lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
                               weight_decay=0.0 if excluded else self.weight_decay,
                               adapt=not excluded)
+
+    def flat_update(self, flat, grad, state):
+        """All parameters in one segmented step over the flat buffers (GPU backend): the
+        same rule per parameter as :meth:`update`, in a fixed number of launches."""
+        whole = flat.as_parameter()
+        exp_avg = self.state_buffer(state, whole, "exp_avg")
+        exp_avg_sq = self.state_buffer(state, whole, "exp_avg_sq")
+        offsets, adapt = segments(flat, self.exclude_1d)
+        beta1, beta2 = self.betas
+        flat.backend.lamb_update_segmented(
+            flat.data, grad, exp_avg, exp_avg_sq, offsets=offsets, adapt=adapt,
+            step=state["step"], lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
+            weight_decay=self.weight_decay)

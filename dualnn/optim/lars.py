@@ -76,7 +76,9 @@ class LARS(Optimizer):
       ``trust_ratio_mask``.
 
     State per parameter: ``momentum_buffer``, ``step``. The fused kernels keep the local
-    rate on the device (no host read per step on a GPU).
+    rate on the device (no host read per step on a GPU). On the GPU backend, whose
+    parameters live in flat buffers, one segmented step updates every parameter in three
+    kernel launches whatever their number (:meth:`flat_update`), with the same results.
     """
 
     hyperparameters = Hyperparameters(
@@ -87,6 +89,7 @@ class LARS(Optimizer):
         eps=real(1e-8, low=0.0),
         exclude_1d=flag(True))
     state_keys = ("momentum_buffer",)
+    segmented_update = True
 
     def update(self, p, grad, state):
         buffer = self.state_buffer(state, p, "momentum_buffer")
@@ -95,3 +98,22 @@ class LARS(Optimizer):
                               weight_decay=0.0 if excluded else self.weight_decay,
                               trust_coefficient=self.trust_coefficient, eps=self.eps,
                               adapt=not excluded)
+
+    def flat_update(self, flat, grad, state):
+        """All parameters in one segmented step over the flat buffers (GPU backend): the
+        same rule per parameter as :meth:`update`, in a fixed number of launches."""
+        buffer = self.state_buffer(state, flat.as_parameter(), "momentum_buffer")
+        offsets, adapt = segments(flat, self.exclude_1d)
+        flat.backend.lars_update_segmented(
+            flat.data, grad, buffer, offsets=offsets, adapt=adapt, lr=self.lr,
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            trust_coefficient=self.trust_coefficient, eps=self.eps)
+
+
+def segments(flat, exclude_1d):
+    """``(offsets, adapt)`` of ``flat``'s parameters: segment bounds (n + 1 ints) and
+    whether each gets the trust ratio and weight decay (not the 1-D ones when
+    ``exclude_1d``)."""
+    offsets = (0,) + tuple(hi for _, hi in flat.slices)
+    adapt = tuple(not (exclude_1d and len(p.shape) <= 1) for p in flat.params)
+    return offsets, adapt

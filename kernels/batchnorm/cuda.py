@@ -4,16 +4,24 @@ Reductions over the batch axis are deterministic: a 2-D grid in which each threa
 statistics over a fixed slice of rows for a slice of features, partial results in a
 caller-allocated scratch buffer (:func:`batchnorm_scratch_shape`), then a merge pass
 over the slices in a fixed order. No atomics. Mixed precision: ``x``/``out``/``dy`` may be
-float16 while gamma, beta, the statistics, the scratch and the gradients of gamma/beta
-are float32; every sum and the normalization run in float32.
+float16, or bfloat16 stored as uint16 bit patterns, while gamma, beta, the statistics, the
+scratch and the gradients of gamma/beta are float32; every sum and the normalization run
+in float32. bfloat16 elements are widened on load (``bits << 16`` is the float32) and
+rounded to nearest even on store (NaN kept quiet), as
+:func:`dualnn.kernels.cast.reference.round_bfloat16` rounds. The bfloat16 variants are the
+same kernel bodies with the load/store branches chosen when the kernels are made (a shared
+``cuda.jit(device=True)`` helper cannot be compiled to PTX without a GPU).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._cuda import (
     KernelFamily,
+    bit_casts,
     check,
     config,
     dtype_constants,
@@ -23,10 +31,18 @@ from .._cuda import (
     require_array,
     stream_for,
 )
+from ..ops import BF16_HALF_MINUS_ONE as _HALF_MINUS_ONE
+from ..ops import BF16_SHIFT as _SHIFT
 from ..ops import COMPUTE_DTYPE, FLOAT_DTYPES
+from ..ops import F32_ABS_BITS as _ABS
+from ..ops import F32_INF_BITS as _INF
+from ..ops import F32_QUIET_BIT as _QUIET
 
-_DTYPES = FLOAT_DTYPES + ("float16",)
-"""Storage dtypes of ``x``/``dy``/``out`` the launchers take (float16: float32 statistics)."""
+_DTYPES = FLOAT_DTYPES + ("float16", "bfloat16")
+"""Storage dtypes of ``x``/``dy``/``out`` the launchers take (16-bit: float32 statistics;
+bfloat16 as uint16 bit patterns)."""
+
+_ONE_BIT = np.uint32(1)
 
 cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
@@ -51,8 +67,10 @@ SIGNATURES = {
 ``dy`` and ``dx``, ``{a}`` the compute dtype of everything else (gamma/beta, statistics,
 running statistics, scratch, scalars: float32 in the float16 variants)."""
 
-HALF_DTYPES = {name: ("float16",) for name in SIGNATURES if name != "batchnorm_backward_sums"}
-"""float16 variants (``batchnorm_backward_sums`` only sees float32 scratch: no variant)."""
+HALF_DTYPES = {name: ("float16", "bfloat16") for name in SIGNATURES
+               if name != "batchnorm_backward_sums"}
+"""float16 and bfloat16 (uint16 bits) variants (``batchnorm_backward_sums`` only sees
+float32 scratch: no variant)."""
 
 
 def _make_kernels(dtype_name):
@@ -60,6 +78,10 @@ def _make_kernels(dtype_name):
     global cuda
     cuda = numba_cuda()
     cast, zero, one, nan = dtype_constants(dtype_name)
+    # bfloat16: loads widen uint16 bits, stores round; the other branch is pruned at compile
+    bf16 = dtype_name == "bfloat16"
+    u16, u32 = np.uint16, np.uint32
+    as_float, as_bits = bit_casts()
 
     def batchnorm_forward_partial(x, partial):
         """Welford mean/M2 of each (row slice, feature): ``partial[0|1, slice, feature]``.
@@ -75,13 +97,19 @@ def _make_kernels(dtype_name):
         f0, r0 = cuda.grid(2)
         fstride, rstride = cuda.gridsize(2)
         for f in range(f0, c, fstride):
-            shift = cast(x[0, f])
+            if bf16:
+                shift = as_float(u32(x[0, f]) << _SHIFT)
+            else:
+                shift = cast(x[0, f])
             for r in range(r0, slices, rstride):
                 count = zero
                 mean = zero
                 m2 = zero
                 for i in range(r, n, slices):
-                    v = cast(x[i, f]) - shift
+                    if bf16:
+                        v = as_float(u32(x[i, f]) << _SHIFT) - shift
+                    else:
+                        v = cast(x[i, f]) - shift
                     count += one
                     d = v - mean
                     mean += d / count
@@ -115,7 +143,10 @@ def _make_kernels(dtype_name):
                     m2 += partial[1, r, f] + d * d * (count * nb / total)
                     count = total
             var = m2 / cast(n)
-            shift = cast(x[0, f])
+            if bf16:
+                shift = as_float(u32(x[0, f]) << _SHIFT)
+            else:
+                shift = cast(x[0, f])
             partial[0, 0, f] = mean
             partial[1, 0, f] = shift
             mean = shift + mean
@@ -134,11 +165,23 @@ def _make_kernels(dtype_name):
         stride = cuda.gridsize(1)
         for i in range(start, x.shape[0], stride):
             f = i % features
-            centered = (cast(x[i]) - partial[1, 0, f]) - partial[0, 0, f]
+            if bf16:
+                xi = as_float(u32(x[i]) << _SHIFT)
+            else:
+                xi = cast(x[i])
+            centered = (xi - partial[1, 0, f]) - partial[0, 0, f]
             y = centered * (invstd[f] * gamma[f]) + beta[f]
             if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
-            out[i] = y
+            if bf16:
+                bits = u32(as_bits(y))
+                if (bits & _ABS) > _INF:
+                    bits = bits | _QUIET
+                else:
+                    bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+                out[i] = u16(bits >> _SHIFT)
+            else:
+                out[i] = y
 
     def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, features,
                                relu):
@@ -148,10 +191,22 @@ def _make_kernels(dtype_name):
         for i in range(start, x.shape[0], stride):
             f = i % features
             scale = gamma[f] / math.sqrt(running_var[f] + eps)
-            y = (cast(x[i]) - running_mean[f]) * scale + beta[f]
+            if bf16:
+                xi = as_float(u32(x[i]) << _SHIFT)
+            else:
+                xi = cast(x[i])
+            y = (xi - running_mean[f]) * scale + beta[f]
             if relu and y < zero:  # NaN passes through, as torch.relu
                 y = zero
-            out[i] = y
+            if bf16:
+                bits = u32(as_bits(y))
+                if (bits & _ABS) > _INF:
+                    bits = bits | _QUIET
+                else:
+                    bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+                out[i] = u16(bits >> _SHIFT)
+            else:
+                out[i] = y
 
     def batchnorm_backward_partial(dy, x, gamma, beta, mean, invstd, partial, relu):
         """Per (row slice, feature): ``partial[0] = sum dy``, ``partial[1] = sum dy * xhat``.
@@ -172,8 +227,12 @@ def _make_kernels(dtype_name):
                 sum_dy = zero
                 sum_dy_xhat = zero
                 for i in range(r, n, slices):
-                    xhat = (cast(x[i, f]) - mu) * istd
-                    d = cast(dy[i, f])
+                    if bf16:
+                        xhat = (as_float(u32(x[i, f]) << _SHIFT) - mu) * istd
+                        d = as_float(u32(dy[i, f]) << _SHIFT)
+                    else:
+                        xhat = (cast(x[i, f]) - mu) * istd
+                        d = cast(dy[i, f])
                     if relu and not xhat * g + b > zero:
                         d = zero
                     sum_dy += d
@@ -205,11 +264,24 @@ def _make_kernels(dtype_name):
             f = i % features
             istd = invstd[f]
             g = gamma[f]
-            xhat = (cast(x[i]) - mean[f]) * istd
-            d = cast(dy[i])
+            if bf16:
+                xhat = (as_float(u32(x[i]) << _SHIFT) - mean[f]) * istd
+                d = as_float(u32(dy[i]) << _SHIFT)
+            else:
+                xhat = (cast(x[i]) - mean[f]) * istd
+                d = cast(dy[i])
             if relu and not xhat * g + beta[f] > zero:
                 d = zero
-            out[i] = (g * istd / n) * (n * d - dbeta[f] - xhat * dgamma[f])
+            y = (g * istd / n) * (n * d - dbeta[f] - xhat * dgamma[f])
+            if bf16:
+                bits = u32(as_bits(y))
+                if (bits & _ABS) > _INF:
+                    bits = bits | _QUIET
+                else:
+                    bits = bits + (_HALF_MINUS_ONE + ((bits >> _SHIFT) & _ONE_BIT))
+                out[i] = u16(bits >> _SHIFT)
+            else:
+                out[i] = y
 
     kernels = dict(locals())
     return {name: kernels[name] for name in SIGNATURES}

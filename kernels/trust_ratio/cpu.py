@@ -18,6 +18,7 @@ call, never at import.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -152,3 +153,71 @@ def lars_update(param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=
     _KERNELS.get("lars_apply", p.size, PARALLEL_THRESHOLD)(
         p, g, b, t(lr), t(momentum), t(weight_decay), t(local))
     return local
+
+
+# ------------------------------------------------------------ segmented (flat buffers)
+
+def _segment_bounds(name, size, offsets, adapt):
+    """``[(lo, hi, adapt)]`` once ``offsets`` (n + 1) and ``adapt`` (n) describe ``size``."""
+    offsets = [int(o) for o in np.asarray(offsets).reshape(-1)]
+    adapt = [bool(a) for a in np.asarray(adapt).reshape(-1)]
+    if len(offsets) != len(adapt) + 1 or offsets[0] != 0 or offsets[-1] != size or any(
+            b < a for a, b in itertools.pairwise(offsets)):
+        raise ValueError(f"{name}: offsets must rise from 0 to the buffer size {size} with "
+                         f"one entry more than adapt ({len(adapt)} flags); got {offsets}")
+    return [(offsets[k], offsets[k + 1], adapt[k]) for k in range(len(adapt))]
+
+
+def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, step, lr,
+                          beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, inv_scale=None,
+                          found_inf=None):
+    """In-place LAMB over flat buffers, one trust ratio per segment; see
+    :func:`dualnn.kernels.trust_ratio.reference.lamb_update_segmented`.
+
+    Runs :func:`lamb_update` on each segment's views. With ``inv_scale`` the gradient is
+    scaled first (into a copy); with ``found_inf`` (int array (1,), updated in place) the
+    step is skipped when the flag is set or the scaled gradient is not finite.
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : ndarray (total,)
+    offsets : sequence of int (n + 1,)
+    adapt : sequence of bool (n,)
+
+    Returns
+    -------
+    ndarray (n,) float64
+        Each segment's trust ratio (all 1 when the step was skipped).
+    """
+    bounds = _segment_bounds("lamb_update_segmented", param.size, offsets, adapt)
+    ratios = np.ones(len(bounds))
+    if inv_scale is not None:
+        grad = grad * param.dtype.type(inv_scale)
+    if found_inf is not None and (found_inf.reshape(-1)[0] != 0
+                                  or not np.isfinite(grad).all()):
+        found_inf.reshape(-1)[0] = 1
+        return ratios
+    for k, (lo, hi, on) in enumerate(bounds):
+        ratios[k] = lamb_update(param[lo:hi], grad[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi],
+                                step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                weight_decay=weight_decay if on else 0.0, adapt=on)
+    return ratios
+
+
+def lars_update_segmented(param, grad, momentum_buffer, *, offsets, adapt, lr, momentum=0.9,
+                          weight_decay=0.0, trust_coefficient=0.001, eps=1e-8):
+    """In-place LARS over flat buffers, one local rate per segment; see
+    :func:`dualnn.kernels.trust_ratio.reference.lars_update_segmented`.
+
+    Returns
+    -------
+    ndarray (n,) float64
+        Each segment's local rate.
+    """
+    bounds = _segment_bounds("lars_update_segmented", param.size, offsets, adapt)
+    ratios = np.ones(len(bounds))
+    for k, (lo, hi, on) in enumerate(bounds):
+        ratios[k] = lars_update(param[lo:hi], grad[lo:hi], momentum_buffer[lo:hi], lr=lr,
+                                momentum=momentum, weight_decay=weight_decay if on else 0.0,
+                                trust_coefficient=trust_coefficient, eps=eps, adapt=on)
+    return ratios

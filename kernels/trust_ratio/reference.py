@@ -95,3 +95,96 @@ def lars_update(xp, param, grad, momentum_buffer, *, lr, momentum=0.9, weight_de
         d = local * d
     b = momentum * momentum_buffer + d
     return param - lr * b, b
+
+
+# ------------------------------------------------------------ segmented (flat buffers)
+
+def _segments(offsets, adapt):
+    """``[(lo, hi, adapt), ...]`` from ``offsets`` (n + 1 ints) and ``adapt`` (n flags)."""
+    offsets = [int(o) for o in offsets]
+    adapt = [bool(a) for a in adapt]
+    if len(offsets) != len(adapt) + 1:
+        raise ValueError(f"segments: {len(offsets)} offsets for {len(adapt)} flags; expected "
+                         "one offset more than flags")
+    return [(offsets[k], offsets[k + 1], adapt[k]) for k in range(len(adapt))]
+
+
+def nonfinite_flag(xp, grad, found_inf=None):
+    """0-d bool array: ``grad`` holds NaN/inf, or ``found_inf`` (0-d or 1-element) is set."""
+    bad = xp.logical_not(xp.all(xp.isfinite(grad)))
+    if found_inf is not None:
+        bad = xp.logical_or(bad, xp.reshape(found_inf, (-1,))[0] != 0)
+    return bad
+
+
+def lamb_update_segmented(xp, param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, step, lr,
+                          beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, inv_scale=None,
+                          found_inf=None):
+    """LAMB over flat buffers holding several parameters, one trust ratio per segment.
+
+    Segment ``k`` is ``[offsets[k], offsets[k + 1])``; it gets :func:`lamb_update` with
+    ``weight_decay`` and the trust ratio when ``adapt[k]``, with neither otherwise (the
+    optimizers' ``exclude_1d``).
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : array (total,)
+    offsets : sequence of int (n + 1,)
+        Increasing, from 0 to ``total``.
+    adapt : sequence of bool (n,)
+    inv_scale : float, optional
+        A loss scaler's ``1 / scale``: the gradient used is ``grad * inv_scale``.
+    found_inf : array (1,) or 0-d, optional
+        With ``inv_scale`` or alone: the step is skipped (everything returned unchanged)
+        when it is set on entry or when ``grad * inv_scale`` holds NaN or inf.
+
+    Returns
+    -------
+    param, exp_avg, exp_avg_sq : array (total,)
+    found : 0-d bool array or None
+        Whether the step was skipped (``None`` without ``found_inf``).
+    """
+    if inv_scale is not None:
+        grad = grad * inv_scale
+    ps, ms, vs = [], [], []
+    for lo, hi, on in _segments(offsets, adapt):
+        p, m, v = lamb_update(xp, param[lo:hi], grad[lo:hi], exp_avg[lo:hi],
+                              exp_avg_sq[lo:hi], step=step, lr=lr, beta1=beta1, beta2=beta2,
+                              eps=eps, weight_decay=weight_decay if on else 0.0, adapt=on)
+        ps.append(p)
+        ms.append(m)
+        vs.append(v)
+    new = [xp.concat(parts) if parts else old
+           for parts, old in ((ps, param), (ms, exp_avg), (vs, exp_avg_sq))]
+    if found_inf is None:
+        return (*new, None)
+    found = nonfinite_flag(xp, grad, found_inf)
+    kept = [xp.where(found, old, a) for old, a in zip((param, exp_avg, exp_avg_sq), new)]
+    return (*kept, found)
+
+
+def lars_update_segmented(xp, param, grad, momentum_buffer, *, offsets, adapt, lr,
+                          momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8):
+    """LARS over flat buffers holding several parameters, one local rate per segment.
+
+    Segment ``k`` (``[offsets[k], offsets[k + 1])``) gets :func:`lars_update` with
+    ``weight_decay`` and the local rate when ``adapt[k]``, plain momentum SGD otherwise.
+
+    Parameters
+    ----------
+    param, grad, momentum_buffer : array (total,)
+    offsets : sequence of int (n + 1,)
+    adapt : sequence of bool (n,)
+
+    Returns
+    -------
+    param, momentum_buffer : array (total,)
+    """
+    ps, bs = [], []
+    for lo, hi, on in _segments(offsets, adapt):
+        p, b = lars_update(xp, param[lo:hi], grad[lo:hi], momentum_buffer[lo:hi], lr=lr,
+                           momentum=momentum, weight_decay=weight_decay if on else 0.0,
+                           trust_coefficient=trust_coefficient, eps=eps, adapt=on)
+        ps.append(p)
+        bs.append(b)
+    return (xp.concat(ps) if ps else param, xp.concat(bs) if bs else momentum_buffer)

@@ -535,3 +535,115 @@ def test_cudasim_backend_batchnorm_float16_with_float32_statistics(rng):
     dx, dgamma, dbeta = backend.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
     assert dx.dtype == np.float16 and dgamma.dtype == np.float32
     np.testing.assert_allclose(dbeta, dy.astype(np.float32).sum(0), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ CUDA simulator: bfloat16 x/y/dy/dx
+# Stored as uint16 bit patterns (the top half of a float32); gamma, beta, statistics and
+# scratch stay float32. Expected: the float32 reference on the widened inputs, rounded to
+# bfloat16 by the cast reference (round to nearest even).
+
+BF16_BN_TOL = {"rtol": 2.0 ** -7, "atol": 2e-5}
+"""One bfloat16 ulp relative (8-bit significand); 2e-5 absolute (the float32 tolerance)
+for outputs near zero, where float32 differences in the statistics can move the rounding
+of a tiny output by one bfloat16 ulp of it."""
+
+
+def _to_bf16_bits(x):
+    from dualnn.kernels.cast import reference as cast_reference
+
+    rounded = cast_reference.round_bfloat16(np, np.asarray(x, np.float32))
+    return (rounded.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _from_bf16_bits(bits):
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def _bf16_inputs(rng, n, c):
+    x, gamma, beta, rm, rv = _sim_inputs(rng, n, c, "float32")
+    return _to_bf16_bits(x), gamma, beta, rm, rv
+
+
+def _assert_bf16(got_bits, want32):
+    assert got_bits.dtype == np.uint16
+    np.testing.assert_allclose(_from_bf16_bits(got_bits),
+                               _from_bf16_bits(_to_bf16_bits(want32)), **BF16_BN_TOL)
+
+
+@CUDASIM
+@pytest.mark.parametrize("shape", [(2, 1), (16, 9), (33, 3)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_cudasim_bfloat16_matches_float32_reference_rounded(ck, rng, shape, relu):
+    n, c = shape
+    x, gamma, beta, rm, rv = _bf16_inputs(rng, n, c)
+    x32 = _from_bf16_bits(x)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = reference.batchnorm_forward_train(
+        np, x32, gamma, beta, rm.copy(), rv.copy(), SIM_EPS, SIM_MOMENTUM, relu)
+    scratch = np.empty(ck.batchnorm_scratch_shape(n, c), np.float32)
+    mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+    y = np.full_like(x, 7)
+    ck.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS, SIM_MOMENTUM, relu, out=y,
+                               mean=mean, invstd=invstd, scratch=scratch)
+    tol = _sim_bn_tol("float32")
+    for got, ref in ((mean, mean_ref), (invstd, invstd_ref), (rm, rm_ref), (rv, rv_ref)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, **tol)
+    _assert_bf16(y, y_ref)
+
+    y_eval = ck.batchnorm_forward_eval(x, gamma, beta, rm, rv, SIM_EPS, relu,
+                                       out=np.full_like(x, 7))
+    _assert_bf16(y_eval, reference.batchnorm_forward_eval(np, x32, gamma, beta, rm, rv,
+                                                          SIM_EPS, relu))
+
+    dy = _to_bf16_bits(rng.standard_normal(shape))
+    dx_ref, dgamma_ref, dbeta_ref = reference.batchnorm_backward(
+        np, _from_bf16_bits(dy), x32, gamma, beta, mean, invstd, relu)
+    dgamma, dbeta = np.empty(c, np.float32), np.empty(c, np.float32)
+    dx = np.full_like(x, 7)
+    ck.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=dx, dgamma=dgamma,
+                          dbeta=dbeta, scratch=scratch)
+    np.testing.assert_allclose(dgamma, dgamma_ref, **tol)
+    np.testing.assert_allclose(dbeta, dbeta_ref, **tol)
+    _assert_bf16(dx, dx_ref)
+
+
+@CUDASIM
+def test_cudasim_bfloat16_eval_rounds_to_nearest_even_and_keeps_nan(ck):
+    # gamma = 1, beta = 0, mean 0, var 1 - eps: y = x * (1 + tiny), so the store rounds a
+    # value a hair above x; NaN stays NaN, inf stays inf
+    x32 = np.array([[1.0, np.nan, np.inf, -2.5]], np.float32)
+    x = _to_bf16_bits(x32)
+    c = x.shape[1]
+    gamma, beta, rm = np.ones(c, np.float32), np.zeros(c, np.float32), np.zeros(c, np.float32)
+    rv = np.full(c, 1 - SIM_EPS, np.float32)
+    y = ck.batchnorm_forward_eval(x, gamma, beta, rm, rv, SIM_EPS, out=np.zeros_like(x))
+    got = _from_bf16_bits(y)
+    assert got[0, 0] == 1.0 and got[0, 3] == -2.5
+    assert np.isnan(got[0, 1]) and got[0, 2] == np.inf
+    # scale exactly gamma (var 1, eps 0): y = gamma, exactly halfway between two bfloat16
+    # values; ties go to the even significand (down from 1 + 2**-8, up from 1 + 3 * 2**-8)
+    halfway = np.array([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8], np.float32)
+    y = ck.batchnorm_forward_eval(_to_bf16_bits(np.ones((1, 2), np.float32)), halfway,
+                                  np.zeros(2, np.float32), np.zeros(2, np.float32),
+                                  np.ones(2, np.float32), 0.0, out=np.zeros((1, 2), np.uint16))
+    assert _from_bf16_bits(y)[0].tolist() == [1.0, 1.0 + 2.0 ** -6]
+
+
+@CUDASIM
+def test_cudasim_backend_batchnorm_bfloat16_with_float32_statistics(rng):
+    from tests.support.cudasim_backend import CudaSimBackend
+
+    backend = CudaSimBackend()
+    x, gamma, beta, rm, rv = _bf16_inputs(rng, 8, 3)
+    y, mean, invstd = backend.batchnorm_forward_train(x, gamma, beta, rm, rv, SIM_EPS,
+                                                      SIM_MOMENTUM)
+    assert y.dtype == np.uint16 and mean.dtype == np.float32 and invstd.dtype == np.float32
+    ref = reference.batchnorm_forward_train(np, _from_bf16_bits(x), gamma, beta,
+                                            np.zeros(3, np.float32), np.ones(3, np.float32),
+                                            SIM_EPS, SIM_MOMENTUM)
+    np.testing.assert_allclose(mean, ref[1], **_sim_bn_tol("float32"))
+    _assert_bf16(y, ref[0])
+    dy = _to_bf16_bits(rng.standard_normal((8, 3)))
+    dx, dgamma, dbeta = backend.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
+    assert dx.dtype == np.uint16 and dgamma.dtype == np.float32
+    np.testing.assert_allclose(dbeta, _from_bf16_bits(dy).sum(0), rtol=1e-5, atol=1e-5)

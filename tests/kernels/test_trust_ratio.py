@@ -326,3 +326,231 @@ def test_numpy_backend_dispatches_to_the_kernel_only_when_it_takes_the_arrays(mo
     assert calls == [1]
     np.testing.assert_allclose(view, want[0], rtol=1e-12)
     assert np.array_equal(base[:, 1::2], np.ones((4, 6)))
+
+
+# ------------------------------------------------------------ segmented: flat buffers
+
+LAYOUTS = {
+    "one": ([37], [True]),
+    "many-tiny": ([1, 2, 3, 1, 1, 2, 3, 1, 2, 1, 3, 2], [True, False] * 6),
+    "zero-norm": ([9, 7, 11], [True, True, True]),
+    "excluded-1d": ([20, 4, 15, 3], [True, False, True, False]),
+    "odd-lengths": ([13, 0, 37, 1, 6], [True, True, False, True, True]),
+}
+"""``{name: (segment lengths, adapt flags)}``; with a chunk of 5 and blocks of 4 threads
+no length is a multiple of the block, and most span several chunks."""
+
+SEG_LAMB = {"step": 3, "lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6,
+            "weight_decay": 0.01}
+SEG_LARS = {"lr": 0.5, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.01,
+            "eps": 1e-8}
+
+
+def layout_inputs(layout, dtype, n_state, seed=0):
+    """``(offsets, adapt, arrays)``: flat ``[param, grad, *state]`` for ``layout``."""
+    lengths, adapt = LAYOUTS[layout]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    arrays = make_inputs((int(offsets[-1]),), "float64", "random", n_state, seed=seed)
+    if layout == "zero-norm":  # segment 0: w = 0; segment 1: g = 0
+        arrays[0][offsets[0]:offsets[1]] = 0
+        arrays[1][offsets[1]:offsets[2]] = 0
+    return offsets, adapt, [a.astype(dtype) for a in arrays]
+
+
+def golden_segmented(name, arrays, offsets, adapt, hyper):
+    """The plain float64 rule applied to each segment alone (the per-parameter path)."""
+    rule = golden_lamb if name == "lamb" else golden_lars
+    outs = [np.empty(a.shape) for a in [arrays[0], *arrays[2:]]]
+    for k, on in enumerate(adapt):
+        lo, hi = int(offsets[k]), int(offsets[k + 1])
+        seg_hyper = dict(hyper, weight_decay=hyper["weight_decay"] if on else 0.0, adapt=on)
+        for out, value in zip(outs, rule(*[a[lo:hi] for a in arrays], **seg_hyper)):
+            out[lo:hi] = value
+    return outs
+
+
+def run_segmented(device, name, arrays, offsets, adapt, hyper, found=None, chunk=5):
+    """``{name}_update_segmented`` in place on copies of ``arrays``; returns
+    ``[param, *state]`` (``found``, an int32 (1,) array, is updated in place)."""
+    arrays = [a.copy() for a in arrays]
+    extra = {} if found is None or name == "lars" else {"found_inf": found}
+    if device == "reference":
+        new = getattr(R, f"{name}_update_segmented")(np, *arrays, offsets=offsets,
+                                                     adapt=adapt, **hyper, **extra)
+        if name == "lamb":
+            *new, flag = new
+            if found is not None:
+                found[0] = int(bool(flag))
+        for target, value in zip([arrays[0], *arrays[2:]], new):
+            target[...] = value
+    elif device == "cpu":
+        from dualnn.kernels.trust_ratio import cpu
+
+        getattr(cpu, f"{name}_update_segmented")(*arrays, offsets=offsets, adapt=adapt,
+                                                 **hyper, **extra)
+    else:
+        from dualnn.kernels.trust_ratio import cuda
+
+        chunks, segments = cuda.segment_layout(offsets, adapt, chunk=chunk)
+        partial_shape, ratio_shape, found_shape = cuda.segmented_scratch_shapes(chunks,
+                                                                                segments)
+        dtype = arrays[0].dtype
+        if name == "lamb":
+            extra = {"check_finite": found is not None}
+        flag = np.zeros(found_shape, np.int32) if found is None else found
+        getattr(cuda, f"{name}_update_segmented")(
+            *arrays, chunks=chunks, segments=segments,
+            partial=np.full(partial_shape, np.nan, dtype),
+            ratio=np.full(ratio_shape, np.nan, dtype), found=flag, **hyper, **extra)
+    return [arrays[0], *arrays[2:]]
+
+
+def segmented_cases():
+    out = []
+    for device in ("reference", "cpu", "cudasim"):
+        for dtype in DTYPE_NAMES:
+            for layout in LAYOUTS:
+                marks = [CUDASIM] if device == "cudasim" else []
+                out.append(pytest.param(device, dtype, layout, marks=marks,
+                                        id=f"{device}-{dtype}-{layout}"))
+    return out
+
+
+@pytest.mark.parametrize("device,dtype,layout", segmented_cases())
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_segmented_matches_the_rule_per_segment(tiny_grid, name, device, dtype, layout):
+    offsets, adapt, arrays = layout_inputs(layout, dtype, 2 if name == "lamb" else 1)
+    hyper = SEG_LAMB if name == "lamb" else SEG_LARS
+    want = golden_segmented(name, arrays, offsets, adapt, hyper)
+    got = run_segmented(device, name, arrays, offsets, adapt, hyper)
+    assert_matches(got, want, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_segmented_equals_the_per_parameter_kernels(tiny_grid, device, name):
+    """float64: the segmented op equals the same device's per-parameter op on each slice."""
+    offsets, adapt, arrays = layout_inputs("odd-lengths", "float64",
+                                           2 if name == "lamb" else 1, seed=4)
+    hyper = SEG_LAMB if name == "lamb" else SEG_LARS
+    got = run_segmented(device, name, arrays, offsets, adapt, hyper)
+    for k, on in enumerate(adapt):
+        lo, hi = int(offsets[k]), int(offsets[k + 1])
+        if lo == hi:
+            continue
+        seg_hyper = dict(hyper, weight_decay=hyper["weight_decay"] if on else 0.0, adapt=on)
+        want = run_update(device, name, [a[lo:hi] for a in arrays], seg_hyper)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g[lo:hi], w, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_segmented_lamb_unscales_the_gradient(tiny_grid, device, dtype):
+    offsets, adapt, arrays = layout_inputs("excluded-1d", dtype, 2, seed=2)
+    scaled = [arrays[0], arrays[1] * arrays[1].dtype.type(1024), *arrays[2:]]
+    found = np.zeros(1, np.int32)
+    got = run_segmented(device, "lamb", scaled, offsets, adapt,
+                        dict(SEG_LAMB, inv_scale=1 / 1024), found=found)
+    assert found[0] == 0
+    assert_matches(got, golden_segmented("lamb", arrays, offsets, adapt, SEG_LAMB), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("bad", ["inf", "nan", "flag-set"])
+def test_segmented_lamb_skips_the_step_on_a_nonfinite_gradient(tiny_grid, device, bad):
+    offsets, adapt, arrays = layout_inputs("many-tiny", "float64", 2, seed=3)
+    found = np.zeros(1, np.int32)
+    if bad == "flag-set":
+        found[0] = 1
+    else:
+        arrays[1][int(offsets[5])] = np.inf if bad == "inf" else np.nan
+    got = run_segmented(device, "lamb", arrays, offsets, adapt,
+                        dict(SEG_LAMB, inv_scale=0.5), found=found)
+    assert found[0] == 1
+    for g, before in zip(got, [arrays[0], *arrays[2:]]):
+        assert np.array_equal(g, before)
+
+
+def test_segment_layout_cuts_segments_into_chunks():
+    from dualnn.kernels.trust_ratio import cuda
+
+    chunks, segments = cuda.segment_layout([0, 7, 7, 9], [True, False, True], chunk=3)
+    assert chunks.tolist() == [[0, 3, 6, 7], [3, 6, 7, 9], [0, 0, 0, 2]]
+    assert segments.tolist() == [[0, 3, 3], [3, 3, 4], [1, 0, 1]]
+    assert cuda.segmented_scratch_shapes(chunks, segments) == ((3, 4), (3,), (1,))
+    with pytest.raises(ValueError, match="offsets"):
+        cuda.segment_layout([0, 5, 3], [True, True])
+    with pytest.raises(ValueError, match="offsets"):
+        cuda.segment_layout([0, 5], [True, True])
+
+
+def test_cpu_segmented_rejects_offsets_that_do_not_cover_the_buffer():
+    from dualnn.kernels.trust_ratio import cpu
+
+    p = np.ones(6)
+    with pytest.raises(ValueError, match="lars_update_segmented"):
+        cpu.lars_update_segmented(p, p.copy(), np.zeros(6), offsets=[0, 4], adapt=[True],
+                                  lr=1.0)
+
+
+@CUDASIM
+def test_cudasim_segmented_launch_count_does_not_grow_with_segments(tiny_grid, monkeypatch):
+    from dualnn.kernels import _cuda
+
+    launches = []
+    real = _cuda._SimulatorLaunch.__getitem__
+
+    def counting(self, config):
+        launches.append(config)
+        return real(self, config)
+
+    monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+    counts = []
+    for layout in ("one", "many-tiny"):
+        offsets, adapt, arrays = layout_inputs(layout, "float64", 2)
+        launches.clear()
+        run_segmented("cudasim", "lamb", arrays, offsets, adapt, SEG_LAMB)
+        run_segmented("cudasim", "lars", arrays[:3], offsets, adapt, SEG_LARS)
+        counts.append(len(launches))
+    assert counts == [6, 6]
+
+
+@CUDASIM
+def test_cudasim_segmented_leaves_each_ratio_in_scratch(ck):
+    from dualnn.kernels.trust_ratio import cuda
+
+    p = np.concatenate([np.full(8, 2.0), np.zeros(3), np.full(4, 1.0)])
+    g = np.ones(15)
+    offsets, adapt = [0, 8, 11, 15], [True, True, False]
+    chunks, segments = cuda.segment_layout(offsets, adapt, chunk=3)
+    partial_shape, ratio_shape, found_shape = cuda.segmented_scratch_shapes(chunks, segments)
+    ratio = np.zeros(ratio_shape)
+    cuda.lars_update_segmented(p, g, np.zeros(15), chunks=chunks, segments=segments,
+                               partial=np.zeros(partial_shape), ratio=ratio,
+                               found=np.zeros(found_shape, np.int32), lr=1.0,
+                               trust_coefficient=0.1, eps=0.0)
+    assert ratio[0] == pytest.approx(0.1 * np.linalg.norm(np.full(8, 2.0)) / np.sqrt(8))
+    assert ratio[1] == 1.0 and ratio[2] == 1.0
+
+
+@CUDASIM
+def test_cudasim_segmented_launcher_checks(ck):
+    from dualnn.kernels.trust_ratio import cuda
+
+    chunks, segments = cuda.segment_layout([0, 10], [True])
+    p = np.ones(10)
+    partial_shape, ratio_shape, _ = cuda.segmented_scratch_shapes(chunks, segments)
+    scratch = {"partial": np.zeros(partial_shape), "ratio": np.zeros(ratio_shape)}
+    with pytest.raises(ValueError, match="found"):
+        cuda.lars_update_segmented(p, p.copy(), np.zeros(10), chunks=chunks,
+                                   segments=segments, found=np.zeros(1), lr=1.0, **scratch)
+    with pytest.raises(ValueError, match="chunks"):
+        cuda.lars_update_segmented(p, p.copy(), np.zeros(10), chunks=chunks.astype(np.int32),
+                                   segments=segments, found=np.zeros(1, np.int32), lr=1.0,
+                                   **scratch)
+    with pytest.raises(ValueError, match="flat"):
+        cuda.lars_update_segmented(p.reshape(2, 5), p.reshape(2, 5), np.zeros((2, 5)),
+                                   chunks=chunks, segments=segments,
+                                   found=np.zeros(1, np.int32), lr=1.0, **scratch)
