@@ -106,17 +106,23 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         return _cpu().activation_backward(kind, dy, saved, alpha, out=out)
 
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
-                                momentum, relu=False, out=None):
+                                momentum, relu=False, out=None, stats_out=None):
         c = _features(x)
         if (c is None or x.shape[0] < 2 or self._kernel_takes(
                 [(x, None), (gamma, (c,)), (beta, (c,))],
                 [(out, x.shape), (running_mean, (c,)), (running_var, (c,))]) is None):
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                                   eps, momentum, relu, out)
+                                                   eps, momentum, relu, out,
+                                                   stats_out=stats_out)
         out = np.empty_like(x) if out is None else out
+        if stats_out is not None and all(isinstance(a, np.ndarray) and a.shape == (c,)
+                                         and a.dtype == x.dtype for a in stats_out):
+            mean, invstd = stats_out
+        else:
+            mean, invstd = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
         return _cpu().batchnorm_forward_train(
             x, gamma, beta, running_mean, running_var, eps, momentum, relu, out=out,
-            mean=np.empty(c, dtype=x.dtype), invstd=np.empty(c, dtype=x.dtype))
+            mean=mean, invstd=invstd)
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
                                relu=False, out=None):
