@@ -237,8 +237,12 @@ class SoftmaxCrossEntropy(_LabelChecks, Loss):
         else:
             loss, grad = backend.softmax_cross_entropy(prediction, target)
         if self.reduction == "sum":
-            n = prediction.shape[0]  # both fresh or this loss's own: scaled in place
-            loss, grad = backend.scale_into(loss, n, loss), backend.scale_into(grad, n, grad)
+            n = prediction.shape[0]
+            if backend.device == "cpu":  # the CPU may return NumPy scalars: new arrays
+                grad = grad * n
+                loss = loss * n if out is None else backend.scale_into(loss, n, out)
+            else:  # both fresh, or this loss's own: scaled in place
+                loss, grad = backend.scale_into(loss, n, loss), backend.scale_into(grad, n, grad)
         self._grad = grad
         return loss
 
