@@ -25,6 +25,7 @@ from .batchnorm.cpu import (
 )
 from .cast.cpu import round_bfloat16, round_float16
 from .optim.cpu import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
+from .reduce.cpu import column_sum
 from .softmax_xent.cpu import softmax_cross_entropy, softmax_cross_entropy_scratch
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
                      "batchnorm_scratch_shape",
                      "bias_activation_forward",
                      "cache_dir",
+                     "column_sum",
                      "rmsprop_update",
                      "round_bfloat16",
                      "round_float16",

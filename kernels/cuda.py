@@ -24,6 +24,7 @@ from .batchnorm.cuda import (
 from .cast.cuda import round_bfloat16
 from .ops import FLOAT_DTYPES, LABEL_DTYPES  # noqa: F401 - re-exported
 from .optim.cuda import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
+from .reduce.cuda import column_sum, column_sum_scratch_shape
 from .softmax_xent.cuda import (
     softmax_cross_entropy,
     softmax_cross_entropy_scratch,
@@ -95,6 +96,8 @@ __all__ = [
     "batchnorm_forward_train",
     "batchnorm_scratch_shape",
     "bias_activation_forward",
+    "column_sum",
+    "column_sum_scratch_shape",
     "compiled_kernel",
     "config",
     "kernel_variants",

@@ -22,6 +22,7 @@ from .optim.reference import (
                                    rmsprop_update,
                                    sgd_update,
 )
+from .reduce.reference import column_sum
 from .softmax_xent.reference import log_softmax, one_hot, softmax, softmax_cross_entropy
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
                                    "batchnorm_forward_eval",
                                    "batchnorm_forward_train",
                                    "bias_activation_forward",
+                                   "column_sum",
                                    "log_softmax",
                                    "one_hot",
                                    "rmsprop_update",

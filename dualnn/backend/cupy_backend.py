@@ -160,6 +160,14 @@ class CudaKernelOps(FusedDispatch):
         return data
 
     def sum_rows_into(self, dy, out, overwrite=False):
+        """The bias gradient: the column-sum kernel (batch norm's deterministic 2-D
+        reduction, no atomics) where it applies, else CuPy's axis-0 sum."""
+        if dy.ndim == 2 and self._kernel_takes([(dy, None)], [(out, (dy.shape[1],))]):
+            k = self.kernels
+            scratch = self.scratch("column_sum", k.column_sum_scratch_shape(*dy.shape),
+                                   _dtype_str(dy))
+            with self._launch_scope():
+                return k.column_sum(dy, out=out, scratch=scratch, accumulate=not overwrite)
         xp = self.xp
         if overwrite:
             return xp.sum(dy, axis=0, out=out)
