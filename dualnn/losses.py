@@ -69,8 +69,16 @@ class Loss:
         return 1.0 / count if self.reduction == "mean" else 1.0
 
     def _loss_out(self, backend, prediction, out):
-        """``out`` checked: None, or a 0-d array of the prediction's dtype on its backend."""
+        """``out`` checked: None, or a 0-d array of the prediction's dtype on its backend.
+
+        Without ``out``, a training loop's slot (``_loss_slot``: a 0-d array it reads
+        before the next step) when it matches, else None (a new 0-d loss).
+        """
         if out is None:
+            slot = self.__dict__.get("_loss_slot")
+            if slot is not None and backend.owns(slot) and (
+                    dtype_name(slot.dtype) == dtype_name(prediction.dtype)):
+                return slot
             return None
         if not backend.owns(out) or tuple(out.shape) != () or (
                 dtype_name(out.dtype) != dtype_name(prediction.dtype)):
@@ -228,10 +236,6 @@ class SoftmaxCrossEntropy(_LabelChecks, Loss):
             target = _check_labels(self, backend, prediction, target)
         elif not backend.owns(target):
             target = backend.asarray(target)
-        slot = self.__dict__.get("_loss_slot")
-        if out is None and slot is not None and backend.owns(slot) and (
-                slot.dtype == prediction.dtype):
-            out = slot  # a training loop that consumes each loss at once: one 0-d array
         if out is not None:
             loss, grad = backend.softmax_cross_entropy(prediction, target, loss_out=out)
         else:

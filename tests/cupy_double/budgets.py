@@ -214,6 +214,11 @@ SCENARIOS = {
                                                      keep_losses=True),
     "fit": lambda: fit_step(),
     "fit_check_finite": lambda: fit_step("fit_check_finite", check_finite=True),
+    "fit_mse": lambda: fit_step("fit_mse", loss="mse"),
+    "fit_bce": lambda: fit_step("fit_bce", loss="binary_cross_entropy"),
+    "fit_hinge": lambda: fit_step("fit_hinge", loss="hinge"),
+    "fit_dropout_batchnorm": lambda: fit_step("fit_dropout_batchnorm", dropout=0.2,
+                                              batchnorm=True),
     "fit_epoch": lambda: fit_epoch(),
     "evaluate": lambda: evaluate_call(),
 }

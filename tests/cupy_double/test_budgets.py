@@ -34,7 +34,8 @@ ONE_READ = {"check_finite", "check_finite_out"}
 SYNC_BUDGETS = (
     [(name, 1 if name in ONE_READ else 0) for name in budgets.EXPLICIT]
     + [(name + "_out", 1 if name + "_out" in ONE_READ else 0) for name in budgets.EXPLICIT]
-    + [("fit", 0),
+    + [("fit", 0), ("fit_mse", 0), ("fit_bce", 0), ("fit_hinge", 0),
+       ("fit_dropout_batchnorm", 0),
        ("fit_check_finite", 1),   # loss and gradient flags, one read
        ("evaluate", 1)]           # loss sum and correct count read together at the end
 )
@@ -68,9 +69,14 @@ def test_explicit_loop_written_allocation_free_creates_nothing(name):
     assert result.pool_growth == 0, repr(result)
 
 
-@pytest.mark.parametrize("name", ["fit", "fit_check_finite"])
+FIT = ["fit", "fit_check_finite", "fit_mse", "fit_bce", "fit_hinge", "fit_dropout_batchnorm"]
+
+
+@pytest.mark.parametrize("name", FIT)
 def test_fit_step_creates_nothing(name):
-    """Data on the device, output/loss/dlogits/accumulators/flags in reused buffers."""
+    """Data on the device; output, loss (every loss writes into fit's 0-d slot), loss
+    gradient, dropout mask, batch statistics, the running-statistics snapshot,
+    accumulators and flags in reused buffers."""
     result = measured(name)
     print(result.line())
     assert (result.alloc, result.pool_growth) == (0, 0), repr(result)
