@@ -33,6 +33,8 @@ class Loss:
         return type(self).__name__
 
     def __call__(self, prediction, target, out=None):
+        if out is None:  # subclasses written before out= existed keep working
+            return self.forward(prediction, target)
         return self.forward(prediction, target, out=out)
 
     def get_config(self):
@@ -92,7 +94,7 @@ class Loss:
         object and (shape, dtype), rewritten by every forward. None on the CPU (fresh)."""
         if backend.device == "cpu" or not getattr(backend, "reuses_buffers", False):
             return None
-        key = (id(backend), tuple(prediction.shape), dtype_name(prediction.dtype))
+        key = (backend, tuple(prediction.shape), dtype_name(prediction.dtype))
         kept = self.__dict__.get("_grad_kept")
         if kept is None or kept[0] != key:
             kept = self._grad_kept = (key, backend.empty(key[1], key[2]))

@@ -147,16 +147,17 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             dy, x, gamma, beta, mean, invstd, relu, out=out,
             dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))
 
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
         if (logits.ndim != 2 or 0 in logits.shape or not isinstance(labels, np.ndarray)
                 or labels.dtype.kind not in "iu" or labels.shape != (logits.shape[0],)
-                or self._kernel_takes([(logits, None)]) is None):
-            return super().softmax_cross_entropy(logits, labels)
+                or self._kernel_takes([(logits, None)], [(loss_out, ())]) is None):
+            return super().softmax_cross_entropy(logits, labels, loss_out)
         k = _cpu()
         shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], logits.dtype)
         try:
             return k.softmax_cross_entropy(
-                logits, labels, loss=np.empty((), dtype=logits.dtype),
+                logits, labels,
+                loss=np.empty((), dtype=logits.dtype) if loss_out is None else loss_out,
                 dlogits=np.empty_like(logits), row_loss=np.empty(shape, scratch_dtype))
         except ValueError as exc:  # a label outside [0, classes)
             raise ShapeError(f"softmax_cross_entropy: {exc}") from None
