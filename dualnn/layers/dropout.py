@@ -16,6 +16,12 @@ class Dropout(Layer):
     probability at test time; both give the same expected output, and inverted scaling
     leaves inference untouched.
 
+    The mask is ``(u >= p) / (1 - p)`` for ``u`` uniform in [0, 1) drawn from the
+    backend's generator (seeded by :func:`dualnn.seed`), so a seed gives the same masks on
+    a backend from run to run. On backends that reuse buffers the mask lives in one array
+    per layer, rewritten by each training forward; the draws are the ones a fresh array
+    would receive, so masks are unchanged from versions that allocated it each step.
+
     Parameters
     ----------
     p : float in [0, 1]
