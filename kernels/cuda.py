@@ -21,6 +21,7 @@ from .batchnorm.cuda import (
     batchnorm_forward_train,
     batchnorm_scratch_shape,
 )
+from .binary_xent.cuda import binary_xent_terms
 from .cast.cuda import round_bfloat16
 from .ops import FLOAT_DTYPES, LABEL_DTYPES  # noqa: F401 - re-exported
 from .optim.cuda import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
@@ -96,6 +97,7 @@ __all__ = [
     "batchnorm_forward_train",
     "batchnorm_scratch_shape",
     "bias_activation_forward",
+    "binary_xent_terms",
     "column_sum",
     "column_sum_scratch_shape",
     "compiled_kernel",

@@ -122,3 +122,22 @@ def test_dropout_keeps_the_generators_draws_and_one_mask_array():
         with double.counting() as counts:
             drop.forward(x, training=True, out=out)
         assert counts.alloc == 0, counts.where("alloc")
+
+
+def test_gpu_bce_runs_the_fused_kernel(monkeypatch):
+    """Terms and gradient in one launch (``kernels/binary_xent``), then the sum."""
+    from dualnn.kernels import cuda as ck
+
+    calls = []
+    launcher = ck.binary_xent_terms
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return launcher(*args, **kwargs)
+
+    monkeypatch.setattr(ck, "binary_xent_terms", spy)
+    gpu = _gpu()
+    z, target = _case("binary_cross_entropy", "float32")
+    loss_fn = dn.losses.BinaryCrossEntropy()
+    loss_fn.forward(gpu.asarray(z), gpu.asarray(target))
+    assert calls == [z.shape]
