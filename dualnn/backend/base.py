@@ -436,7 +436,7 @@ class ArrayAPIBackend:
         Returns ``(sum_i sum_{j != y_i} max(0, margin - z_{i y_i} + z_ij) * scale, grad)``.
         """
         xp = self.xp
-        n, classes = prediction.shape
+        classes = prediction.shape[1]
         onehot = self.one_hot(labels, classes, prediction.dtype)
         correct = xp.sum(prediction * onehot, axis=1, keepdims=True)
         margins = xp.maximum(prediction - correct + margin, xp.zeros_like(prediction))

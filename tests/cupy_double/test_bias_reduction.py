@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dualnn.kernels import cuda as ck
 
 import dualnn as dn
-from dualnn.kernels import cuda as ck
 from tests.cupy_double.helpers import tolerance
 
 cupy = pytest.importorskip("cupy")
