@@ -103,8 +103,9 @@ def explicit_step(name="explicit", loss="softmax_cross_entropy", optimizer="adam
             opt.zero_grad()
 
         def allocation_free_step():
-            model.forward(xd, training=True, out=output)
-            loss_fn.forward(output, yd, out=loss_value)
+            out = model.forward(xd, training=True, out=output)
+            assert out is output
+            loss_fn.forward(out, yd, out=loss_value)
             model.backward(loss_fn.backward(), input_grad=False)
             opt.step(check_finite=check_finite)
             opt.zero_grad()
