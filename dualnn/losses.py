@@ -3,11 +3,17 @@
 Every loss reduces with ``reduction="mean"`` by default (``"sum"`` also accepted), as the
 matching PyTorch loss. ``forward`` returns a 0-d array on the model's device (``float(loss)``
 reads it); ``backward()`` returns ``dL/dprediction`` for the last ``forward``.
+
+On a GPU a loss allocates nothing per step beyond the 0-d loss it returns: its
+temporaries live in reused scratch, and ``backward()``'s gradient is one array per loss
+object, rewritten by each ``forward`` (read or copy it before the next one). Pass
+``forward(prediction, target, out=loss_array)`` (a 0-d array of the prediction's dtype on
+its device) to have the loss written into an array you keep, too.
 """
 
 from __future__ import annotations
 
-from .backend.base import FLOAT_DTYPES, dtype_name
+from .backend.base import FLOAT_DTYPES, describe_array, dtype_name
 from .device import backend_of
 from .errors import ConfigurationError, LabelError, ShapeError
 
@@ -26,8 +32,10 @@ class Loss:
     def name(self):
         return type(self).__name__
 
-    def __call__(self, prediction, target):
-        return self.forward(prediction, target)
+    def __call__(self, prediction, target, out=None):
+        if out is None:  # subclasses written before out= existed keep working
+            return self.forward(prediction, target)
+        return self.forward(prediction, target, out=out)
 
     def get_config(self):
         return {"reduction": self.reduction}
@@ -55,26 +63,62 @@ class Loss:
         if tuple(target.shape) != tuple(prediction.shape):
             raise ShapeError(f"{self.name}: expected targets of shape {tuple(prediction.shape)} "
                              f"(the predictions'), got {tuple(target.shape)}")
+        if dtype_name(target.dtype) == dtype_name(prediction.dtype):
+            return target  # only read: no copy
         return backend.xp.astype(target, prediction.dtype)
 
     def _scale(self, count):
         return 1.0 / count if self.reduction == "mean" else 1.0
 
+    def _loss_out(self, backend, prediction, out):
+        """``out`` checked: None, or a 0-d array of the prediction's dtype on its backend.
+
+        Without ``out``, a training loop's slot (``_loss_slot``: a 0-d array it reads
+        before the next step) when it matches, else None (a new 0-d loss).
+        """
+        if out is None:
+            slot = self.__dict__.get("_loss_slot")
+            if slot is not None and backend.owns(slot) and (
+                    dtype_name(slot.dtype) == dtype_name(prediction.dtype)):
+                return slot
+            return None
+        if not backend.owns(out) or tuple(out.shape) != () or (
+                dtype_name(out.dtype) != dtype_name(prediction.dtype)):
+            raise ShapeError(
+                f"{self.name}: out must be a 0-d {dtype_name(prediction.dtype)} array on the "
+                f"predictions' device ({backend.device}), got {describe_array(out)}")
+        return out
+
+    def _grad_buffer(self, backend, prediction):
+        """The array ``dL/dprediction`` is written into on a device backend: one per loss
+        object and (shape, dtype), rewritten by every forward. None on the CPU (fresh)."""
+        if backend.device == "cpu" or not getattr(backend, "reuses_buffers", False):
+            return None
+        key = (backend, tuple(prediction.shape), dtype_name(prediction.dtype))
+        kept = self.__dict__.get("_grad_kept")
+        if kept is None or kept[0] != key:
+            kept = self._grad_kept = (key, backend.empty(key[1], key[2]))
+        return kept[1]
+
+
+def _count(shape):
+    count = 1
+    for s in shape:
+        count *= s
+    return count
+
 
 class MSE(Loss):
     r"""Mean squared error :math:`\frac1N \sum (y - t)^2` over all elements (no 1/2, as torch)."""
 
-    def forward(self, prediction, target):
+    def forward(self, prediction, target, out=None):
         backend = self._backend_of(prediction)
-        xp = backend.xp
         target = self._float_target(backend, prediction, target)
-        diff = prediction - target
-        count = 1
-        for s in prediction.shape:
-            count *= s
-        scale = self._scale(count)
-        self._grad = diff * (2.0 * scale)
-        return xp.sum(diff * diff) * scale
+        loss, self._grad = backend.mse(
+            prediction, target, self._scale(_count(prediction.shape)),
+            grad_out=self._grad_buffer(backend, prediction),
+            loss_out=self._loss_out(backend, prediction, out))
+        return loss
 
 
 class BinaryCrossEntropy(Loss):
@@ -85,18 +129,14 @@ class BinaryCrossEntropy(Loss):
     ``torch.nn.BCEWithLogitsLoss``.
     """
 
-    def forward(self, prediction, target):
+    def forward(self, prediction, target, out=None):
         backend = self._backend_of(prediction)
-        xp = backend.xp
         target = self._float_target(backend, prediction, target)
-        z = prediction
-        losses = xp.maximum(z, xp.zeros_like(z)) - z * target + xp.log1p(xp.exp(-xp.abs(z)))
-        count = 1
-        for s in z.shape:
-            count *= s
-        scale = self._scale(count)
-        self._grad = (backend.sigmoid(z) - target) * scale
-        return xp.sum(losses) * scale
+        loss, self._grad = backend.binary_cross_entropy(
+            prediction, target, self._scale(_count(prediction.shape)),
+            grad_out=self._grad_buffer(backend, prediction),
+            loss_out=self._loss_out(backend, prediction, out))
+        return loss
 
 
 def _check_labels(loss, backend, logits, labels):
@@ -190,22 +230,25 @@ class SoftmaxCrossEntropy(_LabelChecks, Loss):
         super().__init__(reduction)
         self.check_labels = bool(check_labels)
 
-    def forward(self, prediction, target):
+    def forward(self, prediction, target, out=None):
         backend = self._backend_of(prediction)
         self._check_prediction(prediction)
+        out = self._loss_out(backend, prediction, out)
         if self.check_labels:
             target = _check_labels(self, backend, prediction, target)
         elif not backend.owns(target):
             target = backend.asarray(target)
-        slot = self.__dict__.get("_loss_slot")
-        if slot is not None and backend.owns(slot) and slot.dtype == prediction.dtype:
-            # a training loop that consumes each loss at once: written into one 0-d array
-            loss, grad = backend.softmax_cross_entropy(prediction, target, loss_out=slot)
+        if out is not None:
+            loss, grad = backend.softmax_cross_entropy(prediction, target, loss_out=out)
         else:
             loss, grad = backend.softmax_cross_entropy(prediction, target)
         if self.reduction == "sum":
             n = prediction.shape[0]
-            loss, grad = loss * n, grad * n
+            if backend.device == "cpu":  # the CPU may return NumPy scalars: new arrays
+                grad = grad * n
+                loss = loss * n if out is None else backend.scale_into(loss, n, out)
+            else:  # both fresh, or this loss's own: scaled in place
+                loss, grad = backend.scale_into(loss, n, loss), backend.scale_into(grad, n, grad)
         self._grad = grad
         return loss
 
@@ -234,21 +277,17 @@ class Hinge(_LabelChecks, Loss):
         return {"reduction": self.reduction, "margin": self.margin,
                 "divide_by_classes": self.divide_by_classes}
 
-    def forward(self, prediction, target):
+    def forward(self, prediction, target, out=None):
         backend = self._backend_of(prediction)
-        xp = backend.xp
         self._check_prediction(prediction)
+        out = self._loss_out(backend, prediction, out)
         labels = _check_labels(self, backend, prediction, target)
         n, classes = prediction.shape
-        onehot = backend.one_hot(labels, classes, prediction.dtype)
-        correct = xp.sum(prediction * onehot, axis=1, keepdims=True)
-        margins = xp.maximum(prediction - correct + self.margin, xp.zeros_like(prediction))
-        margins = margins * (1 - onehot)
         scale = self._scale(n) / (classes if self.divide_by_classes else 1)
-        active = xp.astype(margins > 0, prediction.dtype)
-        counts = xp.sum(active, axis=1, keepdims=True)
-        self._grad = (active - onehot * counts) * scale
-        return xp.sum(margins) * scale
+        loss, self._grad = backend.hinge(prediction, labels, self.margin, scale,
+                                         grad_out=self._grad_buffer(backend, prediction),
+                                         loss_out=out)
+        return loss
 
 
 LOSSES = {

@@ -23,8 +23,10 @@ from .batchnorm.cpu import (
                      batchnorm_forward_train,
                      batchnorm_scratch_shape,
 )
+from .binary_xent.cpu import binary_xent_terms
 from .cast.cpu import round_bfloat16, round_float16
 from .optim.cpu import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
+from .reduce.cpu import column_sum
 from .softmax_xent.cpu import softmax_cross_entropy, softmax_cross_entropy_scratch
 
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
                      "batchnorm_forward_train",
                      "batchnorm_scratch_shape",
                      "bias_activation_forward",
+                     "binary_xent_terms",
                      "cache_dir",
+                     "column_sum",
                      "rmsprop_update",
                      "round_bfloat16",
                      "round_float16",

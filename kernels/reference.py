@@ -15,6 +15,7 @@ from .activation.reference import (
                                    sigmoid,
 )
 from .batchnorm.reference import batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train
+from .binary_xent.reference import binary_xent_terms
 from .optim.reference import (
                                    adadelta_update,
                                    adagrad_update,
@@ -22,6 +23,7 @@ from .optim.reference import (
                                    rmsprop_update,
                                    sgd_update,
 )
+from .reduce.reference import column_sum
 from .softmax_xent.reference import log_softmax, one_hot, softmax, softmax_cross_entropy
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
                                    "batchnorm_forward_eval",
                                    "batchnorm_forward_train",
                                    "bias_activation_forward",
+                                   "binary_xent_terms",
+                                   "column_sum",
                                    "log_softmax",
                                    "one_hot",
                                    "rmsprop_update",

@@ -59,7 +59,7 @@ def test_every_kernel_has_both_dtypes():
     declared = {name for family in ck.FAMILIES.values() for name in family.signatures}
     assert names == declared
     assert set(ck.FAMILIES) == {"activation", "batchnorm", "softmax_xent", "optim",
-                                "trust_ratio", "cast"}
+                                "trust_ratio", "cast", "reduce", "binary_xent"}
     for name in names:
         assert {v[1] for v in VARIANTS if v[0] == name} - {"float16", "bfloat16"} \
             == {"float32", "float64"}

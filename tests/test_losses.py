@@ -106,3 +106,40 @@ def test_minus_inf_logit_off_the_label_costs_nothing(backend):
     value = float(to_host(backend, loss.forward(z, backend.asarray(np.array([1])))))
     assert value == pytest.approx(np.log(2.0))
     np.testing.assert_allclose(to_host(backend, loss.backward()), [[0.0, -0.5, 0.5]])
+
+
+def _loss_case(name, backend, rng):
+    z = rng.standard_normal((5, 3)) * 3
+    if name in ("softmax_cross_entropy", "hinge"):
+        target = backend.asarray(np.array([0, 2, 1, 1, 0]))
+    elif name == "mse":
+        target = backend.asarray(rng.standard_normal((5, 3)), "float64")
+    else:
+        target = backend.asarray((rng.random((5, 3)) > 0.5).astype(np.float64), "float64")
+    return backend.asarray(z, "float64"), target
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["mse", "binary_cross_entropy", "softmax_cross_entropy",
+                                  "hinge"])
+def test_out_receives_the_loss(backend, rng, name, reduction):
+    """``forward(..., out=a)`` writes the loss into the 0-d ``a`` and returns it; value and
+    gradient equal the plain call's."""
+    z, target = _loss_case(name, backend, rng)
+    plain = losses.get(name)(reduction=reduction)
+    want = float(to_host(backend, plain.forward(z, target)))
+    want_grad = np.array(to_host(backend, plain.backward()))
+    loss = losses.get(name)(reduction=reduction)
+    out = backend.zeros((), "float64")
+    got = loss.forward(z, target, out=out)
+    assert got is out
+    assert float(to_host(backend, out)) == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(to_host(backend, loss.backward()), want_grad, rtol=1e-12)
+    assert loss(z, target, out=out) is out
+
+
+def test_out_must_be_a_0d_array_of_the_predictions_dtype(backend, rng):
+    z, target = _loss_case("mse", backend, rng)
+    for bad in (backend.zeros((1,), "float64"), backend.zeros((), "float32")):
+        with pytest.raises(ShapeError, match="out must be a 0-d float64 array"):
+            losses.MSE().forward(z, target, out=bad)

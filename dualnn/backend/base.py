@@ -301,6 +301,11 @@ class ArrayAPIBackend:
         hits = xp.sum(xp.astype(xp.argmax(scores, axis=1) == labels, xp.int64))
         return hits if total is None else total + hits
 
+    def multiply_into(self, a, b, out):
+        """``out = a * b`` elementwise (``out`` may be ``a``); returns ``out``."""
+        out[...] = a * b
+        return out
+
     def scale_into(self, a, factor, out):
         """``out = a * factor`` (``factor`` a scalar or 0-d array), in place; returns ``out``."""
         out[...] = a * factor
@@ -316,10 +321,17 @@ class ArrayAPIBackend:
         """The NumPy generator used for host-side draws (initial weights, shuffling)."""
         return self._host_rng
 
-    def random_uniform(self, shape, dtype="float32"):
-        """Uniform samples in [0, 1) on this device."""
+    def random_uniform(self, shape, dtype="float32", out=None):
+        """Uniform samples in [0, 1) on this device, written into ``out`` when given (the
+        same draws either way)."""
         host = self._host_rng.random(shape, dtype=np.dtype(dtype_name(dtype)))
-        return self.asarray(host)
+        return self._into(out, self.asarray(host))
+
+    def dropout_mask(self, shape, dtype, p, out=None):
+        """Inverted-dropout mask: ``(u >= p) / (1 - p)`` for ``u`` uniform in [0, 1) drawn
+        by :meth:`random_uniform` (the same draws), written into ``out`` when given."""
+        keep = self.random_uniform(shape, dtype) >= p
+        return self._into(out, self.xp.astype(keep, self.dtype(dtype)) * (1 / (1 - p)))
 
     def get_rng_state(self):
         """JSON-serializable generator state (for checkpoints)."""
@@ -357,12 +369,19 @@ class ArrayAPIBackend:
 
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
-                                momentum, relu=False, out=None):
-        """Training-mode batch norm; returns ``(y, mean, invstd)``, updates running stats."""
+                                momentum, relu=False, out=None, stats_out=None):
+        """Training-mode batch norm; returns ``(y, mean, invstd)``, updates running stats.
+
+        ``stats_out`` is an optional ``(mean, invstd)`` pair of ``(features,)`` arrays
+        (of a previous call's dtype) the batch statistics are written into, so a layer can
+        keep them in the same two arrays from step to step.
+        """
         y, mean, invstd, rm, rv = reference.batchnorm_forward_train(
             self.xp, x, gamma, beta, running_mean, running_var, eps, momentum, relu)
         running_mean[...] = rm
         running_var[...] = rv
+        if stats_out is not None:
+            mean, invstd = self._into(stats_out[0], mean), self._into(stats_out[1], invstd)
         return self._into(out, y), mean, invstd
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
@@ -390,6 +409,43 @@ class ArrayAPIBackend:
             return cast_reference.round_to(self.xp, a, dtype)
 
     # ------------------------------------------------------------------ losses
+    # ``scale`` is the reduction's factor (1/count for "mean", 1 for "sum"). ``grad_out``
+    # (shape of the prediction) and ``loss_out`` (0-d) are optional arrays the gradient
+    # and the loss are written into; the GPU backend then allocates nothing.
+    def mse(self, prediction, target, scale, grad_out=None, loss_out=None):
+        """``(sum((y - t)^2) * scale, 2 (y - t) scale)`` for ``y``, ``t`` of one shape/dtype."""
+        xp = self.xp
+        diff = prediction - target
+        grad = diff * (2.0 * scale)
+        loss = xp.sum(diff * diff) * scale
+        return self._into(loss_out, loss), self._into(grad_out, grad)
+
+    def binary_cross_entropy(self, z, target, scale, grad_out=None, loss_out=None):
+        """Binary cross-entropy on logits ``z`` (any shape), stable for any ``z``.
+
+        Returns ``(sum(max(z, 0) - z t + log1p(exp(-|z|))) * scale, (sigmoid(z) - t) scale)``.
+        """
+        xp = self.xp
+        losses = xp.maximum(z, xp.zeros_like(z)) - z * target + xp.log1p(xp.exp(-xp.abs(z)))
+        grad = (self.sigmoid(z) - target) * scale
+        return self._into(loss_out, xp.sum(losses) * scale), self._into(grad_out, grad)
+
+    def hinge(self, prediction, labels, margin, scale, grad_out=None, loss_out=None):
+        """Multi-class hinge loss of ``(n, classes)`` scores and ``(n,)`` integer labels.
+
+        Returns ``(sum_i sum_{j != y_i} max(0, margin - z_{i y_i} + z_ij) * scale, grad)``.
+        """
+        xp = self.xp
+        classes = prediction.shape[1]
+        onehot = self.one_hot(labels, classes, prediction.dtype)
+        correct = xp.sum(prediction * onehot, axis=1, keepdims=True)
+        margins = xp.maximum(prediction - correct + margin, xp.zeros_like(prediction))
+        margins = margins * (1 - onehot)
+        active = xp.astype(margins > 0, prediction.dtype)
+        counts = xp.sum(active, axis=1, keepdims=True)
+        grad = (active - onehot * counts) * scale
+        return self._into(loss_out, xp.sum(margins) * scale), self._into(grad_out, grad)
+
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
         """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused.
 

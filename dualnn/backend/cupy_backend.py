@@ -126,6 +126,20 @@ class CudaKernelOps(FusedDispatch):
     def scale_into(self, a, factor, out):
         return self.xp.multiply(a, factor, out=out)
 
+    def multiply_into(self, a, b, out):
+        return self.xp.multiply(a, b, out=out)
+
+    def dropout_mask(self, shape, dtype, p, out=None):
+        dtype = dtype_name(dtype)
+        if out is None or not (self.owns(out) and tuple(out.shape) == tuple(shape)
+                               and _dtype_str(out) == dtype):
+            return super().dropout_mask(shape, dtype, p, out)
+        xp = self.xp
+        uniform = self.random_uniform(shape, dtype, out=self.scratch("dropout_uniform",
+                                                                     shape, dtype))
+        xp.greater_equal(uniform, p, out=out)
+        return xp.multiply(out, 1 / (1 - p), out=out)
+
     def add_l1_into(self, grad, data, l1, out):
         xp = self.xp
         xp.sign(data, out=out)
@@ -146,6 +160,14 @@ class CudaKernelOps(FusedDispatch):
         return data
 
     def sum_rows_into(self, dy, out, overwrite=False):
+        """The bias gradient: the column-sum kernel (batch norm's deterministic 2-D
+        reduction, no atomics) where it applies, else CuPy's axis-0 sum."""
+        if dy.ndim == 2 and self._kernel_takes([(dy, None)], [(out, (dy.shape[1],))]):
+            k = self.kernels
+            scratch = self.scratch("column_sum", k.column_sum_scratch_shape(*dy.shape),
+                                   _dtype_str(dy))
+            with self._launch_scope():
+                return k.column_sum(dy, out=out, scratch=scratch, accumulate=not overwrite)
         xp = self.xp
         if overwrite:
             return xp.sum(dy, axis=0, out=out)
@@ -218,7 +240,7 @@ class CudaKernelOps(FusedDispatch):
 
     # -- batch norm
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
-                                momentum, relu=False, out=None):
+                                momentum, relu=False, out=None, stats_out=None):
         dtype = None
         if x.ndim == 2 and x.shape[0] >= 2:
             c = (x.shape[1],)
@@ -228,13 +250,18 @@ class CudaKernelOps(FusedDispatch):
                                        half=_HALF)
         if dtype is None:
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                                   eps, momentum, relu=relu, out=out)
+                                                   eps, momentum, relu=relu, out=out,
+                                                   stats_out=stats_out)
         n, c = x.shape
         k = self.kernels
         acc = COMPUTE_DTYPE[dtype]
         out = self._new_storage(x.shape, dtype) if out is None else out
-        mean = self._new((c,), acc)
-        invstd = self._new((c,), acc)
+        if stats_out is not None and all(
+                self.owns(a) and tuple(a.shape) == (c,) and _dtype_str(a) == acc
+                for a in stats_out):
+            mean, invstd = stats_out
+        else:
+            mean, invstd = self._new((c,), acc), self._new((c,), acc)
         scratch = self.scratch("batchnorm", k.batchnorm_scratch_shape(n, c), acc)
         with self._launch_scope():
             return k.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps,
@@ -279,7 +306,105 @@ class CudaKernelOps(FusedDispatch):
             return k.batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out=out,
                                         dgamma=dgamma, dbeta=dbeta, scratch=scratch)
 
-    # -- losses
+    # -- losses: every temporary in reused scratch, written with out= (same operations, in
+    # the same order, as the base class's expressions)
+    def _loss_outputs(self, like, grad_out, loss_out):
+        grad = self._new(like.shape, _dtype_str(like)) if grad_out is None else grad_out
+        loss = self._new((), _dtype_str(like)) if loss_out is None else loss_out
+        return grad, loss
+
+    def _elementwise_loss_takes(self, prediction, target, grad_out, loss_out):
+        return (self.owns(prediction) and self.owns(target)
+                and _dtype_str(prediction) in ("float32", "float64")
+                and _dtype_str(target) == _dtype_str(prediction)
+                and tuple(target.shape) == tuple(prediction.shape)
+                and (grad_out is None or (self.owns(grad_out)
+                                          and tuple(grad_out.shape) == tuple(prediction.shape)))
+                and (loss_out is None or self.owns(loss_out)))
+
+    def mse(self, prediction, target, scale, grad_out=None, loss_out=None):
+        if not self._elementwise_loss_takes(prediction, target, grad_out, loss_out):
+            return super().mse(prediction, target, scale, grad_out, loss_out)
+        xp = self.xp
+        grad, loss = self._loss_outputs(prediction, grad_out, loss_out)
+        diff = self.scratch("mse_diff", prediction.shape, _dtype_str(prediction))
+        xp.subtract(prediction, target, out=diff)
+        xp.multiply(diff, 2.0 * scale, out=grad)
+        xp.multiply(diff, diff, out=diff)
+        xp.sum(diff, out=loss)
+        xp.multiply(loss, scale, out=loss)
+        return loss, grad
+
+    def binary_cross_entropy(self, z, target, scale, grad_out=None, loss_out=None):
+        if not self._elementwise_loss_takes(z, target, grad_out, loss_out):
+            return super().binary_cross_entropy(z, target, scale, grad_out, loss_out)
+        xp = self.xp
+        dtype = _dtype_str(z)
+        grad, loss = self._loss_outputs(z, grad_out, loss_out)
+        terms = self.scratch("bce_terms", z.shape, dtype)
+        if self._kernel_takes([(z, None), (target, z.shape)], [(grad, z.shape)]):
+            # one pass for the terms and the gradient, then the sum: 3 launches, not 16
+            with self._launch_scope():
+                self.kernels.binary_xent_terms(z, target, scale, terms=terms, grad=grad)
+            xp.sum(terms, out=loss)
+            return xp.multiply(loss, scale, out=loss), grad
+        e = self.scratch("bce_exp", z.shape, dtype)
+        xp.abs(z, out=e)
+        xp.negative(e, out=e)
+        xp.exp(e, out=e)                       # e = exp(-|z|) <= 1: never overflows
+        xp.maximum(z, 0, out=terms)
+        xp.multiply(z, target, out=grad)       # grad holds z t for a moment
+        xp.subtract(terms, grad, out=terms)
+        xp.log1p(e, out=grad)
+        xp.add(terms, grad, out=terms)         # max(z, 0) - z t + log1p(exp(-|z|))
+        xp.sum(terms, out=loss)
+        xp.multiply(loss, scale, out=loss)
+        # sigmoid(z) = exp(min(z, 0)) / (1 + exp(-|z|)): the reference's two branches
+        xp.minimum(z, 0, out=grad)
+        xp.exp(grad, out=grad)
+        xp.add(e, 1, out=e)
+        xp.divide(grad, e, out=grad)
+        xp.subtract(grad, target, out=grad)
+        xp.multiply(grad, scale, out=grad)
+        return loss, grad
+
+    def _class_range(self, classes, dtype):
+        """``[[0, 1, ..., classes - 1]]`` of ``dtype``, made once per (classes, dtype)."""
+        ranges = self.__dict__.setdefault("_class_ranges", {})
+        key = (classes, dtype, self._stream_key())
+        if key not in ranges:
+            ranges[key] = self.xp.arange(classes, dtype=self.dtype(dtype)).reshape(1, classes)
+        return ranges[key]
+
+    def hinge(self, prediction, labels, margin, scale, grad_out=None, loss_out=None):
+        n, classes = prediction.shape
+        if not (self._elementwise_loss_takes(prediction, prediction, grad_out, loss_out)
+                and self.owns(labels) and tuple(labels.shape) == (n,)):
+            return super().hinge(prediction, labels, margin, scale, grad_out, loss_out)
+        xp = self.xp
+        dtype = _dtype_str(prediction)
+        grad, loss = self._loss_outputs(prediction, grad_out, loss_out)
+        onehot = self.scratch("hinge_onehot", prediction.shape, dtype)
+        margins = self.scratch("hinge_margins", prediction.shape, dtype)
+        column = self.scratch("hinge_column", (n, 1), dtype)
+        classes_range = self._class_range(classes, _dtype_str(labels))
+        xp.equal(labels.reshape(n, 1), classes_range, out=onehot)
+        xp.multiply(prediction, onehot, out=margins)
+        xp.sum(margins, axis=1, keepdims=True, out=column)      # the correct class's score
+        xp.subtract(prediction, column, out=margins)
+        xp.add(margins, margin, out=margins)
+        xp.maximum(margins, 0, out=margins)
+        xp.subtract(1, onehot, out=grad)
+        xp.multiply(margins, grad, out=margins)
+        xp.greater(margins, 0, out=grad)                        # active terms, as 0/1
+        xp.sum(grad, axis=1, keepdims=True, out=column)          # active terms per row
+        xp.multiply(onehot, column, out=onehot)
+        xp.subtract(grad, onehot, out=grad)
+        xp.multiply(grad, scale, out=grad)
+        xp.sum(margins, out=loss)
+        xp.multiply(loss, scale, out=loss)
+        return loss, grad
+
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
         dtype = self._kernel_takes([(logits, None)], param_outputs=[(loss_out, ())],
                                    half=_ACTIVATION_HALF)
@@ -589,6 +714,11 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
         with self.cupy.cuda.Device(self.device_id):
             self._rng = self.cupy.random.default_rng(seed)
 
-    def random_uniform(self, shape, dtype="float32"):
+    def random_uniform(self, shape, dtype="float32", out=None):
+        """Uniform samples in [0, 1); ``out`` (C-contiguous, of ``shape``/``dtype``)
+        receives them without a new array (CuPy's generator draws the same values)."""
         with self.cupy.cuda.Device(self.device_id):
-            return self._rng.random(shape, dtype=dtype_name(dtype))
+            if out is not None and self.owns(out) and out.flags.c_contiguous and (
+                    tuple(out.shape) == tuple(shape) and _dtype_str(out) == dtype_name(dtype)):
+                return self._rng.random(shape, dtype=dtype_name(dtype), out=out)
+            return self._into(out, self._rng.random(shape, dtype=dtype_name(dtype)))

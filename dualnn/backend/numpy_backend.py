@@ -106,17 +106,23 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         return _cpu().activation_backward(kind, dy, saved, alpha, out=out)
 
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
-                                momentum, relu=False, out=None):
+                                momentum, relu=False, out=None, stats_out=None):
         c = _features(x)
         if (c is None or x.shape[0] < 2 or self._kernel_takes(
                 [(x, None), (gamma, (c,)), (beta, (c,))],
                 [(out, x.shape), (running_mean, (c,)), (running_var, (c,))]) is None):
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                                   eps, momentum, relu, out)
+                                                   eps, momentum, relu, out,
+                                                   stats_out=stats_out)
         out = np.empty_like(x) if out is None else out
+        if stats_out is not None and all(isinstance(a, np.ndarray) and a.shape == (c,)
+                                         and a.dtype == x.dtype for a in stats_out):
+            mean, invstd = stats_out
+        else:
+            mean, invstd = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
         return _cpu().batchnorm_forward_train(
             x, gamma, beta, running_mean, running_var, eps, momentum, relu, out=out,
-            mean=np.empty(c, dtype=x.dtype), invstd=np.empty(c, dtype=x.dtype))
+            mean=mean, invstd=invstd)
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
                                relu=False, out=None):
@@ -141,16 +147,17 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             dy, x, gamma, beta, mean, invstd, relu, out=out,
             dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))
 
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, loss_out=None):
         if (logits.ndim != 2 or 0 in logits.shape or not isinstance(labels, np.ndarray)
                 or labels.dtype.kind not in "iu" or labels.shape != (logits.shape[0],)
-                or self._kernel_takes([(logits, None)]) is None):
-            return super().softmax_cross_entropy(logits, labels)
+                or self._kernel_takes([(logits, None)], [(loss_out, ())]) is None):
+            return super().softmax_cross_entropy(logits, labels, loss_out)
         k = _cpu()
         shape, scratch_dtype = k.softmax_cross_entropy_scratch(logits.shape[0], logits.dtype)
         try:
             return k.softmax_cross_entropy(
-                logits, labels, loss=np.empty((), dtype=logits.dtype),
+                logits, labels,
+                loss=np.empty((), dtype=logits.dtype) if loss_out is None else loss_out,
                 dlogits=np.empty_like(logits), row_loss=np.empty(shape, scratch_dtype))
         except ValueError as exc:  # a label outside [0, classes)
             raise ShapeError(f"softmax_cross_entropy: {exc}") from None

@@ -101,6 +101,7 @@ class BatchNorm(Layer):
 
     def _clear_cache(self):
         self._x = self._mean = self._invstd = None
+        self._stats_kept = None  # (mean, invstd) arrays reused by training forwards
         self._chunks = None  # ghost batches: [(start, stop, mean, invstd)]
         self._synced = None  # sync: global row count of the last training forward
         self._training = False
@@ -143,9 +144,14 @@ class BatchNorm(Layer):
                 return self._forward_ghost(x, relu, out)
             if self.sync and _distributed_size() > 1:
                 return self._forward_sync(x, relu, out)
+            kept = self.__dict__.get("_stats_kept")
+            extra = {} if kept is None else {"stats_out": kept}
             y, self._mean, self._invstd = b.batchnorm_forward_train(
                 x, self.gamma.data, self.beta.data, self.running_mean, self.running_var,
-                self.eps, self.momentum, relu=relu, out=out)
+                self.eps, self.momentum, relu=relu, out=out, **extra)
+            if kept is None and b.device != "cpu" and getattr(b, "reuses_buffers", False):
+                # the layer's own statistics arrays: the next steps write into these two
+                self._stats_kept = (self._mean, self._invstd)
         else:
             y = b.batchnorm_forward_eval(x, self.gamma.data, self.beta.data, self.running_mean,
                                          self.running_var, self.eps, relu=relu, out=out)

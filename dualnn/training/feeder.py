@@ -272,9 +272,9 @@ def reuse_loss_slot(loss_fn, backend, dtype):
     loss supports it (the training loop reads each loss before the next); else ``loss_fn``."""
     import copy
 
-    from ..losses import SoftmaxCrossEntropy
+    from ..losses import LOSSES
 
-    if type(loss_fn) is not SoftmaxCrossEntropy or "loss_out" not in inspect.signature(
+    if type(loss_fn) not in set(LOSSES.values()) or "loss_out" not in inspect.signature(
             backend.softmax_cross_entropy).parameters:
         return loss_fn
     loss_fn = copy.copy(loss_fn)

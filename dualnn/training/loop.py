@@ -75,10 +75,20 @@ from .progress import make_bar, progress_enabled, write_line
 __all__ = ["History", "TrainingRun", "evaluate", "fit", "predict", "progress_enabled"]
 
 
-def _snapshot_buffers(model):
+def _snapshot_buffers(model, into=None):
+    """Copies of the model's buffers; ``into`` (the previous step's snapshot) is rewritten
+    in place when it still matches, so a step allocates nothing for it."""
     backend = model.backend
-    return [(owner, attr, backend.copy(getattr(owner, attr)))
-            for _, owner, attr in model._buffer_owners()]
+    owners = [(owner, attr) for _, owner, attr in model._buffer_owners()]
+    if into is not None and len(into) == len(owners) and all(
+            owner is saved_owner and attr == saved_attr
+            and tuple(saved.shape) == tuple(getattr(owner, attr).shape)
+            and saved.dtype == getattr(owner, attr).dtype
+            for (owner, attr), (saved_owner, saved_attr, saved) in zip(owners, into)):
+        for owner, attr, saved in into:
+            backend.assign(saved, getattr(owner, attr))
+        return into
+    return [(owner, attr, backend.copy(getattr(owner, attr))) for owner, attr in owners]
 
 
 def _restore_buffers(model, snapshot):
@@ -366,6 +376,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
     bar = make_bar(loader.samples_per_epoch, epoch, run.last_epoch) if show else None
     started = time.perf_counter()
     step = 0
+    snapshot = None
     skipped = 0  # updates the loss scaler skipped (non-finite float16 gradients)
     last_read_step = 0
     try:
@@ -373,7 +384,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
             step += 1
             # Batch norm's running statistics move in the training forward: copied here
             # (a few small arrays, no host sync), put back if the step does not complete.
-            snapshot = _snapshot_buffers(model)
+            snapshot = _snapshot_buffers(model, into=snapshot)
             check = (functools.partial(_device_guard, model, optimizer, snapshot=snapshot,
                                        xd=xd, epoch=epoch, step=step)
                      if device_guard else None)

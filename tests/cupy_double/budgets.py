@@ -3,6 +3,8 @@
 The contract: a steady-state GPU training step performs 0 host synchronizations and
 allocates 0 new device arrays after the first step; opt-in features (gradient clipping,
 non-finite checks, Hinge, evaluate) meet the same budget or document their one read.
+Each scenario reports array objects created (``allocs``) and new device memory
+(``pool_growth``: requests CuPy's memory pool could not serve from a freed block).
 
 Run it for a table (needs the simulator and the double, like the tests)::
 
@@ -10,6 +12,8 @@ Run it for a table (needs the simulator and the double, like the tests)::
 """
 
 from __future__ import annotations
+
+import gc
 
 import dualnn as dn
 from tests.cupy_double import double
@@ -26,20 +30,34 @@ class Budget:
         self.name = name
         self.sync = counts.sync / steps
         self.alloc = counts.alloc / steps
+        self.pool_growth = counts.pool_growth / steps
         self.h2d = counts.h2d / steps
         self.sync_sites = counts.where("sync")
         self.alloc_sites = counts.where("alloc")
+        self.growth_sites = counts.where("pool_growth")
 
     def line(self):
         return (f"BUDGET {self.name:<28} syncs/step={self.sync:<5g} allocs/step="
-                f"{self.alloc:<5g} h2d/step={self.h2d:g}")
+                f"{self.alloc:<5g} pool_growth/step={self.pool_growth:<5g} "
+                f"h2d/step={self.h2d:g}")
 
     def __repr__(self):
         return (self.line() + (f"\n  syncs: {self.sync_sites}" if self.sync else "")
-                + (f"\n  allocs: {self.alloc_sites}" if self.alloc else ""))
+                + (f"\n  allocs: {self.alloc_sites}" if self.alloc else "")
+                + (f"\n  pool growth: {self.growth_sites}" if self.pool_growth else ""))
+
+
+def _pool():
+    import cupy  # the double (installed by the tests' conftest or by main)
+
+    return cupy.get_default_memory_pool()
 
 
 def _gpu():
+    """The GPU backend, with an empty memory pool: a scenario's warm-up fills it with the
+    blocks its steady state reuses, none left over from an earlier scenario."""
+    gc.collect()
+    _pool().free_all_blocks()
     return dn.device.backend_for("gpu")
 
 
@@ -50,8 +68,16 @@ def _optimizer(kind, params, **options):
 
 
 def explicit_step(name="explicit", loss="softmax_cross_entropy", optimizer="adam",
-                  check_labels=False, check_finite=False, options=None, **model_options):
-    """Budget of ``forward, loss, backward, opt.step, zero_grad`` on device-resident data."""
+                  check_labels=False, check_finite=False, options=None,
+                  allocation_free=False, keep_losses=False, **model_options):
+    """Budget of ``forward, loss, backward, opt.step, zero_grad`` on device-resident data.
+
+    The plain loop keeps each step's output, 0-d loss and ``dL/dx`` in new arrays (the
+    caller may keep them); with ``allocation_free`` it is written as docs/gpu_training.md
+    shows: the output and the loss into arrays allocated once (``out=``), and no input
+    gradient (``input_grad=False``). ``keep_losses`` keeps every step's loss in a list (a
+    loop that reads them at the end): each one is new device memory.
+    """
     backend = _gpu()
     x, y = data(loss)
     with dn.use_backend(backend):
@@ -62,16 +88,36 @@ def explicit_step(name="explicit", loss="softmax_cross_entropy", optimizer="adam
         if hasattr(loss_fn, "check_labels"):
             loss_fn.check_labels = check_labels
         xd, yd = backend.asarray(x, "float64"), to_device(backend, y, "float64")
+        output = backend.empty(model.output_shape(xd.shape), "float64")
+        loss_value = backend.zeros((), "float64")
 
-        def step():
+        kept = []
+
+        def plain_step():
             out = model.forward(xd, training=True)
-            loss_fn.forward(out, yd)
+            loss = loss_fn.forward(out, yd)
+            if keep_losses:
+                kept.append(loss)
             model.backward(loss_fn.backward())
             opt.step(check_finite=check_finite)
             opt.zero_grad()
 
+        def allocation_free_step():
+            out = model.forward(xd, training=True, out=output)
+            assert out is output
+            loss_fn.forward(out, yd, out=loss_value)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step(check_finite=check_finite)
+            opt.zero_grad()
+
+        step = allocation_free_step if allocation_free else plain_step
+
         for _ in range(WARMUP):
             step()
+        # Spare blocks left by building the model would hide a step that keeps memory: drop
+        # them, and let one more step leave exactly the blocks a step frees.
+        _pool().free_all_blocks()
+        step()
         with double.counting() as counts:
             for _ in range(STEPS):
                 step()
@@ -96,7 +142,7 @@ def fit_step(name="fit", loss="softmax_cross_entropy", check_finite=None, **mode
                        check_finite=check_finite)
             return counts
 
-        run(2 * BATCH)  # warm up
+        run(2 * BATCH), run(4 * BATCH)  # warm up (the pool then holds both uploads' sizes)
         short, long = run(2 * BATCH), run(4 * BATCH)
     diff = double.Counts()
     for kind in double.KINDS:
@@ -134,22 +180,46 @@ def evaluate_call(name="evaluate", batches=2):
     return Budget(name, counts, 1)
 
 
+EXPLICIT = {
+    "explicit": {},
+    "explicit_sgd_momentum": {"optimizer": "sgd"},
+    "explicit_mse": {"loss": "mse"},
+    "explicit_bce": {"loss": "binary_cross_entropy"},
+    "explicit_batchnorm": {"batchnorm": True},
+    "explicit_dropout": {"dropout": 0.2},
+    "explicit_l1": {"options": {"l1": 1e-4}},
+    "explicit_max_norm": {"options": {"max_norm": 2.0}},
+    "explicit_label_check": {"check_labels": True},
+    "hinge": {"loss": "hinge"},
+    "clip_grad_norm": {"options": {"clip_grad_norm": 1.0}},
+    "check_finite": {"check_finite": True},
+}
+"""Explicit-loop scenarios: name -> :func:`explicit_step` options. Each also runs written
+allocation-free, as ``<name>_out``."""
+
+STEP_CORE = 3
+"""Arrays the plain explicit loop creates per step, all handed to the caller: the model's
+output, the 0-d loss and ``dL/dx`` of the first Linear."""
+
+
+def _explicit(name, allocation_free):
+    options = EXPLICIT[name]
+    label = name + ("_out" if allocation_free else "")
+    return lambda: explicit_step(label, allocation_free=allocation_free, **options)
+
+
 SCENARIOS = {
-    "explicit": lambda: explicit_step(),
-    "explicit_sgd_momentum": lambda: explicit_step("explicit_sgd_momentum", optimizer="sgd"),
-    "explicit_mse": lambda: explicit_step("explicit_mse", loss="mse"),
-    "explicit_bce": lambda: explicit_step("explicit_bce", loss="binary_cross_entropy"),
-    "explicit_batchnorm": lambda: explicit_step("explicit_batchnorm", batchnorm=True),
-    "explicit_dropout": lambda: explicit_step("explicit_dropout", dropout=0.2),
-    "explicit_l1": lambda: explicit_step("explicit_l1", options={"l1": 1e-4}),
-    "explicit_max_norm": lambda: explicit_step("explicit_max_norm", options={"max_norm": 2.0}),
-    "explicit_label_check": lambda: explicit_step("explicit_label_check", check_labels=True),
-    "hinge": lambda: explicit_step("hinge", loss="hinge"),
-    "clip_grad_norm": lambda: explicit_step("clip_grad_norm",
-                                            options={"clip_grad_norm": 1.0}),
-    "check_finite": lambda: explicit_step("check_finite", check_finite=True),
+    **{name: _explicit(name, False) for name in EXPLICIT},
+    **{name + "_out": _explicit(name, True) for name in EXPLICIT},
+    "explicit_keeping_losses": lambda: explicit_step("explicit_keeping_losses",
+                                                     keep_losses=True),
     "fit": lambda: fit_step(),
     "fit_check_finite": lambda: fit_step("fit_check_finite", check_finite=True),
+    "fit_mse": lambda: fit_step("fit_mse", loss="mse"),
+    "fit_bce": lambda: fit_step("fit_bce", loss="binary_cross_entropy"),
+    "fit_hinge": lambda: fit_step("fit_hinge", loss="hinge"),
+    "fit_dropout_batchnorm": lambda: fit_step("fit_dropout_batchnorm", dropout=0.2,
+                                              batchnorm=True),
     "fit_epoch": lambda: fit_epoch(),
     "evaluate": lambda: evaluate_call(),
 }

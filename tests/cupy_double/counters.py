@@ -12,6 +12,10 @@ Kinds
 ``alloc``
     A new device array that owns memory (creation, the result of an operation, a copy).
     Views (``reshape``, ``.T``, basic slicing) share memory and are not counted.
+``pool_growth``
+    New device memory: an allocation CuPy's memory pool cannot serve from a freed block
+    of its (512-byte rounded) size, so it asks the device (``cudaMalloc``). An ``alloc``
+    the pool serves from a freed block creates an array object but no new memory.
 ``h2d``
     A host -> device copy. ``h2d_pageable`` counts those from pageable (not pinned) host
     memory, for which CUDA synchronizes the stream before copying.
@@ -26,7 +30,7 @@ import os
 import sys
 from collections import Counter
 
-KINDS = ("sync", "alloc", "h2d", "h2d_pageable", "d2h_async")
+KINDS = ("sync", "alloc", "pool_growth", "h2d", "h2d_pageable", "d2h_async")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _totals = Counter()
@@ -82,7 +86,7 @@ class Counts:
 
     Attributes
     ----------
-    sync, alloc, h2d, h2d_pageable, d2h_async : int
+    sync, alloc, pool_growth, h2d, h2d_pageable, d2h_async : int
     sites : dict of str -> collections.Counter
         Per kind, ``{"file:line in function": count}``.
     """

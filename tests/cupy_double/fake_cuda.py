@@ -144,8 +144,8 @@ def get_elapsed_time(start_event, end_event):
 
 
 class MemoryPool:
-    """``cupy.cuda.MemoryPool``: bytes of live double arrays (used) and of freed ones
-    the pool keeps (total - used)."""
+    """``cupy.cuda.MemoryPool``: bytes of live double arrays (used) and of the freed
+    blocks the pool keeps (total - used), which serve later requests of their size."""
 
     def __init__(self, allocator=None):
         self._limit = 0
@@ -164,7 +164,7 @@ class MemoryPool:
         fake_ndarray.free_cached()
 
     def n_free_blocks(self):
-        return 0
+        return fake_ndarray.free_block_count()
 
     def set_limit(self, size=None, fraction=None):
         self._limit = int(size or 0)
@@ -196,7 +196,7 @@ class PinnedMemoryPool:
         return PinnedMemoryPointer(size)
 
     def n_free_blocks(self):
-        return 0
+        return fake_ndarray.free_block_count()
 
     def free_all_blocks(self):
         """Nothing is cached."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import numbers
 import weakref
+from collections import Counter
 
 import numpy as np
 
@@ -30,6 +31,29 @@ _owners = set()
 memory is freed, before the id can be reused)."""
 
 _memory = {"used": 0, "cached": 0}
+
+POOL_ROUNDING = 512
+"""CuPy's memory pool hands out blocks in multiples of 512 bytes."""
+
+_free_blocks = Counter()
+"""Block size (bytes) -> freed blocks of that size the pool keeps for the next request."""
+
+
+def _block(nbytes):
+    return -(-nbytes // POOL_ROUNDING) * POOL_ROUNDING
+
+
+def _from_pool(nbytes):
+    """Serve a request from a freed block of its (rounded) size, or count pool growth: new
+    device memory (``cudaMalloc`` on a GPU), which no freed block of that size could serve."""
+    size = _block(nbytes)
+    if not size:
+        return  # CuPy allocates nothing for an empty array
+    if _free_blocks[size]:
+        _free_blocks[size] -= 1
+        _memory["cached"] -= size
+    else:
+        counters.record("pool_growth")
 
 
 
@@ -47,7 +71,10 @@ def _owner(a):
 def _release(key, nbytes):
     _owners.discard(key)
     _memory["used"] -= nbytes
-    _memory["cached"] += nbytes
+    size = _block(nbytes)
+    if size:
+        _free_blocks[size] += 1
+        _memory["cached"] += size
 
 
 def wrap(a):
@@ -59,6 +86,7 @@ def wrap(a):
     if id(owner) not in _owners:
         _owners.add(id(owner))
         counters.record("alloc")
+        _from_pool(owner.nbytes)
         _memory["used"] += owner.nbytes
         weakref.finalize(owner, _release, id(owner), owner.nbytes)
     out = object.__new__(ndarray)
@@ -453,5 +481,12 @@ def memory_in_use():
     return _memory["used"], _memory["cached"]
 
 
+def free_block_count():
+    """Freed blocks the pool keeps (``MemoryPool.n_free_blocks``)."""
+    return sum(_free_blocks.values())
+
+
 def free_cached():
+    """``free_all_blocks``: the pool returns every freed block to the device."""
     _memory["cached"] = 0
+    _free_blocks.clear()

@@ -154,3 +154,21 @@ def test_simulator_kernels_write_into_double_arrays():
     assert result is out and (c.sync, c.alloc) == (0, 0)
     np.testing.assert_allclose(out.get(), reference.activation_forward(np, "tanh", z_host),
                                rtol=1e-12)
+
+
+def test_pool_growth_counts_only_requests_no_freed_block_of_their_size_serves():
+    """``alloc`` counts array objects; ``pool_growth`` only new device memory (CuPy's pool
+    serves a request from a freed block of its 512-byte rounded size)."""
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    assert pool.n_free_blocks() == 0
+    with double.counting() as counts:
+        first = cupy.empty((100,), dtype=np.float64)     # 800 bytes: a new 1024-byte block
+        del first
+        assert pool.n_free_blocks() == 1
+        second = cupy.empty((120,), dtype=np.float64)    # 960 bytes: the freed block
+        assert pool.n_free_blocks() == 0
+        third = cupy.empty((200,), dtype=np.float64)     # 1600 bytes: no block that size
+        view = third[:10]                                # a view: neither
+    assert (counts.alloc, counts.pool_growth) == (3, 2), counts
+    assert second.shape == (120,) and view.shape == (10,)

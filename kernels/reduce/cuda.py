@@ -1,0 +1,125 @@
+"""Column sum over the batch axis as Numba-CUDA kernels, and its launcher.
+
+The batch-norm reductions' scheme: a 2-D grid (features x row slices) in which each
+thread adds a fixed, strided set of rows of one feature into ``partial[slice, feature]``
+(adjacent threads read adjacent features of a row: coalesced), then a merge adds each
+feature's slices in order into ``out``. No atomics: deterministic for a given scratch
+shape (:func:`column_sum_scratch_shape`). Used for the bias gradient of a Linear layer.
+"""
+
+from __future__ import annotations
+
+from .._cuda import (
+    KernelFamily,
+    check,
+    config,
+    dtype_constants,
+    grid_1d,
+    numba_cuda,
+    require_array,
+    stream_for,
+)
+
+cuda = None
+"""``numba.cuda`` once the kernels are made (a module global the simulator can swap)."""
+
+SIGNATURES = {
+    "column_sum_partial": "void({f}[:, ::1], {f}[:, ::1])",
+    "column_sum_merge": "void({f}[:, ::1], {f}[::1], int32)",
+}
+"""Explicit signature of each kernel below (``{f}``: float32 or float64)."""
+
+HALF_DTYPES = {}
+"""No 16-bit variants: bias gradients are reduced in the parameters' dtype."""
+
+
+def _make_kernels(dtype_name):
+    """The Python functions of this family's kernels for one float dtype."""
+    global cuda
+    cuda = numba_cuda()
+    _, zero, _, _ = dtype_constants(dtype_name)
+
+    def column_sum_partial(a, partial):
+        """``partial[r, f] = sum of a[i, f]`` over rows ``i = r, r + S, ...`` (``S`` slices)."""
+        n = a.shape[0]
+        c = a.shape[1]
+        slices = partial.shape[0]
+        f0, r0 = cuda.grid(2)
+        fstride, rstride = cuda.gridsize(2)
+        for f in range(f0, c, fstride):
+            for r in range(r0, slices, rstride):
+                total = zero
+                for i in range(r, n, slices):
+                    total += a[i, f]
+                partial[r, f] = total
+
+    def column_sum_merge(partial, out, accumulate):
+        """``out[f] (+)= sum_r partial[r, f]``, slices in order."""
+        slices = partial.shape[0]
+        c = partial.shape[1]
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for f in range(start, c, stride):
+            total = zero
+            for r in range(slices):
+                total += partial[r, f]
+            if accumulate:
+                out[f] += total
+            else:
+                out[f] = total
+
+    kernels = dict(locals())
+    return {name: kernels[name] for name in SIGNATURES}
+
+
+KERNELS = KernelFamily(_make_kernels, SIGNATURES, HALF_DTYPES)
+"""This family's kernels: signatures, Python functions, compiled kernels."""
+
+
+def column_sum_scratch_shape(n, c):
+    """Shape ``(S, c)`` of the scratch a column sum over ``(n, c)`` needs (``S`` row slices,
+    as batch norm's: about ``bn_rows_per_slice`` rows per thread, at most ``bn_max_slices``)."""
+    slices = max(1, min(-(-n // max(1, config.bn_rows_per_slice)), config.bn_max_slices,
+                        max(n, 1)))
+    return (slices, c)
+
+
+def _grid(c, slices):
+    bx = max(1, min(config.bn_block_features, c))
+    by = max(1, min(config.bn_block_slices, slices))
+    return (-(-c // bx), -(-slices // by)), (bx, by)
+
+
+def column_sum(a, *, out, scratch, accumulate=False):
+    """``out = a.sum(axis=0)`` (``out += ...`` with ``accumulate``); two launches.
+
+    Parameters
+    ----------
+    a : (n, c) float32/float64, C-contiguous
+    out : (c,) of ``a``'s dtype
+    scratch : (S, c) of ``a``'s dtype, ``S >= 1`` (:func:`column_sum_scratch_shape`); its
+        ``S`` fixes the order of the additions.
+
+    Returns ``out``.
+    """
+    require_array("column_sum", "a", a)
+    if a.ndim != 2:
+        raise ValueError(f"column_sum: a must be 2-D, got shape {tuple(a.shape)}")
+    c = a.shape[1]
+    check("column_sum", {"a": (a, None), "out": (out, (c,)), "scratch": (scratch, None)})
+    if scratch.ndim != 2 or scratch.shape[1] != c or scratch.shape[0] < 1:
+        raise ValueError(f"column_sum: scratch must have shape (S, {c}) with S >= 1, got "
+                         f"{tuple(scratch.shape)}; see column_sum_scratch_shape")
+    if c == 0:
+        return out
+    dtype = str(a.dtype)
+    stream = stream_for(a)
+    grid, block = _grid(c, scratch.shape[0])
+    KERNELS.compiled("column_sum_partial", dtype)[grid, block, stream](a, scratch)
+    blocks, threads = grid_1d(c)
+    KERNELS.compiled("column_sum_merge", dtype)[blocks, threads, stream](
+        scratch, out, int(bool(accumulate)))
+    return out
+
+
+__all__ = ["KERNELS", "column_sum", "column_sum_scratch_shape"]
