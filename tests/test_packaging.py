@@ -14,10 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _listed():
     with open(ROOT / "pyproject.toml", "rb") as f:
-        return set(json_path(tomllib.load(f), "tool", "setuptools", "packages"))
+        return set(_lookup(tomllib.load(f), "tool", "setuptools", "packages"))
 
 
-def json_path(data, *keys):
+def _lookup(data, *keys):
     for key in keys:
         data = data[key]
     return data
