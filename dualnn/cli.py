@@ -28,7 +28,6 @@ from dualnn._threads import apply_thread_policy_env
 apply_thread_policy_env()
 
 import argparse
-import dataclasses
 import platform
 import time
 
@@ -688,13 +687,16 @@ def large_batch_parser():
     parser.add_argument("--large-batch", action="store_true", required=True,
                         help="run the large-batch experiment")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="epochs of every run (default 10; 2 with --quick)")
+                        help="epochs of every run (default 30; 2 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="a miniature run in seconds: 2048 training rows, batches 128 "
                              "and 1024")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save test accuracy per epoch of every run to PATH (PNG)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-batch-norm", action="store_true",
+                        help="train the student without batch norm (the experiment's "
+                             "first design)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -709,15 +711,17 @@ def cmd_bench_large_batch(argv, out):
 
     if args.quick:
         task = lb.make_task(n_train=2048, n_test=512, seed=args.seed)
-        configs = [dataclasses.replace(c, name=c.name.replace("256", "128")
-                                       .replace("8192", "1024"))
-                   for c in lb.default_configs(base_batch=128, large_batch=1024)]
+        configs = lb.default_configs(base_batch=128, large_batch=1024)
         epochs = args.epochs or 2
     else:
-        task, configs, epochs = None, None, args.epochs or 10
+        task, configs, epochs = None, None, args.epochs or 30
+    start = time.perf_counter()
     results = lb.run_experiment(epochs=epochs, configs=configs, task=task,
-                                plot_path=args.plot, seed=args.seed, verbose=False)
+                                plot_path=args.plot, seed=args.seed,
+                                batch_norm=not args.no_batch_norm, verbose=False)
     print(lb.format_table(results), file=out)
+    print(f"total: {time.perf_counter() - start:.0f} s for {len(results)} runs of {epochs} "
+          f"epochs (seed {args.seed})", file=out)
     if args.plot:
         print(f"plot saved to {args.plot}", file=out)
     return 0
