@@ -337,14 +337,24 @@ class ArrayAPIBackend:
 
     def activation_forward(self, kind, z, alpha=0.0, out=None):
         """``act(z)`` elementwise; see :func:`dualnn.kernels.reference.activation_forward`."""
+        if _bits(z):  # bfloat16 bit patterns: the reference math runs on float32 values
+            return self.cast_storage(self.activation_forward(
+                kind, self.cast_storage(z, "float32"), alpha), "bfloat16", out=out)
         return self._into(out, reference.activation_forward(self.xp, kind, z, alpha))
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
         """``act(z + b)``; ``out`` may be ``z`` itself (in place after the GEMM)."""
+        if _bits(z):
+            return self.cast_storage(self.bias_activation_forward(
+                self.cast_storage(z, "float32"), b, kind, alpha), "bfloat16", out=out)
         return self._into(out, reference.bias_activation_forward(self.xp, z, b, kind, alpha))
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
         """``dy * f'(.)``; ``saved`` is the input (relu family, elu) or output (sigmoid, tanh)."""
+        if _bits(dy) or _bits(saved):
+            wide = [self.cast_storage(a, "float32") if _bits(a) else a for a in (dy, saved)]
+            return self.cast_storage(self.activation_backward(kind, *wide, alpha),
+                                     "bfloat16", out=out)
         return self._into(out, reference.activation_backward(self.xp, kind, dy, saved, alpha))
 
     def sigmoid(self, z):
@@ -449,7 +459,8 @@ class ArrayAPIBackend:
             out[...] = xp.astype(xp.reshape(rounded, (-1,)).view(xp.uint32) >> 16,
                                  xp.uint16).reshape(tuple(a.shape))
             return out
-        out[...] = xp.astype(a, self.dtype(dtype))
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, as on a GPU
+            out[...] = xp.astype(a, self.dtype(dtype))
         return out
 
     def _widen_bfloat16(self, bits):
@@ -556,6 +567,11 @@ class ArrayAPIBackend:
         param[...] = p
         exp_avg[...] = m
         exp_avg_sq[...] = v
+
+
+def _bits(a):
+    """True for a uint16 array: bfloat16 bit patterns in mixed precision."""
+    return getattr(a, "dtype", None) is not None and dtype_name(a.dtype) == "uint16"
 
 
 _STORAGE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
