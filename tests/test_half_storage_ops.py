@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dualnn.kernels.cast import reference as cast_reference
 
 import dualnn as dn
-from dualnn.kernels.cast import reference as cast_reference
 
 
 def _float(a, dtype):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dualnn.kernels.cast import reference as cast_reference
 
 import dualnn as dn
-from dualnn.kernels.cast import reference as cast_reference
 from dualnn.precision import LossScaler, Precision
 from dualnn.training import mixed_precision_gpu
 from dualnn.training.mixed_precision import PrecisionRunner
@@ -181,7 +181,7 @@ def test_fit_passes_16_bit_arrays_between_layers(monkeypatch, precision, batchno
             return original(a, b, out, **kwargs)
 
         monkeypatch.setattr(backend, "matmul_mixed", matmul_mixed)
-        opt, _ = _fit(model, precision, x=_data(n=2 * BATCH)[0], y=_data(n=2 * BATCH)[1])
+        _fit(model, precision, x=_data(n=2 * BATCH)[0], y=_data(n=2 * BATCH)[1])
     (runner,) = spy.runners
     assert runner.trace, "no forward ran"
     for _, into, out in runner.trace:
@@ -270,7 +270,7 @@ def test_float16_loss_scaler_skips_and_halves_on_overflow():
         before = [model.backend.to_host(p.data).copy() for p in model.parameters()]
         scaler = LossScaler(init_scale=2.0 ** 40)  # dL/dlogits * 2**40 overflows float16
         x, y = _data(n=BATCH)
-        _, history = _fit(model, "mixed_float16", scaler=scaler, x=x, y=y)
+        _fit(model, "mixed_float16", scaler=scaler, x=x, y=y)
         after = [model.backend.to_host(p.data) for p in model.parameters()]
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)  # the step was skipped

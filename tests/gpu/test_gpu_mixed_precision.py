@@ -90,7 +90,7 @@ def test_cast_storage_matches_the_numpy_twin(dtype):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_16_bit_activations_float32_master_state_and_accuracy(precision, batchnorm):
-    model, opt, history, accuracy = _fit(precision, batchnorm=batchnorm)
+    model, _, history, accuracy = _fit(precision, batchnorm=batchnorm)
     _, _, history32, accuracy32 = _fit("float32", batchnorm=batchnorm)
     for layer in model:
         if isinstance(layer, dn.layers.Linear):
