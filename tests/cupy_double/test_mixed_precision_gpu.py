@@ -377,3 +377,31 @@ def test_estimate_matches_the_bytes_the_16_bit_path_keeps(monkeypatch):
                + s.half_storage_bytes + s.input_bytes - batch * 8)  # labels are not here
     float32_batch = batch * 8 * 4  # the feeder's copy, not a runner buffer
     assert abs((kept + float32_batch) - counted) <= 0.15 * counted, (kept, counted)
+
+
+def test_a_model_that_is_not_sequential_runs_as_one_step(monkeypatch):
+    spy = _Spy(monkeypatch)
+    x, y = _data(n=BATCH)
+    with dn.use_backend(_gpu()):
+        dn.seed(0)
+        for model, mode in ((dn.layers.Linear(8, 4), "half"),
+                            (dn.layers.Softmax(), "wide")):
+            before = [model.backend.to_host(p.data).copy() for p in model.parameters()]
+            if mode == "wide":  # a parameter-free model: its output only
+                runner = PrecisionRunner(model, Precision("mixed_bfloat16"))
+                out = runner.forward(model.backend.asarray(x))
+                assert out.dtype.name == "float32"
+                host = model.backend.to_host(out)
+                rounded = dn.backend.NumpyBackend(fused=False).cast_storage(
+                    dn.backend.NumpyBackend(fused=False).cast_storage(x, "bfloat16"),
+                    "float32")
+                e = np.exp(rounded - rounded.max(1, keepdims=True))
+                np.testing.assert_allclose(host, e / e.sum(1, keepdims=True), rtol=1e-2,
+                                           atol=1e-3)
+                continue
+            _fit(model, "mixed_bfloat16", x=x, y=y)
+            after = [model.backend.to_host(p.data) for p in model.parameters()]
+            (runner,) = spy.runners
+            assert runner.modes == [mode] and runner.linears == [model]
+            assert runner.trace == [(0, "uint16", "uint16")]
+            assert any(not np.array_equal(a, b) for a, b in zip(before, after))
