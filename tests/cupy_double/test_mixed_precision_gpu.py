@@ -186,7 +186,7 @@ def test_fit_passes_16_bit_arrays_between_layers(monkeypatch, precision, batchno
     assert runner.trace, "no forward ran"
     for _, into, out in runner.trace:
         assert (into, out) == (storage, storage)
-    bn_mode = "half" if (batchnorm and dtype == "float16") else "wide"
+    bn_mode = "half" if _gpu().takes_half("batchnorm", dtype) else "wide"
     if batchnorm:
         assert runner.modes == ["half", bn_mode, "half"]
     # forward: x16 W16^T -> 16-bit; backward: dW float32 from 16-bit dy and x; dx 16-bit
@@ -405,3 +405,37 @@ def test_a_model_that_is_not_sequential_runs_as_one_step(monkeypatch):
             assert runner.modes == [mode] and runner.linears == [model]
             assert runner.trace == [(0, "uint16", "uint16")]
             assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def _batchnorm_kernels_take_bfloat16():
+    from dualnn.kernels.batchnorm import cuda as batchnorm_cuda
+
+    return any("bfloat16" in dtypes
+               for dtypes in getattr(batchnorm_cuda, "HALF_DTYPES", {}).values())
+
+
+def test_bfloat16_batchnorm_runs_half_once_the_backend_takes_it(monkeypatch):
+    """The runner asks the backend at call time: with bfloat16 batch-norm kernels taken,
+    the step runs on 16-bit arrays and trains as the widened fallback does."""
+    if not _batchnorm_kernels_take_bfloat16():
+        pytest.skip("these batch-norm kernels have no bfloat16 variant")
+    from dualnn.backend import cupy_backend
+
+    x, y = _data(n=2 * BATCH)
+    results = {}
+    for half in (False, True):
+        monkeypatch.setattr(cupy_backend, "_HALF",
+                            ("float16", "bfloat16") if half else ("float16",))
+        spy = _Spy(monkeypatch)
+        with dn.use_backend(_gpu()):
+            dn.seed(0)
+            model = _model(batchnorm=True)
+            _, history = _fit(model, "mixed_bfloat16", x=x, y=y)
+        (runner,) = spy.runners
+        assert runner.modes[1] == ("half" if half else "wide")
+        assert {tuple(step[1:]) for step in runner.trace} == {("uint16", "uint16")}
+        assert model[1].running_mean.dtype.name == "float32"
+        results[half] = (history["loss"][-1],
+                         model.backend.to_host(model[1].running_var).copy())
+    assert abs(results[True][0] - results[False][0]) <= 1e-2 * results[False][0]
+    np.testing.assert_allclose(results[True][1], results[False][1], rtol=2e-2, atol=1e-3)
