@@ -15,6 +15,11 @@ What a training step holds at its peak (the backward pass), as counted here:
 - the backward working set: ``dL/dx`` of every layer but the first (one ``(batch,
   in_features)`` array per :class:`~dualnn.layers.Linear`) and the loss gradient.
 
+With mixed precision, activations and the backward working set take 2 bytes per
+element. On a GPU, where they are really stored in 16 bits, the step also holds a
+16-bit copy of every Linear weight, the float32 batch the 16-bit input is made from,
+and the float32 model output and loss gradient of the loss (counted too).
+
 On the NumPy backend the model's reused buffers of 4 MiB or more carry 2 MiB of
 alignment padding each (huge pages), which is counted. Temporaries of a single kernel (a
 GEMM's workspace, a loss's row sums) are not; expect the estimate within ~15% of measured use for batches
@@ -152,6 +157,8 @@ class Summary:
 
             self.padding_bytes = HUGE_PAGE_BYTES * sum(
                 1 for r in rows for e in r.scratch_elements if b * e * act >= ALIGN_FROM_BYTES)
+        self.weight_copy_bytes = 0  # 16-bit weight copies (real 16-bit storage, GPU)
+        self.half_storage_bytes = 0  # float32 batch, output and loss gradient (idem)
         self.peak_bytes = (self.parameter_bytes + self.gradient_bytes + self.optimizer_bytes
                            + self.input_bytes + self.activation_bytes + self.backward_bytes
                            + self.padding_bytes)
@@ -173,6 +180,9 @@ class Summary:
             ("activations kept for backward", format_bytes(self.activation_bytes)),
             ("backward working set", format_bytes(self.backward_bytes)),
             ("allocator alignment", format_bytes(self.padding_bytes)),
+            *([("16-bit weight copies", format_bytes(self.weight_copy_bytes)),
+               ("float32 batch, output, loss gradient",
+                format_bytes(self.half_storage_bytes))] if self.weight_copy_bytes else []),
             ("estimated peak of a training step", format_bytes(self.peak_bytes)),
         ]
         return head, body, totals
@@ -272,8 +282,26 @@ def summary(model, batch_size=None, precision="float32", optimizer=None):
     backend = getattr(model, "backend", None)
     aligned = (type(backend).__name__ == "NumpyBackend"
                and getattr(backend, "reuses_buffers", False))
-    return Summary(rows, batch_size, precision, in_features,
-                   state_arrays_per_parameter(optimizer), act, aligned)
+    result = Summary(rows, batch_size, precision, in_features,
+                     state_arrays_per_parameter(optimizer), act, aligned)
+    if precision.name != "float32" and getattr(backend, "half_storage", False):
+        _add_half_storage(result, model, rows, in_features)
+    return result
+
+
+def _add_half_storage(s, model, rows, in_features):
+    """What real 16-bit storage adds on a GPU (see
+    :mod:`dualnn.training.mixed_precision_gpu`): the 16-bit copy of every Linear weight,
+    the float32 batch the 16-bit input is converted from, and the float32 model output
+    and loss gradient the loss works on. Activations and ``dL/dx`` are already counted
+    at 2 bytes."""
+    b = s.batch_size or 1
+    s.weight_copy_bytes = sum(
+        layer.weight.size * s.activation_itemsize for _, layer in _walk(model)
+        if type(layer).__name__ == "Linear")
+    last = rows[-1].output_features if rows else 0
+    s.half_storage_bytes = b * (in_features * 4 + 2 * last * 4)
+    s.peak_bytes += s.weight_copy_bytes + s.half_storage_bytes
 
 
 def estimate_memory(model, batch_size, optimizer=None, precision="float32"):

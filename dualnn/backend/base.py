@@ -349,14 +349,24 @@ class ArrayAPIBackend:
 
     def activation_forward(self, kind, z, alpha=0.0, out=None):
         """``act(z)`` elementwise; see :func:`dualnn.kernels.reference.activation_forward`."""
+        if _bits(z):  # bfloat16 bit patterns: the reference math runs on float32 values
+            return self.cast_storage(self.activation_forward(
+                kind, self.cast_storage(z, "float32"), alpha), "bfloat16", out=out)
         return self._into(out, reference.activation_forward(self.xp, kind, z, alpha))
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
         """``act(z + b)``; ``out`` may be ``z`` itself (in place after the GEMM)."""
+        if _bits(z):
+            return self.cast_storage(self.bias_activation_forward(
+                self.cast_storage(z, "float32"), b, kind, alpha), "bfloat16", out=out)
         return self._into(out, reference.bias_activation_forward(self.xp, z, b, kind, alpha))
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
         """``dy * f'(.)``; ``saved`` is the input (relu family, elu) or output (sigmoid, tanh)."""
+        if _bits(dy) or _bits(saved):
+            wide = [self.cast_storage(a, "float32") if _bits(a) else a for a in (dy, saved)]
+            return self.cast_storage(self.activation_backward(kind, *wide, alpha),
+                                     "bfloat16", out=out)
         return self._into(out, reference.activation_backward(self.xp, kind, dy, saved, alpha))
 
     def sigmoid(self, z):
@@ -407,6 +417,109 @@ class ArrayAPIBackend:
         """
         with np.errstate(over="ignore"):
             return cast_reference.round_to(self.xp, a, dtype)
+
+    # ------------------------------------------------------------------ real 16-bit storage
+    # Mixed precision on a backend with ``half_storage`` keeps activations and gradients
+    # in 16-bit arrays: float16 as float16, bfloat16 as uint16 bit patterns (the upper
+    # 16 bits of a float32, what the CUDA kernels take). These ops are the whole
+    # vocabulary of that path; here they compute in float32 with the array library
+    # (the reference twin of the GPU's cuBLAS and kernel versions).
+    half_storage = False
+    """Whether :class:`~dualnn.training.mixed_precision.PrecisionRunner` passes real
+    16-bit arrays between layers on this backend (the CuPy backend with fused kernels);
+    otherwise mixed precision rounds float32 arrays (``round_to_precision``)."""
+
+    def storage_dtype(self, dtype):
+        """Array dtype name holding ``dtype`` values: ``"float16"``, ``"uint16"`` for
+        ``"bfloat16"`` (bit patterns), ``"float32"``."""
+        return _STORAGE[dtype]
+
+    def storage_kind(self, a):
+        """``"float16"``, ``"bfloat16"`` (a uint16 array) or ``"float32"``: what ``a`` holds."""
+        name = dtype_name(a.dtype)
+        kind = _KIND_OF_STORAGE.get(name)
+        if kind is None:
+            raise ConfigurationError(f"{self.name}: expected float32, float16 or bfloat16 "
+                                     f"(uint16 bits) storage, got {name}")
+        return kind
+
+    def takes_half(self, op, dtype):
+        """Whether the fused kernels of ``op`` (``"activation"``, ``"batchnorm"``,
+        ``"softmax_cross_entropy"``) take 16-bit ``dtype`` storage directly."""
+        return False
+
+    def cast_storage(self, a, dtype, out=None):
+        """``a`` (float32, float16 or bfloat16 bits) converted to ``dtype`` storage.
+
+        Parameters
+        ----------
+        a : array, any shape
+        dtype : {"float32", "float16", "bfloat16"}
+            float16: IEEE round to nearest even (inf beyond 65504); bfloat16: nearest,
+            ties to even, written as uint16 bit patterns; float32: exact widening.
+        out : array of ``a``'s shape and ``storage_dtype(dtype)``, optional
+            Written into and returned (a reused buffer); else a new array.
+        """
+        xp = self.xp
+        source = self.storage_kind(a)
+        if out is None:
+            out = self.empty(tuple(a.shape), self.storage_dtype(dtype))
+        if source == dtype:
+            out[...] = a
+            return out
+        if source == "bfloat16":  # bits -> float32, then on to float16 if asked
+            wide = self._widen_bfloat16(a)
+            if dtype == "float32":
+                out[...] = wide
+                return out
+            a = wide
+        if dtype == "bfloat16":
+            rounded = self.round_to_precision(xp.astype(a, xp.float32), "bfloat16")
+            out[...] = xp.astype(xp.reshape(rounded, (-1,)).view(xp.uint32) >> 16,
+                                 xp.uint16).reshape(tuple(a.shape))
+            return out
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, as on a GPU
+            out[...] = xp.astype(a, self.dtype(dtype))
+        return out
+
+    def _widen_bfloat16(self, bits):
+        xp = self.xp
+        wide = xp.astype(bits, xp.uint32) << 16
+        return wide.view(xp.float32)
+
+    def matmul_mixed(self, a, b, out, transpose_a=False, transpose_b=False,
+                     accumulate=False):
+        """``out (+)= op(a) @ op(b)`` with 16-bit ``a``/``b`` and float32 arithmetic.
+
+        Parameters
+        ----------
+        a : array (m, k), or (k, m) with ``transpose_a``
+        b : array (k, n), or (n, k) with ``transpose_b``
+            Both float16, or both bfloat16 bits (uint16); C-contiguous.
+        out : array (m, n), float32 or the inputs' 16-bit storage
+            Receives the product (rounded once if 16-bit); with ``accumulate`` the
+            product is added to what ``out`` holds (``beta = 1``).
+
+        Returns
+        -------
+        out
+        """
+        xp = self.xp
+        a32 = self.cast_storage(a, "float32")
+        b32 = self.cast_storage(b, "float32")
+        product = (a32.T if transpose_a else a32) @ (b32.T if transpose_b else b32)
+        kind = self.storage_kind(out)
+        if accumulate:
+            product = product + self.cast_storage(out, "float32")
+        if kind == "float32":
+            out[...] = xp.astype(product, xp.float32)
+            return out
+        return self.cast_storage(xp.astype(product, xp.float32), kind, out=out)
+
+    def sum_rows_mixed(self, dy, out, overwrite=False):
+        """``out (+)= dy.sum(axis=0)`` summed in float32 from 16-bit ``dy`` (n, c) into the
+        float32 ``out`` (c,): a bias gradient in mixed precision."""
+        return self.sum_rows_into(self.cast_storage(dy, "float32"), out, overwrite)
 
     # ------------------------------------------------------------------ losses
     # ``scale`` is the reduction's factor (1/count for "mean", 1 for "sum"). ``grad_out``
@@ -510,6 +623,15 @@ class ArrayAPIBackend:
         param[...] = p
         exp_avg[...] = m
         exp_avg_sq[...] = v
+
+
+def _bits(a):
+    """True for a uint16 array: bfloat16 bit patterns in mixed precision."""
+    return getattr(a, "dtype", None) is not None and dtype_name(a.dtype) == "uint16"
+
+
+_STORAGE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+_KIND_OF_STORAGE = {"float32": "float32", "float16": "float16", "uint16": "bfloat16"}
 
 
 def dtype_name(dtype):

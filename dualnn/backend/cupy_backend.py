@@ -12,6 +12,7 @@ import contextlib
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..kernels.ops import ACTIVATIONS, COMPUTE_DTYPE, LABEL_DTYPES, STORAGE_TYPE
 from .base import ArrayAPIBackend, dtype_name, is_dlpack_foreign
 from .fused import FusedDispatch
@@ -424,6 +425,60 @@ class CudaKernelOps(FusedDispatch):
                 dlogits=self.scratch("dlogits", logits.shape, STORAGE_TYPE[dtype]),
                 row_loss=self.scratch("softmax_cross_entropy", shape, scratch_dtype))
 
+    # -- real 16-bit storage (mixed precision): casts into reused buffers
+    def takes_half(self, op, dtype):
+        """Whether ``op``'s kernels take 16-bit ``dtype`` storage (read at call time, so
+        a family gaining a variant is picked up without other changes)."""
+        table = {"activation": _ACTIVATION_HALF, "softmax_cross_entropy": _ACTIVATION_HALF,
+                 "batchnorm": _HALF}
+        return self.fused and dtype in table.get(op, ())
+
+    def cast_storage(self, a, dtype, out=None):
+        """See the base class; on the device with elementwise copies and the bfloat16
+        rounding kernel into reused scratch: no allocation when ``out`` is given."""
+        xp = self.xp
+        source = self.storage_kind(a)
+        if out is None:
+            out = self._new(a.shape, self.storage_dtype(dtype))
+        if source == dtype:
+            xp.copyto(out, a)
+        elif dtype == "bfloat16":
+            if source != "float32":
+                a = self.cast_storage(a, "float32",
+                                      out=self.scratch("cast_wide", a.shape, "float32"))
+            rounded = self.scratch("cast_bfloat16", a.shape, "float32")
+            if self._kernel_takes([(a, None)], [(rounded, a.shape)]) == "float32":
+                with self._launch_scope():
+                    self.kernels.round_bfloat16(a, out=rounded)
+            else:
+                rounded[...] = super().round_to_precision(a, "bfloat16")
+            # little-endian float32: the upper 16 bits are every second uint16
+            xp.copyto(out.reshape(-1), rounded.reshape(-1).view(xp.uint16)[1::2])
+        elif source == "bfloat16":
+            wide = out if dtype == "float32" else self.scratch("cast_wide", a.shape,
+                                                               "float32")
+            bits = wide.view(xp.uint32)
+            xp.copyto(bits, a)
+            xp.left_shift(bits, 16, out=bits)
+            if wide is not out:
+                xp.copyto(out, wide, casting="same_kind")
+        else:  # float32 <-> float16
+            xp.copyto(out, a, casting="same_kind")
+        return out
+
+    def sum_rows_mixed(self, dy, out, overwrite=False):
+        """See the base class: float16 is summed with a float32 accumulator; bfloat16 is
+        widened into reused scratch first."""
+        xp = self.xp
+        if self.storage_kind(dy) == "bfloat16":
+            dy = self.cast_storage(dy, "float32",
+                                   out=self.scratch("sum_rows_wide", dy.shape, "float32"))
+        if overwrite:
+            return xp.sum(dy, axis=0, dtype=out.dtype, out=out)
+        rows = self.scratch("sum_rows", out.shape, _dtype_str(out))
+        xp.sum(dy, axis=0, dtype=out.dtype, out=rows)
+        return xp.add(out, rows, out=out)
+
     # -- optimizer updates
     def sgd_update(self, param, grad, momentum_buffer, **hyper):
         needs_buffer = hyper.get("momentum", 0.0) != 0
@@ -653,6 +708,49 @@ class CupyBackend(CudaKernelOps, ArrayAPIBackend):
     def matmul(self, a, b, out=None):
         with self.cupy.cuda.Device(self.device_id), self._gemm_precision(a):
             return self.cupy.matmul(a, b, out=out)
+
+    half_storage = property(lambda self: self.fused, doc="""Mixed precision passes real
+        16-bit arrays between layers when the fused kernels are on.""")
+
+    def matmul_mixed(self, a, b, out, transpose_a=False, transpose_b=False,
+                     accumulate=False):
+        """See the base class: one ``cublasGemmEx`` call, 16-bit A/B, float32 or 16-bit C,
+        ``CUBLAS_COMPUTE_32F`` (float32 products and sums whatever CuPy's own half
+        setting is); writes ``out`` in place and allocates nothing."""
+        cupy = self.cupy
+        kind = self.storage_kind(a)
+        m, k = (a.shape[1], a.shape[0]) if transpose_a else a.shape
+        n = b.shape[0] if transpose_b else b.shape[1]
+        if (kind == "float32" or self.storage_kind(b) != kind or out.shape != (m, n)
+                or (b.shape[1] if transpose_b else b.shape[0]) != k
+                or self.storage_kind(out) not in ("float32", kind)
+                or not all(x.flags.c_contiguous for x in (a, b, out))):
+            raise ShapeError(
+                f"matmul_mixed: expected C-contiguous 16-bit a {tuple(a.shape)} and b "
+                f"{tuple(b.shape)} of one type ({_dtype_str(a)}, {_dtype_str(b)}) and out "
+                f"{(m, n)} float32 or {_dtype_str(a)}, got out {tuple(out.shape)} "
+                f"{_dtype_str(out)}")
+        cublas, runtime = cupy.cuda.cublas, cupy.cuda.runtime
+        types = {"float16": runtime.CUDA_R_16F, "bfloat16": runtime.CUDA_R_16BF,
+                 "float32": runtime.CUDA_R_32F}
+        scalars = self.__dict__.get("_gemm_scalars")
+        if scalars is None:  # host alpha/beta (float32: the compute type's scalars)
+            scalars = self._gemm_scalars = np.array([1.0, 0.0], dtype=np.float32)
+        alpha = scalars.ctypes.data
+        beta = alpha + (0 if accumulate else scalars.itemsize)
+        # cuBLAS is column-major: the row-major C = op(A) op(B) is C^T = op(B)^T op(A)^T,
+        # and a row-major matrix read column-major is its transpose.
+        with cupy.cuda.Device(self.device_id):
+            if m and n:
+                cublas.gemmEx(
+                    cupy.cuda.device.get_cublas_handle(),
+                    cublas.CUBLAS_OP_T if transpose_b else cublas.CUBLAS_OP_N,
+                    cublas.CUBLAS_OP_T if transpose_a else cublas.CUBLAS_OP_N,
+                    n, m, k, alpha, b.data.ptr, types[kind], b.shape[1], a.data.ptr,
+                    types[kind], a.shape[1], beta, out.data.ptr,
+                    types[self.storage_kind(out)], n, cublas.CUBLAS_COMPUTE_32F,
+                    cublas.CUBLAS_GEMM_DEFAULT)
+        return out
 
     @contextlib.contextmanager
     def _gemm_precision(self, a):

@@ -302,13 +302,19 @@ class Layer:
                 f"{self.name}: expected a 2-D batch (batch, features), got shape "
                 f"{tuple(x.shape)}; reshape a single sample to (1, n)")
 
+    half_input = None
+    """Storage dtype name (``"float16"``, ``"uint16"`` for bfloat16 bits) a float32 layer
+    also accepts: set by mixed-precision training on a GPU for layers whose kernels take
+    16-bit activations (see :mod:`dualnn.training.mixed_precision`)."""
+
     def _check_input(self, x, features=None):
         """Shape/device/dtype checks every layer can afford (no data is read)."""
         self._check_batch(x)
         if features is not None and x.shape[1] != features:
             raise ShapeError(
                 f"{self.name}: expected {features} input features, got shape {tuple(x.shape)}")
-        if self._dtype is not None and dtype_name(x.dtype) != self._dtype:
+        if self._dtype is not None and dtype_name(x.dtype) not in (self._dtype,
+                                                                   self.half_input):
             raise ShapeError(
                 f"{self.name}: expected {self._dtype} input (the layer's dtype), got "
                 f"{dtype_name(x.dtype)}")

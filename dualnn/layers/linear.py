@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .. import init as initializers
-from ..errors import ConfigurationError
+from ..backend.base import dtype_name
+from ..errors import ConfigurationError, ShapeError
 from .base import Layer
 from .fusion import FusedBlock
 
@@ -64,9 +65,13 @@ class Linear(Layer):
 
     def _forward(self, x, activation, alpha, out):
         """``act(x W^T + b)`` with the bias add and activation in one pass after the GEMM."""
-        self._check_input(x, self.in_features)
-        self._x = x
-        y = self.backend.matmul(x, self.weight.data.T, out=out)
+        weight16 = self._half_weight(x)
+        if weight16 is not None:
+            y = self._forward_half(x, weight16, out)
+        else:
+            self._check_input(x, self.in_features)
+            self._x = x
+            y = self.backend.matmul(x, self.weight.data.T, out=out)
         bias = None if self.bias is None else self.bias.data
         if bias is not None or activation != "identity":
             y = self.backend.bias_activation_forward(y, bias, activation, alpha, out=y)
@@ -82,6 +87,9 @@ class Linear(Layer):
         x = self._x
         self._check_grad(dy, None if x is None else (x.shape[0], self.out_features),
                          None if x is None else x.dtype)
+        weight16 = self._half_weight(x)
+        if weight16 is not None:
+            return self._backward_half(dy, x, weight16, out, input_grad)
         grad, overwrite = self.weight.gradient_buffer()
         self.backend.matmul_accumulate(dy.T, x, grad, overwrite)
         if self.bias is not None:
@@ -100,6 +108,53 @@ class Linear(Layer):
 
     def _clear_cache(self):
         self._x = None
+        self._weight16 = None
+
+    # ------------------------------------------------------------------ 16-bit storage
+    # Mixed precision with real 16-bit activations (a backend with ``half_storage``):
+    # the runner refreshes a 16-bit copy of the float32 master weight once per optimizer
+    # step; a 16-bit input then takes these branches, whose GEMMs compute in float32.
+    _weight16 = None
+
+    def refresh_weight16(self, dtype):
+        """Round the float32 master weight into its cached 16-bit copy (``"float16"`` or
+        ``"bfloat16"``); returns the copy, shape (out_features, in_features)."""
+        b = self.backend
+        cached = self._weight16
+        if cached is None or dtype_name(cached.dtype) != b.storage_dtype(dtype):
+            cached = None
+        self._weight16 = b.cast_storage(self.weight.data, dtype, out=cached)
+        return self._weight16
+
+    def _half_weight(self, x):
+        """The 16-bit weight copy when ``x`` is stored like it, else None."""
+        w = self._weight16
+        return w if w is not None and x is not None and x.dtype == w.dtype else None
+
+    def _forward_half(self, x, weight16, out):
+        self._check_batch(x)
+        if x.shape[1] != self.in_features:
+            raise ShapeError(f"{self.name}: expected {self.in_features} input features, "
+                             f"got shape {tuple(x.shape)}")
+        self._x = x
+        b = self.backend
+        if out is None:
+            out = b.empty((x.shape[0], self.out_features), dtype_name(x.dtype))
+        return b.matmul_mixed(x, weight16, out, transpose_b=True)
+
+    def _backward_half(self, dy, x, weight16, out, input_grad):
+        """dW (float32, added into the master gradient) = dy^T x; db summed in float32;
+        dx = dy W16 in 16 bits."""
+        b = self.backend
+        grad, overwrite = self.weight.gradient_buffer()
+        b.matmul_mixed(dy, x, grad, transpose_a=True, accumulate=not overwrite)
+        if self.bias is not None:
+            b.sum_rows_mixed(dy, *self.bias.gradient_buffer())
+        if not input_grad:
+            return None
+        if out is None:
+            out = b.empty(tuple(x.shape), dtype_name(x.dtype))
+        return b.matmul_mixed(dy, weight16, out)
 
 
 class LinearActivation(FusedBlock):

@@ -5,6 +5,10 @@ their gradients, the optimizer state and batch norm's statistics and gamma/beta 
 float32, and stores every activation passed between layers (the input batch included)
 and every gradient passed back between layers (the loss gradient included) in 16 bits.
 
+On the GPU (a backend with ``half_storage``) the arrays really are 16-bit:
+:class:`PrecisionRunner` returns a
+:class:`~dualnn.training.mixed_precision_gpu.HalfStorageRunner` there.
+
 On a device that computes in float32 (the CPU), "stored in 16 bits" is simulated
 exactly: each such array is rounded to the nearest float16 / bfloat16 value
 (``backend.round_to_precision``) and the layers compute in float32 on the rounded values.
@@ -81,6 +85,14 @@ class PrecisionRunner:
     model : Layer
     policy : Precision
     """
+
+    def __new__(cls, model, policy):
+        # A backend that stores 16 bits for real (the GPU) gets its own runner.
+        if cls is PrecisionRunner and getattr(model.backend, "half_storage", False):
+            from .mixed_precision_gpu import HalfStorageRunner
+
+            return HalfStorageRunner(model, policy)
+        return super().__new__(cls)
 
     def __init__(self, model, policy):
         from ..layers import Sequential

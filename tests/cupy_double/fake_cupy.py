@@ -29,7 +29,7 @@ import types
 
 import numpy as np
 
-from . import counters, fake_cuda, fake_random
+from . import counters, fake_cublas, fake_cuda, fake_random
 from .fake_ndarray import ndarray, operand, quiet, unsupported, unwrap_tree, wrap, wrap_result
 
 _UFUNC_KEYWORDS = frozenset({"out", "dtype", "casting"})
@@ -216,7 +216,7 @@ def _build_module():
     mod.__version__ = real_cupy().__version__
     mod.__getattr__ = _namespace_getattr
     mod.ndarray = ndarray
-    mod.cuda = fake_cuda.build_module()
+    mod.cuda = fake_cublas.attach(fake_cuda.build_module())
     mod.random = fake_random.build_module(real_cupy().random)
     mod.get_default_memory_pool = fake_cuda.get_default_memory_pool
     mod.get_default_pinned_memory_pool = fake_cuda.get_default_pinned_memory_pool
@@ -245,6 +245,7 @@ def install():
     sys.modules["cupy"] = module
     sys.modules["cupy.cuda"] = module.cuda
     sys.modules["cupy.cuda.runtime"] = module.cuda.runtime
+    sys.modules["cupy.cuda.cublas"] = module.cuda.cublas
     sys.modules["cupy.random"] = module.random
     from dualnn.kernels import _cuda as kernels_cuda
 

@@ -6,7 +6,8 @@
    fused kernels against the reference on CuPy arrays) and prints pytest's summary;
 2. times ``fit`` steps of a 784-1024-1024-10 float32 MLP with Adam at batch 4,096, 16,384
    and 65,536 (data on the device) and prints samples/s next to the bandwidth bound on
-   paper (bytes a step must move / the device's DRAM bandwidth).
+   paper (bytes a step must move / the device's DRAM bandwidth);
+3. times the same model at batch 16,384 in float32, mixed_float16 and mixed_bfloat16.
 
 Without CuPy or a GPU it says so and exits 0. It prints only what it measured.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 WIDTHS = (784, 1024, 1024, 10)
 BATCHES = (4096, 16384, 65536)
+MIXED_BATCH = 16384
 
 
 def gpu_available():
@@ -55,7 +57,7 @@ def bytes_per_step(batch, widths=WIDTHS, itemsize=4):
     return itemsize * (10 * params + 4 * activations + 2 * batch * widths[0])
 
 
-def throughput(batch, steps=20):
+def throughput(batch, steps=20, precision="float32"):
     import cupy
 
     import dualnn as dn
@@ -72,11 +74,13 @@ def throughput(batch, steps=20):
         model = dn.Sequential(*layers[:-1])
         opt = dn.optim.Adam(model.parameters(), lr=1e-3)
         loss = dn.losses.SoftmaxCrossEntropy()
-        dn.fit(model, loss, opt, X, y, epochs=1, batch_size=batch, progress=False)  # warm up
+        dn.fit(model, loss, opt, X, y, epochs=1, batch_size=batch, progress=False,
+               precision=precision)  # warm up
         epochs = max(1, steps // 4)
         cupy.cuda.Device().synchronize()
         start = time.perf_counter()
-        dn.fit(model, loss, opt, X, y, epochs=epochs, batch_size=batch, progress=False)
+        dn.fit(model, loss, opt, X, y, epochs=epochs, batch_size=batch, progress=False,
+               precision=precision)
         cupy.cuda.Device().synchronize()
         elapsed = time.perf_counter() - start
     return epochs * n / elapsed
@@ -99,6 +103,10 @@ def main():
         measured = throughput(batch)
         bound = batch * bandwidth / bytes_per_step(batch)
         print(f"{batch:>8} {measured:>20.0f} {bound:>16.0f} {measured / bound:>9.2f}")
+    print(f"\nmixed precision (16-bit activations and gradients), batch {MIXED_BATCH}:")
+    print(f"{'precision':>16} {'samples/s measured':>20}")
+    for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
+        print(f"{precision:>16} {throughput(MIXED_BATCH, precision=precision):>20.0f}")
     return result.returncode
 
 
