@@ -389,6 +389,12 @@ class ArrayAPIBackend:
         with np.errstate(over="ignore"):
             return cast_reference.round_to(self.xp, a, dtype)
 
+    def bfloat16_gemms(self):
+        """``(gemms, reason)``: an object whose ``active()`` context runs this backend's
+        float32 GEMMs in bfloat16 with float32 accumulation (``begin_step(weights)`` once
+        per step), or ``(None, why not)``. Used by ``precision="mixed_bfloat16"``."""
+        return None, f"the {self.name} backend has no bfloat16 GEMM path"
+
     # ------------------------------------------------------------------ losses
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
         """Mean loss (0-d array) and ``dL/dlogits``, in one pass per row where fused.

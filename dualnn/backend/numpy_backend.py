@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..kernels.ops import ACTIVATIONS
+from . import bf16_matmul
 from .allocation import aligned_empty, aligned_zeros
 from .base import ArrayAPIBackend, is_dlpack_foreign
 from .fused import FusedDispatch
@@ -34,6 +35,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         super().__init__(np, name="numpy", device="cpu")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
+        self._bf16_gemms = None  # the active bf16_matmul.Bfloat16Gemms, if any
 
     def owns(self, a):
         return isinstance(a, np.ndarray)
@@ -61,7 +63,11 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
 
     def round_to_precision(self, a, dtype):
         """16-bit rounding (see the base class); the Numba kernel for C-contiguous
-        float32 arrays when fused."""
+        float32 arrays when fused (inside bfloat16 GEMMs, one that also keeps the bits)."""
+        gemms = self._bf16_gemms
+        if (gemms is not None and dtype == "bfloat16" and isinstance(a, np.ndarray)
+                and a.dtype == np.float32 and a.flags.c_contiguous):
+            return gemms.rounded(a)
         if (self.fused and dtype in ("float16", "bfloat16") and isinstance(a, np.ndarray)
                 and a.dtype == np.float32 and a.flags.c_contiguous):
             from ..kernels import cpu
@@ -71,7 +77,30 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         return super().round_to_precision(a, dtype)
 
     def matmul(self, a, b, out=None):
+        gemms = self._bf16_gemms
+        if gemms is not None and bf16_matmul.takes(a, b):
+            return gemms.matmul(a, b, out=out)
         return np.matmul(a, b, out=out)
+
+    def matmul_accumulate(self, a, b, out, overwrite=False):
+        gemms = self._bf16_gemms
+        if gemms is not None and bf16_matmul.takes(a, b):
+            return gemms.matmul(a, b, out=out, beta=0.0 if overwrite else 1.0)
+        return super().matmul_accumulate(a, b, out, overwrite)
+
+    def bfloat16_gemms(self):
+        """``(gemms, reason)``: a :class:`~dualnn.backend.bf16_matmul.Bfloat16Gemms` when
+        oneMKL's bfloat16 GEMM runs here and fused kernels are on, else ``(None, why)``.
+        The first call loads oneMKL. ``DUALNN_BF16_GEMM=0`` turns the path off."""
+        if not self.fused:
+            return None, "fused kernels are off (DUALNN_FUSED=0)"
+        if os.environ.get("DUALNN_BF16_GEMM", "1").strip().lower() in ("0", "false", "no",
+                                                                        "off"):
+            return None, "switched off by DUALNN_BF16_GEMM=0"
+        from . import bf16_gemm
+
+        ok, reason = bf16_gemm.availability()
+        return (bf16_matmul.Bfloat16Gemms(self), None) if ok else (None, reason)
 
     # ------------------------------------------------------------------ fused-op dispatch
     # Each override runs the Numba kernel of dualnn.kernels.cpu when the kernel takes the
