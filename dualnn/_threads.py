@@ -359,6 +359,10 @@ def mkl_policy():
     if os.environ.get("MKL_NUM_THREADS", "").strip().isdigit():
         count, why = int(os.environ["MKL_NUM_THREADS"]), "MKL_NUM_THREADS set by the user"
     layer = MKL_LAYER_DEFAULT
+    if layer == "gnu" and _at_import.get("gomp_spins"):
+        # the gnu layer would run on the spinning libgomp; libiomp5 loads now and reads
+        # OMP_WAIT_POLICY=PASSIVE
+        layer, why = "intel", why + ", intel layer: a spinning libgomp was up before dualnn"
     user = os.environ.get("MKL_THREADING_LAYER", "").strip().lower()
     if user in MKL_LAYERS:
         layer, why = user, why + ", MKL_THREADING_LAYER set by the user"

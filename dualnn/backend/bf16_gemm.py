@@ -178,6 +178,8 @@ def _operand(name, a, rows, cols):
                          f"{getattr(a, 'shape', '')}")
     if a.shape != (rows, cols):
         raise ShapeError(f"gemm: {name} must have shape {(rows, cols)}, got {a.shape}")
+    if a.size == 0:
+        return NO_TRANS, max(cols, 1)
     s0, s1 = (s // 2 for s in a.strides)
     if (s1 == 1 or cols == 1) and s0 >= max(cols, 1):
         return NO_TRANS, max(s0, cols, 1)

@@ -92,8 +92,8 @@ class Bf16GemmBound(GemmBound):
 
 
 def _span(values):
-    v = sorted(values)
-    return v[len(v) // 2], v[0], v[-1]
+    """(median, min, max)."""
+    return float(np.median(values)), min(values), max(values)
 
 
 def run_step(batch_sizes, repeats, steps, warmup, use_torch, out=print):
