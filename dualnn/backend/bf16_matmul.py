@@ -75,8 +75,8 @@ class Bfloat16Gemms:
     def rounded(self, a):
         """``a`` (C-contiguous float32) rounded to bfloat16, as a new float32 array; its
         bits are cached for the GEMMs."""
-        out = np.empty_like(a)
-        bits = np.empty(a.shape, np.uint16)
+        out = self.backend.empty(a.shape, "float32")
+        bits = self.backend.empty(a.shape, "uint16")
         _cast().round_bfloat16_bits(a, out=out, bits=bits)
         self.remember(out, bits)
         return out
@@ -94,7 +94,7 @@ class Bfloat16Gemms:
         hit = self._bits.get(key)
         if hit is not None:
             return hit[1]
-        bits = np.empty(a.shape, np.uint16)
+        bits = self.backend.empty(a.shape, "uint16")
         _cast().bfloat16_bits(a, bits=bits)
         if key in self._weights:
             self._bits[key] = (a, bits)
