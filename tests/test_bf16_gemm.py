@@ -318,3 +318,28 @@ def test_info_reports_the_bfloat16_gemm():
     assert ("yes: oneMKL" in line[0]) == AVAILABLE
     if not AVAILABLE:
         assert REASON in line[0]
+
+
+@needs_gemm
+def test_buffers_of_the_last_step_are_reused_and_unused_ones_dropped():
+    be = dn.backend.NumpyBackend(fused=True)
+    gemms, _ = be.bfloat16_gemms()
+    x = np.random.default_rng(4).standard_normal((6, 5)).astype(np.float32)
+    gemms.begin_step([])
+    with gemms.active():
+        first = be.round_to_precision(x, "bfloat16")
+    gemms.begin_step([])
+    with gemms.active():
+        again = be.round_to_precision(x + 1, "bfloat16")
+        other = be.round_to_precision(x[:3].copy(), "bfloat16")
+    assert np.shares_memory(first, again)  # the last step's buffer, rewritten
+    np.testing.assert_array_equal(again, cast.round_bfloat16(np, x + 1))
+    gemms.begin_step([])
+    with gemms.active():
+        reused = be.round_to_precision(x[:3].copy(), "bfloat16")  # no (6, 5) this step
+    assert np.shares_memory(reused, other)
+    gemms.begin_step([])
+    with gemms.active():
+        fresh = be.round_to_precision(x, "bfloat16")
+    assert not np.shares_memory(fresh, again)  # dropped: unused in the step before
+    np.testing.assert_array_equal(fresh, cast.round_bfloat16(np, x))

@@ -18,8 +18,12 @@ a step:
 The cache holds a reference to every float32 array it knows, keyed by its data pointer
 and shape, so an address cannot be reused while it is cached; it is emptied at the next
 :meth:`~Bfloat16Gemms.begin_step`. A cached array must not be written in place within a
-step (the mixed-precision runner rounds into new arrays, and weights change only in the
-optimizer step, after the GEMMs).
+step (the mixed-precision runner rounds into arrays of its own, and weights change only in
+the optimizer step, after the GEMMs).
+
+The rounded arrays and bits live until the next :meth:`~Bfloat16Gemms.begin_step`, which
+reuses their memory (as ``Sequential`` reuses its scratch buffers from step to step): an
+array the runner returned (e.g. the model's output) is valid for the step it came from.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Bfloat16Gemms:
 
     def __init__(self, backend):
         self.backend = backend
+        self._used = []  # buffers handed out this step
+        self._free = {}  # (shape, dtype) -> buffers of the last step, free again
         self._bits = {}
         self._weights = {}
         self.conversions = 0
@@ -64,8 +70,16 @@ class Bfloat16Gemms:
             self.backend._bf16_gemms = previous
 
     def begin_step(self, weights):
-        """Forget last step's bits; ``weights`` (float32 arrays) are this step's weights."""
+        """Forget last step's bits; ``weights`` (float32 arrays) are this step's weights.
+
+        The buffers handed out in the last step (rounded activations and gradients, bits)
+        are reused in this one: fresh large arrays cost page faults at every step, as
+        much as the rounding itself. Buffers the last step did not use are dropped."""
         self._bits.clear()
+        free = {}
+        for a in self._used:
+            free.setdefault((a.shape, a.dtype.str), []).append(a)
+        self._free, self._used = free, []
         self._weights = {_key(w): w for w in weights if _key(w) is not None}
 
     def remember(self, a, bits):
@@ -75,11 +89,17 @@ class Bfloat16Gemms:
     def rounded(self, a):
         """``a`` (C-contiguous float32) rounded to bfloat16, as a new float32 array; its
         bits are cached for the GEMMs."""
-        out = self.backend.empty(a.shape, "float32")
-        bits = self.backend.empty(a.shape, "uint16")
+        out = self._take(a.shape, "float32")
+        bits = self._take(a.shape, "uint16")
         _cast().round_bfloat16_bits(a, out=out, bits=bits)
         self.remember(out, bits)
         return out
+
+    def _take(self, shape, dtype):
+        free = self._free.get((shape, np.dtype(dtype).str))
+        a = free.pop() if free else self.backend.empty(shape, dtype)
+        self._used.append(a)
+        return a
 
     def operand(self, a):
         """The bfloat16 bits of the 2-D float32 ``a``, with ``a``'s layout (uint16)."""
@@ -94,7 +114,7 @@ class Bfloat16Gemms:
         hit = self._bits.get(key)
         if hit is not None:
             return hit[1]
-        bits = self.backend.empty(a.shape, "uint16")
+        bits = self._take(a.shape, "uint16")
         _cast().bfloat16_bits(a, bits=bits)
         if key in self._weights:
             self._bits[key] = (a, bits)
