@@ -12,7 +12,7 @@ timed side by side, contestants alternated within each round, every round repeat
   converted beforehand): how much of the step is GEMM.
 
 It prints samples/s (median and range over rounds) and the ratios. ``--accuracy`` also
-trains the digits MLP and two runs of the large-batch experiment in float32 and
+trains the digits MLP and three runs of the large-batch experiment in float32 and
 ``mixed_bfloat16`` (fast path and, with ``DUALNN_BF16_GEMM=0``, the emulation) and
 prints the test accuracies.
 """
@@ -73,6 +73,7 @@ class Bf16GemmBound(GemmBound):
         super().__init__(sizes, dtype, weights, x)
         from ..kernels.cast.reference import bfloat16_bits
 
+        GemmBound.__call__(self)  # real activations and gradients to convert
         self.bx = bfloat16_bits(np, self.x)
         self.bw = [bfloat16_bits(np, w) for w in self.w]
         self.bh = [bfloat16_bits(np, h) for h in self.h]
@@ -251,13 +252,20 @@ def digits_accuracy(epochs=30, batch=64, seed=0):
     return accuracy
 
 
-def large_batch_accuracy(epochs=10, names=("SGD 256", "LAMB 8192"), seed=0):
+LARGE_BATCH_RUNS = ("baseline (batch 256)", "(b) 8192, linear scaling + warmup",
+                    "(c) 8192, LAMB + warmup")
+
+
+def large_batch_accuracy(epochs=10, names=LARGE_BATCH_RUNS, seed=0):
     """Test accuracy of runs of :mod:`dualnn.experiments.large_batch` per precision
     (its training loop, with the step's forward/backward through ``PrecisionRunner``)."""
     from ..experiments import large_batch as lb
 
     task = lb.make_task(seed=seed)
     configs = [c for c in lb.default_configs() if c.name in names]
+    if len(configs) != len(names):
+        raise RuntimeError(f"large-batch runs {names} not all among "
+                           f"{[c.name for c in lb.default_configs()]}")
     accuracy = {}
     for config in configs:
         for label, precision, fast in PRECISIONS:
