@@ -21,9 +21,12 @@ and shape, so an address cannot be reused while it is cached; it is emptied at t
 step (the mixed-precision runner rounds into arrays of its own, and weights change only in
 the optimizer step, after the GEMMs).
 
-The rounded arrays and bits live until the next :meth:`~Bfloat16Gemms.begin_step`, which
-reuses their memory (as ``Sequential`` reuses its scratch buffers from step to step): an
-array the runner returned (e.g. the model's output) is valid for the step it came from.
+The rounded arrays and bits, and the outputs the backend allocates inside the context
+(GEMM results, activation and batch-norm outputs and input gradients), live until the
+next :meth:`~Bfloat16Gemms.begin_step`, which reuses their memory, as ``Sequential``
+reuses its scratch buffers from step to step (a fresh 16 MB array costs its page faults
+at every step): an array the runner returned (e.g. the model's output) is valid for the
+step it came from.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ class Bfloat16Gemms:
         self.remember(out, bits)
         return out
 
+    def step_array(self, shape, dtype):
+        """An uninitialized array valid until the next :meth:`begin_step` (then reused):
+        the backend's outputs of GEMMs and fused ops inside this context."""
+        return self._take(tuple(shape), dtype)
+
     def _take(self, shape, dtype):
         free = self._free.get((shape, np.dtype(dtype).str))
         a = free.pop() if free else self.backend.empty(shape, dtype)
@@ -124,7 +132,10 @@ class Bfloat16Gemms:
 
     def matmul(self, a, b, out=None, beta=0.0):
         """``a @ b`` (``beta=1``: added to ``out``) in bfloat16 with float32 accumulation."""
-        if out is not None and not (out.flags.c_contiguous and out.dtype == np.float32):
+        if out is None:
+            out = self._take((a.shape[0], b.shape[1]), "float32")
+            beta = 0.0
+        elif not (out.flags.c_contiguous and out.dtype == np.float32):
             result = bf16_gemm.gemm(self.operand(a), self.operand(b))
             if beta:
                 out += result

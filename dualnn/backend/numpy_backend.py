@@ -76,6 +76,14 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             return kernel(a, out=self.empty(a.shape, "float32"))
         return super().round_to_precision(a, dtype)
 
+    def _step_array(self, like):
+        """An uninitialized array like ``like`` for a fused op's output: inside bfloat16
+        GEMMs one of the step buffers they recycle (see ``bf16_matmul``), else new."""
+        gemms = self._bf16_gemms
+        if gemms is None:
+            return np.empty_like(like)
+        return gemms.step_array(like.shape, like.dtype)
+
     def matmul(self, a, b, out=None):
         gemms = self._bf16_gemms
         if gemms is not None and bf16_matmul.takes(a, b):
@@ -111,7 +119,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if (kind == "identity" or kind not in ACTIVATIONS
                 or self._kernel_takes([(z, None)], [(out, z.shape)]) is None):
             return super().activation_forward(kind, z, alpha, out)
-        out = np.empty_like(z) if out is None else out
+        out = self._step_array(z) if out is None else out
         return _cpu().activation_forward(kind, z, alpha, out=out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
@@ -121,7 +129,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
                 or self._kernel_takes([(z, None), (b, (z.shape[1],))],
                                       [(out, z.shape)]) is None):
             return super().bias_activation_forward(z, b, kind, alpha, out)
-        out = np.empty_like(z) if out is None else out
+        out = self._step_array(z) if out is None else out
         return _cpu().bias_activation_forward(z, b, kind, alpha, out=out)
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
@@ -131,7 +139,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if out is None:
             if kind == "identity":
                 return dy  # the reference returns dy itself
-            out = np.empty_like(dy)
+            out = self._step_array(dy)
         return _cpu().activation_backward(kind, dy, saved, alpha, out=out)
 
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
@@ -142,7 +150,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
                 [(out, x.shape), (running_mean, (c,)), (running_var, (c,))]) is None):
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    eps, momentum, relu, out)
-        out = np.empty_like(x) if out is None else out
+        out = self._step_array(x) if out is None else out
         return _cpu().batchnorm_forward_train(
             x, gamma, beta, running_mean, running_var, eps, momentum, relu, out=out,
             mean=np.empty(c, dtype=x.dtype), invstd=np.empty(c, dtype=x.dtype))
@@ -165,7 +173,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
                 [(dy, x.shape), (x, None), (gamma, (c,)), (beta, (c,)), (mean, (c,)),
                  (invstd, (c,))], [(out, x.shape)]) is None:
             return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out)
-        out = np.empty_like(x) if out is None else out
+        out = self._step_array(x) if out is None else out
         return _cpu().batchnorm_backward(
             dy, x, gamma, beta, mean, invstd, relu, out=out,
             dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))
