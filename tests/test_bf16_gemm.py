@@ -281,6 +281,9 @@ def test_mkl_policy_thread_count_and_overrides(monkeypatch):
     monkeypatch.setenv("MKL_THREADING_LAYER", "TBB")
     policy = _threads.mkl_policy()
     assert policy["threads"] == 1 and policy["layer"] == "tbb"
+    monkeypatch.delenv("MKL_THREADING_LAYER")
+    monkeypatch.setitem(_threads._at_import, "gomp_spins", True)
+    assert _threads.mkl_policy()["layer"] == "intel"  # not the gnu layer on a spinning libgomp
     monkeypatch.setenv(_threads.FORCE_VARIABLE, "mkl_layer=sequential")
     assert _threads.mkl_policy()["layer"] == "sequential"
     monkeypatch.setenv(_threads.FORCE_VARIABLE, "mkl_layer=bogus")
