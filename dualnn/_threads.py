@@ -65,9 +65,8 @@ def forced():
         key, _, value = item.partition("=")
         if key in ("retime", "parallel", "blas_threads"):
             out[key] = int(value)
-        elif key == "layer" and value in ("omp", "tbb", "workqueue"):
-            out[key] = value
-        elif key == "mkl_layer" and value in MKL_LAYERS:
+        elif (key == "layer" and value in ("omp", "tbb", "workqueue")) \
+                or (key == "mkl_layer" and value in MKL_LAYERS):
             out[key] = value
         else:
             from .errors import ConfigurationError

@@ -34,8 +34,17 @@ from .. import _threads
 from ..backend import bf16_gemm
 from ..precision import PerformanceWarning, Precision
 from ..training.mixed_precision import PrecisionRunner
-from .compare import (CLASSES, HIDDEN, IN_FEATURES, LOSS_CHECK_STEPS, DualnnStep, GemmBound,
-                      TorchWorker, initial_weights, torch_available)
+from .compare import (
+    CLASSES,
+    HIDDEN,
+    IN_FEATURES,
+    LOSS_CHECK_STEPS,
+    DualnnStep,
+    GemmBound,
+    TorchWorker,
+    initial_weights,
+    torch_available,
+)
 from .timing import time_calls
 
 SWITCH = "DUALNN_BF16_GEMM"

@@ -60,7 +60,7 @@ def run(layer, torch_first, batch, reps):
     env = dict(os.environ, DUALNN_THREAD_POLICY=f"mkl_layer={layer}")
     code = CHILD.format(torch_first=torch_first, batch=batch, reps=reps)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=env, timeout=600, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
@@ -90,7 +90,7 @@ def main(argv=None):
             print(f"{order:<18} {layer:<11} {results[0]['error']}")
             continue
 
-        def span(key, scale=1.0):
+        def span(key, scale=1.0, good=good):
             v = sorted(r[key] * scale for r in good)
             return f"{v[0]:.2f}-{v[-1]:.2f}"
         print(f"{order:<18} {layer:<11} {span('gemm_ms'):>16} {span('kernel_ms'):>16} "
