@@ -49,7 +49,12 @@ FORCE_VARIABLE = "DUALNN_THREAD_POLICY"
 """Overrides for measuring alternatives (``dualnn bench --import-orders --alternatives``):
 comma-separated ``retime=0`` (leave spinning OpenBLAS pools alone), ``parallel=0|1``,
 ``layer=omp|tbb|workqueue`` (first in Numba's priority), ``blas_threads=N``
-(threadpoolctl limit on the BLAS pools)."""
+(threadpoolctl limit on the BLAS pools), ``mkl_layer=sequential|gnu|intel|tbb`` (oneMKL's
+threading layer for the bfloat16 GEMM)."""
+
+MKL_LAYERS = ("sequential", "gnu", "intel", "tbb")
+MKL_LAYER_DEFAULT = "gnu"
+"""oneMKL threading layer used unless overridden (see :func:`mkl_policy`)."""
 
 
 def forced():
@@ -60,14 +65,15 @@ def forced():
         key, _, value = item.partition("=")
         if key in ("retime", "parallel", "blas_threads"):
             out[key] = int(value)
-        elif key == "layer" and value in ("omp", "tbb", "workqueue"):
+        elif (key == "layer" and value in ("omp", "tbb", "workqueue")) \
+                or (key == "mkl_layer" and value in MKL_LAYERS):
             out[key] = value
         else:
             from .errors import ConfigurationError
 
             raise ConfigurationError(f"{FORCE_VARIABLE}: unknown item {item!r} (expected "
                                      "retime=0|1, parallel=0|1, layer=omp|tbb|workqueue, "
-                                     "blas_threads=N)")
+                                     "blas_threads=N, mkl_layer=" + "|".join(MKL_LAYERS) + ")")
     return out
 
 
@@ -324,6 +330,45 @@ def configure_numba_threading():
 
         numba_kernels.numba_module()
     return _state["numba"]
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def mkl_policy():
+    """oneMKL's threading layer and thread count for the bfloat16 GEMM (read when it loads).
+
+    The thread count is the one the rest of dualnn uses (the first loaded OpenBLAS's, else
+    the usable cores); ``MKL_NUM_THREADS`` you set is respected. The layer (chosen by
+    measurement, see the performance page, "bfloat16 on the CPU") is ``MKL_LAYER_DEFAULT``
+    unless ``MKL_THREADING_LAYER`` or ``DUALNN_THREAD_POLICY=mkl_layer=...`` says otherwise.
+
+    Returns
+    -------
+    dict
+        ``layer`` (one of :data:`MKL_LAYERS`), ``threads`` (int), ``why`` (a sentence).
+    """
+    threads = [e["threads"] for e in _state["openblas"].values() if e.get("threads")]
+    count = threads[0] if threads else _cpu_count()
+    why = "dualnn's thread count"
+    if os.environ.get("MKL_NUM_THREADS", "").strip().isdigit():
+        count, why = int(os.environ["MKL_NUM_THREADS"]), "MKL_NUM_THREADS set by the user"
+    layer = MKL_LAYER_DEFAULT
+    if layer == "gnu" and _at_import.get("gomp_spins"):
+        # the gnu layer would run on the spinning libgomp; libiomp5 loads now and reads
+        # OMP_WAIT_POLICY=PASSIVE
+        layer, why = "intel", why + ", intel layer: a spinning libgomp was up before dualnn"
+    user = os.environ.get("MKL_THREADING_LAYER", "").strip().lower()
+    if user in MKL_LAYERS:
+        layer, why = user, why + ", MKL_THREADING_LAYER set by the user"
+    force = forced()
+    if "mkl_layer" in force:
+        layer, why = force["mkl_layer"], f"forced by {FORCE_VARIABLE}"
+    return {"layer": layer, "threads": max(1, int(count)), "why": why}
 
 
 # ------------------------------------------------------------------------- report

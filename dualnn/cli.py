@@ -609,6 +609,17 @@ def _gpu_kernel_rows():
             ("tf32 for float32 GEMMs", "on" if gpu.tf32 else "off (CupyBackend(tf32=True))")]
 
 
+def _bf16_gemm_status():
+    """Whether mixed_bfloat16 on the CPU runs bfloat16 GEMMs, and why not (loads oneMKL)."""
+    from dualnn.backend import bf16_gemm
+
+    state = bf16_gemm.info()
+    if state["reason"]:
+        return f"no: {state['reason']} (mixed_bfloat16 is emulated in float32)"
+    return (f"yes: oneMKL {state['library']}, {state['layer']} threading layer, "
+            f"{state['threads']} threads")
+
+
 def cmd_info(args, out):
     import dualnn as dn
     from dualnn._threads import thread_policy_report
@@ -637,6 +648,7 @@ def cmd_info(args, out):
         rows.append(("blas" if index == 0 else "", line))
     for key, value in thread_policy_report().items():
         rows.append((f"thread policy {key}", value))
+    rows.append(("bfloat16 GEMM (cpu)", _bf16_gemm_status()))
     for key, value in dn.distributed.describe().items():  # never starts MPI
         rows.append((f"distributed {key}", value))
     width = max(len(key) for key, _ in rows)
@@ -744,6 +756,10 @@ def main(argv=None):
         from dualnn.benchmarks.distributed import main as distributed_bench_main
         distributed_bench_main(argv[1:])
         return 0
+    if argv[:1] == ["bench"] and any(a == "--precision" or a.startswith("--precision=")
+                                     for a in argv):
+        from dualnn.benchmarks.bf16 import main as bf16_bench_main
+        return bf16_bench_main(argv[1:])
     large_batch = argv[:1] == ["bench"] and "--large-batch" in argv
     if argv[:1] == ["bench"] and not large_batch:
         # its own option parser, shared with python -m dualnn.bench

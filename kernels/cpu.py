@@ -24,7 +24,7 @@ from .batchnorm.cpu import (
                      batchnorm_scratch_shape,
 )
 from .binary_xent.cpu import binary_xent_terms
-from .cast.cpu import round_bfloat16, round_float16
+from .cast.cpu import bfloat16_bits, round_bfloat16, round_bfloat16_bits, round_float16
 from .optim.cpu import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
 from .reduce.cpu import column_sum
 from .softmax_xent.cpu import softmax_cross_entropy, softmax_cross_entropy_scratch
@@ -43,12 +43,14 @@ __all__ = [
                      "batchnorm_forward_eval",
                      "batchnorm_forward_train",
                      "batchnorm_scratch_shape",
+                     "bfloat16_bits",
                      "bias_activation_forward",
                      "binary_xent_terms",
                      "cache_dir",
                      "column_sum",
                      "rmsprop_update",
                      "round_bfloat16",
+                     "round_bfloat16_bits",
                      "round_float16",
                      "sgd_update",
                      "softmax_cross_entropy",

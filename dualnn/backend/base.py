@@ -521,6 +521,12 @@ class ArrayAPIBackend:
         float32 ``out`` (c,): a bias gradient in mixed precision."""
         return self.sum_rows_into(self.cast_storage(dy, "float32"), out, overwrite)
 
+    def bfloat16_gemms(self):
+        """``(gemms, reason)``: an object whose ``active()`` context runs this backend's
+        float32 GEMMs in bfloat16 with float32 accumulation (``begin_step(weights)`` once
+        per step), or ``(None, why not)``. Used by ``precision="mixed_bfloat16"``."""
+        return None, f"the {self.name} backend has no bfloat16 GEMM path"
+
     # ------------------------------------------------------------------ losses
     # ``scale`` is the reduction's factor (1/count for "mean", 1 for "sum"). ``grad_out``
     # (shape of the prediction) and ``loss_out`` (0-d) are optional arrays the gradient

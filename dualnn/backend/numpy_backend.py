@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..kernels.ops import ACTIVATIONS
+from . import bf16_matmul
 from .allocation import aligned_empty, aligned_zeros
 from .base import ArrayAPIBackend, is_dlpack_foreign
 from .fused import FusedDispatch
@@ -34,6 +35,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         super().__init__(np, name="numpy", device="cpu")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
+        self._bf16_gemms = None  # the active bf16_matmul.Bfloat16Gemms, if any
 
     def owns(self, a):
         return isinstance(a, np.ndarray)
@@ -61,7 +63,11 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
 
     def round_to_precision(self, a, dtype):
         """16-bit rounding (see the base class); the Numba kernel for C-contiguous
-        float32 arrays when fused."""
+        float32 arrays when fused (inside bfloat16 GEMMs, one that also keeps the bits)."""
+        gemms = self._bf16_gemms
+        if (gemms is not None and dtype == "bfloat16" and isinstance(a, np.ndarray)
+                and a.dtype == np.float32 and a.flags.c_contiguous):
+            return gemms.rounded(a)
         if (self.fused and dtype in ("float16", "bfloat16") and isinstance(a, np.ndarray)
                 and a.dtype == np.float32 and a.flags.c_contiguous):
             from ..kernels import cpu
@@ -70,8 +76,39 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             return kernel(a, out=self.empty(a.shape, "float32"))
         return super().round_to_precision(a, dtype)
 
+    def _step_array(self, like):
+        """An uninitialized array like ``like`` for a fused op's output: inside bfloat16
+        GEMMs one of the step buffers they recycle (see ``bf16_matmul``), else new."""
+        gemms = self._bf16_gemms
+        if gemms is None:
+            return np.empty_like(like)
+        return gemms.step_array(like.shape, like.dtype)
+
     def matmul(self, a, b, out=None):
+        gemms = self._bf16_gemms
+        if gemms is not None and bf16_matmul.takes(a, b):
+            return gemms.matmul(a, b, out=out)
         return np.matmul(a, b, out=out)
+
+    def matmul_accumulate(self, a, b, out, overwrite=False):
+        gemms = self._bf16_gemms
+        if gemms is not None and bf16_matmul.takes(a, b):
+            return gemms.matmul(a, b, out=out, beta=0.0 if overwrite else 1.0)
+        return super().matmul_accumulate(a, b, out, overwrite)
+
+    def bfloat16_gemms(self):
+        """``(gemms, reason)``: a :class:`~dualnn.backend.bf16_matmul.Bfloat16Gemms` when
+        oneMKL's bfloat16 GEMM runs here and fused kernels are on, else ``(None, why)``.
+        The first call loads oneMKL. ``DUALNN_BF16_GEMM=0`` turns the path off."""
+        if not self.fused:
+            return None, "fused kernels are off (DUALNN_FUSED=0)"
+        if os.environ.get("DUALNN_BF16_GEMM", "1").strip().lower() in ("0", "false", "no",
+                                                                        "off"):
+            return None, "switched off by DUALNN_BF16_GEMM=0"
+        from . import bf16_gemm
+
+        ok, reason = bf16_gemm.availability()
+        return (bf16_matmul.Bfloat16Gemms(self), None) if ok else (None, reason)
 
     # ------------------------------------------------------------------ fused-op dispatch
     # Each override runs the Numba kernel of dualnn.kernels.cpu when the kernel takes the
@@ -82,7 +119,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if (kind == "identity" or kind not in ACTIVATIONS
                 or self._kernel_takes([(z, None)], [(out, z.shape)]) is None):
             return super().activation_forward(kind, z, alpha, out)
-        out = np.empty_like(z) if out is None else out
+        out = self._step_array(z) if out is None else out
         return _cpu().activation_forward(kind, z, alpha, out=out)
 
     def bias_activation_forward(self, z, b, kind, alpha=0.0, out=None):
@@ -92,7 +129,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
                 or self._kernel_takes([(z, None), (b, (z.shape[1],))],
                                       [(out, z.shape)]) is None):
             return super().bias_activation_forward(z, b, kind, alpha, out)
-        out = np.empty_like(z) if out is None else out
+        out = self._step_array(z) if out is None else out
         return _cpu().bias_activation_forward(z, b, kind, alpha, out=out)
 
     def activation_backward(self, kind, dy, saved, alpha=0.0, out=None):
@@ -102,7 +139,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if out is None:
             if kind == "identity":
                 return dy  # the reference returns dy itself
-            out = np.empty_like(dy)
+            out = self._step_array(dy)
         return _cpu().activation_backward(kind, dy, saved, alpha, out=out)
 
     def batchnorm_forward_train(self, x, gamma, beta, running_mean, running_var, eps,
@@ -114,7 +151,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    eps, momentum, relu, out,
                                                    stats_out=stats_out)
-        out = np.empty_like(x) if out is None else out
+        out = self._step_array(x) if out is None else out
         if stats_out is not None and all(isinstance(a, np.ndarray) and a.shape == (c,)
                                          and a.dtype == x.dtype for a in stats_out):
             mean, invstd = stats_out
@@ -142,7 +179,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
                 [(dy, x.shape), (x, None), (gamma, (c,)), (beta, (c,)), (mean, (c,)),
                  (invstd, (c,))], [(out, x.shape)]) is None:
             return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out)
-        out = np.empty_like(x) if out is None else out
+        out = self._step_array(x) if out is None else out
         return _cpu().batchnorm_backward(
             dy, x, gamma, beta, mean, invstd, relu, out=out,
             dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))

@@ -4,6 +4,8 @@ It runs as a script by path so it never imports dualnn (whose import sets
 ``OMP_WAIT_POLICY=PASSIVE``, which slows torch). Protocol: one JSON command per line on
 stdin, one JSON reply per line on stdout. The data file holds the initial weights and the
 batches (see :func:`dualnn.benchmarks.compare.run_step_comparison` and ``run_digits``).
+``"autocast": true`` in a ``time`` or ``losses`` command runs the forward under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (:mod:`dualnn.benchmarks.bf16`).
 """
 
 import functools
@@ -39,22 +41,25 @@ def load(model, prefix):
             p.copy_(torch.from_numpy(data[f"{prefix}{i}"]))
 
 
-def step_fn(model, opt, loss_fn):
+def step_fn(model, opt, loss_fn, autocast=False):
     def step(x, y):
         opt.zero_grad()
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         return loss
     return step
 
 
-def new_step(sizes, batchnorm, prefix):
+def new_step(sizes, batchnorm, prefix, autocast=False):
+    """A model loaded with the data file's weights and its Adam step; ``autocast``: the
+    forward under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
     model = mlp(sizes, batchnorm)
     load(model, prefix)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return model, step_fn(model, opt, torch.nn.CrossEntropyLoss())
+    return model, step_fn(model, opt, torch.nn.CrossEntropyLoss(), autocast)
 
 
 def train_epochs(step, perms, batch, xtr, ytr):
@@ -75,7 +80,7 @@ def serve():
             reply = {"torch": torch.__version__, "threads": torch.get_num_threads()}
         elif kind == "losses":
             sizes = [int(s) for s in data["sizes"]]
-            _, step = new_step(sizes, True, "w")
+            _, step = new_step(sizes, True, "w", bool(cmd.get("autocast", False)))
             losses = []
             for i in range(int(data["check_x"].shape[0])):
                 x = torch.from_numpy(data["check_x"][i])
@@ -84,14 +89,15 @@ def serve():
             reply = {"losses": losses}
         elif kind == "time":
             batch = cmd["batch"]
-            if batch not in cache:
+            autocast = bool(cmd.get("autocast", False))
+            if (batch, autocast) not in cache:
                 sizes = [int(s) for s in data["sizes"]]
-                _, step = new_step(sizes, True, "w")
+                _, step = new_step(sizes, True, "w", autocast)
                 x = torch.from_numpy(data[f"x{batch}"])
                 y = torch.from_numpy(data[f"y{batch}"])
                 step(x, y)
-                cache[batch] = (step, x, y)
-            step, x, y = cache[batch]
+                cache[batch, autocast] = (step, x, y)
+            step, x, y = cache[batch, autocast]
             reply = {"times": time_calls(functools.partial(step, x, y), cmd["steps"],
                                              cmd["warmup"])}
         elif kind == "digits":

@@ -13,7 +13,10 @@ On a device that computes in float32 (the CPU), "stored in 16 bits" is simulated
 exactly: each such array is rounded to the nearest float16 / bfloat16 value
 (``backend.round_to_precision``) and the layers compute in float32 on the rounded values.
 The numerics are those of 16-bit storage; the speed is not (the rounding is extra work),
-so fit warns once with :class:`~dualnn.precision.PerformanceWarning`.
+so fit warns once with :class:`~dualnn.precision.PerformanceWarning`. Except for
+``mixed_bfloat16`` on a CPU with a bfloat16 GEMM (oneMKL, AVX-512 BF16 / AMX): there the
+backend's ``bfloat16_gemms`` context runs the GEMMs in bfloat16 with float32 accumulation
+(weights rounded once per step) and fit does not warn.
 
 ``mixed_float16`` needs loss scaling (float16 flushes gradients below ~6e-8 to zero and
 overflows above 65504); fit uses a :class:`~dualnn.precision.LossScaler`: the loss
@@ -24,6 +27,7 @@ step with a non-finite gradient is skipped and the scale halved.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from ..errors import ConfigurationError
@@ -61,16 +65,25 @@ def resolve_precision(precision, model, dtype, loss_scaler=None):
             f"fit: precision={policy.name!r} keeps float32 master weights, so the model "
             f"must be float32; it is {dtype}")
     device = model.backend.device
-    if device == "cpu" and policy.name not in _warned:
+    fast, why = _cpu_bfloat16_gemms(model.backend, policy)
+    if device == "cpu" and fast is None and policy.name not in _warned:
         _warned.add(policy.name)
         warnings.warn(
             f"precision={policy.name!r} on the CPU rounds activations and gradients to "
             f"{policy.compute_dtype} while computing in float32: same numerics as 16-bit "
-            "storage, but slower than float32 on this device", PerformanceWarning,
+            "storage, but slower than float32 on this device"
+            + (f" (no bfloat16 GEMM: {why})" if why else ""), PerformanceWarning,
             stacklevel=3)
     if not policy.loss_scaling:
         return policy, None
     return policy, loss_scaler if loss_scaler is not None else LossScaler()
+
+
+def _cpu_bfloat16_gemms(backend, policy):
+    """``(gemms, why)`` of the CPU bfloat16-GEMM path (``(None, None)``: not applicable)."""
+    if backend.device != "cpu" or policy.compute_dtype != "bfloat16":
+        return None, None
+    return backend.bfloat16_gemms()
 
 
 class PrecisionRunner:
@@ -101,6 +114,11 @@ class PrecisionRunner:
         self.backend = model.backend
         self.store = policy.compute_dtype
         self.sequential = isinstance(model, Sequential)
+        self.gemms = _cpu_bfloat16_gemms(self.backend, policy)[0]
+        """The backend's bfloat16 GEMM context, or ``None`` (GEMMs in float32)."""
+
+    def _gemm_scope(self):
+        return self.gemms.active() if self.gemms is not None else contextlib.nullcontext()
 
     def round(self, a):
         """``a`` as stored: rounded to the policy's 16-bit type, float32."""
@@ -108,6 +126,12 @@ class PrecisionRunner:
 
     def forward(self, x):
         """Training forward of ``x`` (batch, features) -> rounded output."""
+        if self.gemms is not None:
+            self.gemms.begin_step([p.data for p in self.model.parameters()])
+        with self._gemm_scope():
+            return self._forward(x)
+
+    def _forward(self, x):
         model = self.model
         x = self.round(x)
         if not self.sequential:
@@ -120,6 +144,10 @@ class PrecisionRunner:
 
     def backward(self, dy):
         """Backward of ``dy`` (the loss gradient, already scaled); no input gradient."""
+        with self._gemm_scope():
+            self._backward(dy)
+
+    def _backward(self, dy):
         dy = self.round(dy)
         if not self.sequential:
             self.model.backward(dy)

@@ -36,6 +36,12 @@ def round_bfloat16(xp, x):
     return out.view(xp.float32)
 
 
+def bfloat16_bits(xp, x):
+    """``x`` (float32) rounded to bfloat16 as bit patterns: uint16, the upper half of each
+    rounded float32 (what a bfloat16 GEMM reads)."""
+    return (round_bfloat16(xp, x).view(xp.uint32) >> 16).astype(xp.uint16)
+
+
 def round_to(xp, x, dtype):
     """Round ``x`` to ``dtype`` ("float16", "bfloat16") precision; "float32" copies."""
     if dtype == "float16":
