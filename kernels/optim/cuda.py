@@ -39,11 +39,11 @@ _SCALING = "{f}[::1], int32[::1], int32[::1]"  # inv_scale, found_inf, skipped
 SIGNATURES = {
     "sgd_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, int32, int32, int32, "
                    "int32, int32, " + _SCALING + ")"),
-    "adam_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, float64, "
-                    "float64, float64, int32, {f}, {f}, {f}, int32, " + _SCALING + ")"),
+    "adam_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, "
+                    "{f}, int32, {f}, {f}, {f}, int32, " + _SCALING + ")"),
     "rmsprop_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, "
                        "{f}, {f}, {f}, int32, int32, int32, " + _SCALING + ")"),
-    "adagrad_update": ("void({f}[::1], {f}[::1], {f}[::1], float64, float64, int32, {f}, {f}, "
+    "adagrad_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, int32, {f}, {f}, "
                        "int32, " + _SCALING + ")"),
     "adadelta_update": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, "
                         "int32, " + _SCALING + ")"),
@@ -88,15 +88,22 @@ def _make_kernels(dtype_name):
             param[i] = p - lr * g
 
     def adam_update(param, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2,
-                    one_minus_beta2, lr64, beta1_64, beta2_64, step, eps, weight_decay,
-                    decay_factor, decay_mode, inv_scale, found, skipped):
-        """Adam (``decay_mode`` 1: L2 in the gradient) / AdamW (2: ``p *= decay_factor``);
-        the bias corrections of step ``step - skipped[0]`` in float64, as the host would."""
+                    one_minus_beta2, host_step_size, host_bias_correction2_sqrt, lr, step,
+                    eps, weight_decay, decay_factor, decay_mode, inv_scale, found, skipped):
+        """Adam (``decay_mode`` 1: L2 in the gradient) / AdamW (2: ``p *= decay_factor``).
+
+        The bias corrections are the host's (of ``step``, computed in float64) unless
+        ``skipped[0]`` steps were skipped: then those of ``step - skipped[0]``, computed
+        here in the kernel's dtype (within a few ulps of the host's).
+        """
         if found[0] != 0:
             return
-        t = step - skipped[0]
-        step_size = cast(lr64 / (1.0 - beta1_64 ** t))
-        bias_correction2_sqrt = cast(math.sqrt(1.0 - beta2_64 ** t))
+        step_size = host_step_size
+        bias_correction2_sqrt = host_bias_correction2_sqrt
+        if skipped[0] != 0:
+            t = cast(step - skipped[0])
+            step_size = lr / (one - beta1 ** t)
+            bias_correction2_sqrt = math.sqrt(one - beta2 ** t)
         scale = inv_scale[0]
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -143,13 +150,15 @@ def _make_kernels(dtype_name):
             else:
                 param[i] = p - lr * (g / avg)
 
-    def adagrad_update(param, grad, state_sum, lr64, lr_decay64, step, eps, weight_decay,
-                       use_decay, inv_scale, found, skipped):
-        """Adagrad step in place; ``clr = lr / (1 + (t - 1) lr_decay)`` with
-        ``t = step - skipped[0]`` (float64, as the host would)."""
+    def adagrad_update(param, grad, state_sum, host_clr, lr, lr_decay, step, eps,
+                       weight_decay, use_decay, inv_scale, found, skipped):
+        """Adagrad step in place; ``clr = lr / (1 + (t - 1) lr_decay)``: the host's for
+        ``t = step``, else computed here for ``t = step - skipped[0]``."""
         if found[0] != 0:
             return
-        clr = cast(lr64 / (1.0 + (step - skipped[0] - 1) * lr_decay64))
+        clr = host_clr
+        if skipped[0] != 0:
+            clr = lr / (one + cast(step - skipped[0] - 1) * lr_decay)
         scale = inv_scale[0]
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -296,8 +305,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
         blocks, threads = grid_stride(size)
         KERNELS.compiled("adam_update", dtype)[blocks, threads, stream_for(param)](
             flat(param), flat(grad), flat(exp_avg), flat(exp_avg_sq), beta1, 1.0 - beta1,
-            beta2, 1.0 - beta2, float(lr), float(beta1), float(beta2), int(step), eps,
-            weight_decay, 1.0 - lr * weight_decay, mode, *scaling)
+            beta2, 1.0 - beta2, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step), lr,
+            int(step), eps, weight_decay, 1.0 - lr * weight_decay, mode, *scaling)
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha=0.99,
@@ -334,8 +343,8 @@ def adagrad_update(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_dec
     if size:
         blocks, threads = grid_stride(size)
         KERNELS.compiled("adagrad_update", dtype)[blocks, threads, stream_for(param)](
-            flat(param), flat(grad), flat(state_sum), float(lr), float(lr_decay), int(step),
-            eps, weight_decay, int(weight_decay != 0), *scaling)
+            flat(param), flat(grad), flat(state_sum), lr / (1 + (step - 1) * lr_decay), lr,
+            lr_decay, int(step), eps, weight_decay, int(weight_decay != 0), *scaling)
 
 
 def adadelta_update(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
