@@ -113,7 +113,7 @@ def _quiet():
 
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
 def test_device_flag_path_equals_host_path_and_the_clean_steps_only(backend, kind):
-    device, scales, returned, opt, scaler = _run_scaled(backend, kind, read_flag=False)
+    device, scales, returned, opt, _ = _run_scaled(backend, kind, read_flag=False)
     host, host_scales, host_returned, host_opt, _ = _run_scaled(backend, kind, read_flag=True)
     plain, plain_opt = _run_plain(backend, kind)
     for d, h, p in zip(device, host, plain):

@@ -15,7 +15,7 @@ from dualnn.kernels import _cuda
 import dualnn as dn
 from dualnn.callbacks import optimizer_steps
 from dualnn.precision import LossScaler
-from tests.cupy_double import budgets, double
+from tests.cupy_double import budgets
 from tests.cupy_double.helpers import data, mlp, tolerance
 
 OVERFLOWS = {1, 3, 4}

@@ -401,7 +401,7 @@ def _scaled_case(name, dtype, seed=3):
     shape = (5, 7)
     param = rng.standard_normal(shape).astype(dtype)
     grad = rng.standard_normal(shape).astype(dtype)
-    n_state = dict((c[0], c[2]) for c in CASE_UPDATES)[name]
+    n_state = {c[0]: c[2] for c in CASE_UPDATES}[name]
     state = [np.abs(rng.standard_normal(shape)).astype(dtype) for _ in range(n_state)]
     if name == "rmsprop":
         state[2][...] = 0
