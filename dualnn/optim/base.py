@@ -406,9 +406,14 @@ class Optimizer:
     def skip_counter(self):
         """The device counter (int32 array (1,)) of steps a loss scaler skipped that the
         host's step counts still include; created on first use."""
+        backend = self.params[0].backend
+        if self.__dict__.get("_skip_backend") not in (None, backend):
+            self.sync_skipped()  # the parameters moved: fold, then count on the new device
+            self._skip_counter = None
         counter = self.__dict__.get("_skip_counter")
         if counter is None:
-            counter = self._skip_counter = self.params[0].backend.zeros((1,), "int32")
+            counter = self._skip_counter = backend.zeros((1,), "int32")
+            self._skip_backend = backend
         return counter
 
     def sync_skipped(self):
@@ -422,8 +427,7 @@ class Optimizer:
         counter = self.__dict__.get("_skip_counter")
         if counter is None:
             return 0
-        backend = self.params[0].backend
-        n = int(backend.item(counter))
+        n = int(self._skip_backend.item(counter))
         if n:
             counter[...] = 0
             for p in self.params:
