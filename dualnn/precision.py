@@ -156,8 +156,10 @@ class LossScaler:
     therefore sees ``host steps - skips known so far``, which runs ahead of the true
     count by the skips of at most one log interval (``log_interval`` steps). Checkpoints
     fold first and are exact. On the CPU the flag is read every step, so it is exact.
-    Optimizers whose update kernels do not take the scale (LARS, LAMB) are stepped the
-    host way: the flag is read once per step.
+    LARS's kernels take the flag but not the scale: the gradients are unscaled in place
+    first (one more pass, still no read). LAMB's kernels do not take the flag here (its
+    bias correction has no device step count yet): it is stepped the host way, with one
+    read of the flag per step.
     """
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
@@ -317,8 +319,10 @@ class LossScaler:
             return True
         backend = optimizer.params[0].backend
         arrays = self._bind(backend, optimizer.params[0].dtype)
-        in_kernel = (getattr(optimizer, "scaled_update", False) and not self._reads_flag()
-                     and not optimizer.hooks and not self._unscaled)
+        in_kernel = (getattr(optimizer, "scaled_update", False)
+                     and getattr(optimizer, "unscales_in_kernel", True)
+                     and not self._reads_flag() and not optimizer.hooks
+                     and not self._unscaled)
         if "unscaled" not in self._checked and id(optimizer) not in self._checked:
             if in_kernel:  # the check only: the update kernels unscale
                 backend.grad_check_finite(self._grads(optimizer), arrays["found"])

@@ -31,6 +31,7 @@ OPTIMIZERS = {
     "rmsprop": lambda p: dn.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
     "adagrad": lambda p: dn.optim.Adagrad(p, lr=0.1, lr_decay=0.1, weight_decay=0.1),
     "adadelta": lambda p: dn.optim.Adadelta(p, lr=1.0, weight_decay=0.01),
+    "lars": lambda p: dn.optim.LARS(p, lr=0.1, weight_decay=1e-3, trust_coefficient=0.01),
 }
 
 

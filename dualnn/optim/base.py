@@ -329,8 +329,12 @@ class Optimizer:
 
     scaled_update = False
     """True when :meth:`update` passes :meth:`scaling_args` to its backend update (the
-    fused kernels unscale the gradient and skip on a device flag): a
-    :class:`~dualnn.precision.LossScaler` then steps it with no host read."""
+    fused kernels skip on a device flag): a :class:`~dualnn.precision.LossScaler` then
+    steps it with no host read."""
+
+    unscales_in_kernel = True
+    """With :attr:`scaled_update`: the update kernels also take ``inv_scale`` (else the
+    scaler unscales the gradients in place first, one more pass)."""
 
     def step(self, check_finite=False, grad_scaling=None):
         """Update every parameter in place from its gradient.

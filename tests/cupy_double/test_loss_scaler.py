@@ -26,6 +26,7 @@ OPTIMIZERS = {
     "rmsprop": lambda p: dn.optim.RMSprop(p, lr=1e-2, momentum=0.5),
     "adagrad": lambda p: dn.optim.Adagrad(p, lr=0.1, lr_decay=0.01),
     "adadelta": lambda p: dn.optim.Adadelta(p, lr=1.0),
+    "lars": lambda p: dn.optim.LARS(p, lr=0.1, weight_decay=1e-3, trust_coefficient=0.01),
 }
 
 
@@ -87,6 +88,26 @@ def test_a_scaled_step_is_three_launches_over_flat_buffers(monkeypatch):
 
     _run(dn.device.backend_for("gpu"), "adam", read_flag=None, on_step=watch)
     assert names == ["grad_check_finite", "adam_update", "loss_scale_update"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_lars_unscales_in_place_then_skips_on_the_flag_in_its_segmented_step(monkeypatch):
+    names = []
+    real = _cuda._SimulatorLaunch.__getitem__
+
+    def counting(launcher, config):
+        kernel = launcher.kernel
+        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
+        return real(launcher, config)
+
+    def watch(i):
+        if i == STEPS - 1:
+            names.clear()
+            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+
+    _run(dn.device.backend_for("gpu"), "lars", read_flag=None, on_step=watch)
+    assert names == ["grad_check_finite", "segmented_lars_partials", "segmented_finalize",
+                     "segmented_lars_apply", "loss_scale_update"]
 
 
 @pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",

@@ -520,3 +520,51 @@ def test_cudasim_loss_scale_update_is_gradscalers_state_machine():
         assert inv[0] == np.float32(1.0) / scale[0] and found[0] == 0
     assert seen == [(1024.0, 1), (1024.0, 2), (512.0, 0), (512.0, 1), (512.0, 2),
                     (1024.0, 0), (512.0, 0)]
+
+
+@pytest.mark.parametrize("device", ["reference", *DEVICES])
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("flag", [0, 1])
+def test_lars_skips_on_the_flag_and_only_then(device, segmented, flag):
+    from dualnn.kernels.trust_ratio import reference as TR
+
+    rng = np.random.default_rng(9)
+    param = rng.standard_normal(40).astype(np.float32)
+    grad = rng.standard_normal(40).astype(np.float32)
+    buf = rng.standard_normal(40).astype(np.float32)
+    hyper = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.01}
+    layout = {"offsets": (0, 30, 40), "adapt": (True, False)} if segmented else {}
+    name = "lars_update_segmented" if segmented else "lars_update"
+    want = getattr(TR, name)(np, param, grad, buf, **layout, **hyper)
+    if flag:
+        want = (param, buf)
+    found = np.array([flag], np.int32)
+    got = [param.copy(), buf.copy()]
+    if device == "reference":
+        got = getattr(TR, name)(np, param, grad, buf, **layout, **hyper, found_inf=found)
+    elif device == "cpu":
+        from dualnn.kernels.trust_ratio import cpu as TC
+
+        getattr(TC, name)(got[0], grad, got[1], **layout, **hyper, found_inf=found)
+    else:
+        from dualnn.kernels.trust_ratio import cuda as TG
+
+        if segmented:
+            chunks, segments = TG.segment_layout(**layout)
+            shapes = TG.segmented_scratch_shapes(chunks, segments)
+            partial, ratio = (np.zeros(s, np.float32) for s in shapes[:2])
+            TG.lars_update_segmented(got[0], grad, got[1], chunks=chunks, segments=segments,
+                                     partial=partial, ratio=ratio,
+                                     found=np.zeros(shapes[2], np.int32), **hyper,
+                                     found_inf=found)
+        else:
+            partial, ratio = (np.zeros(s, np.float32) for s in TG.scratch_shapes(40))
+            TG.lars_update(got[0], grad, got[1], partial=partial, ratio=ratio, **hyper,
+                           found_inf=found)
+    for g, w in zip(got, want):
+        if flag:
+            np.testing.assert_array_equal(g, w)
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    if not flag:
+        assert not np.array_equal(got[0], param)
