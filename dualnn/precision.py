@@ -2,17 +2,20 @@
 
 :class:`LossScaler` is PyTorch's ``GradScaler`` state machine on dualnn's backends: the
 loss gradient is multiplied by a large scale before backward so small float16 gradients
-do not flush to zero; :meth:`LossScaler.unscale_` divides the gradients back and records,
-as a device array, whether any was non-finite; :meth:`LossScaler.step` skips the update
-of a step that overflowed, and :meth:`LossScaler.update` halves the scale after an
-overflow and doubles it after ``growth_interval`` clean steps.
+do not flush to zero; the optimizer's fused update kernels divide the gradients back and
+skip a step whose gradients were not finite, on a flag in device memory;
+:meth:`LossScaler.update` halves the scale after an overflow and doubles it after
+``growth_interval`` clean steps, on the device too. On a GPU a scaled step reads nothing
+back to the host.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
+
+import numpy as np
 
 from .errors import ConfigurationError
 
@@ -88,8 +91,26 @@ def _check_positive(name, value, *, above_one=False, below_one=False):
     return float(value)
 
 
+class GradScaling(NamedTuple):
+    """What :meth:`LossScaler.step` hands an optimizer's update kernels (device arrays).
+
+    Attributes
+    ----------
+    inv_scale : array (1,) of the parameters' dtype, or None
+        ``1 / scale``; None when the gradients were already unscaled in place.
+    found_inf : int32 array (1,)
+        Nonzero when a gradient of this step is NaN or inf: the update changes nothing.
+    skipped : int32 array (1,)
+        The optimizer's :meth:`~dualnn.optim.Optimizer.skip_counter`.
+    """
+
+    inv_scale: object
+    found_inf: object
+    skipped: object
+
+
 class LossScaler:
-    """Dynamic loss scaling, as ``torch.amp.GradScaler``.
+    """Dynamic loss scaling, as ``torch.amp.GradScaler``, with no host read per step.
 
     A training step with a scaler::
 
@@ -110,19 +131,41 @@ class LossScaler:
         Clean steps before the scale grows (>= 1).
     enabled : bool, default True
         ``False`` makes every method a pass-through (float32 or bfloat16 training).
+    read_flag : bool or None, default None
+        Read the overflow flag on the host every step and skip the optimizer call there
+        (PyTorch's way). ``None``: only on the CPU backend, where a read is free and the
+        result exact. On a device the flag stays there (see Notes).
 
     Notes
     -----
-    :meth:`unscale_` never reads a device value: the found-inf flag is a device array
-    (:attr:`found_inf`). :meth:`step` reads it once, as PyTorch's ``GradScaler.step``
-    does, because skipping the optimizer is a host decision; :meth:`update` then uses
-    that value. The scale itself is a Python float (the host owns the schedule).
+    The scale, ``1 / scale``, the growth tracker (clean steps in a row) and the overflow
+    flag are 1-element arrays on the parameters' backend, created at first use.
+    :meth:`step` runs the finite check (one launch over the optimizer's flat gradient
+    on the GPU) into the flag, then the optimizer's fused update, which multiplies each
+    gradient by ``1 / scale`` before weight decay or trust ratios and changes nothing
+    (parameters, moments, the step used for Adam's bias correction) when the flag is
+    set. :meth:`update` is one tiny kernel. Nothing is read back: :meth:`get_scale`,
+    :meth:`state_dict` and :meth:`step`'s return value on the CPU are the reads.
+
+    The cost of not reading is a bounded lag in the host's step count: the host counts
+    every step in ``state["step"]``, and the optimizer's device
+    :meth:`~dualnn.optim.Optimizer.skip_counter` counts the skipped ones, which the
+    kernels subtract (so bias corrections are exact). ``fit`` folds that counter into
+    the host counts (:meth:`~dualnn.optim.Optimizer.sync_skipped`) at every log interval
+    and epoch end, together with its loss read; a per-step learning-rate schedule
+    therefore sees ``host steps - skips known so far``, which runs ahead of the true
+    count by the skips of at most one log interval (``log_interval`` steps). Checkpoints
+    fold first and are exact. On the CPU the flag is read every step, so it is exact.
+    LARS's kernels take the flag but not the scale: the gradients are unscaled in place
+    first (one more pass, still no read). LAMB's kernels do not take the flag here (its
+    bias correction has no device step count yet): it is stepped the host way, with one
+    read of the flag per step.
     """
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                 growth_interval=2000, enabled=True):
+                 growth_interval=2000, enabled=True, read_flag=None):
         self.enabled = bool(enabled)
-        self._scale = _check_positive("init_scale", init_scale)
+        self._host_scale = _check_positive("init_scale", init_scale)
         self.growth_factor = _check_positive("growth_factor", growth_factor, above_one=True)
         self.backoff_factor = _check_positive("backoff_factor", backoff_factor,
                                               below_one=True)
@@ -131,38 +174,113 @@ class LossScaler:
             raise ConfigurationError(
                 f"LossScaler: growth_interval must be an integer >= 1, got {growth_interval!r}")
         self.growth_interval = int(growth_interval)
-        self._growth_tracker = 0
+        if read_flag not in (None, True, False):
+            raise ConfigurationError(f"LossScaler: read_flag must be None, True or False, got "
+                                     f"{read_flag!r}")
+        self.read_flag = read_flag
+        self._host_tracker = 0
+        self._backend = None
+        self._arrays = None
         self._reset_step()
 
-    def _reset_step(self):
-        self.found_inf = None
-        """Device array (0-d bool) set by :meth:`unscale_`: a gradient was not finite."""
+    def _reset_step(self, clear_flag=False):
         self._unscaled = False
+        self._checked = set()       # ids of the optimizers / parameter lists checked
+        self._stepped = []          # optimizers stepped on the device flag
         self._stepped_found_inf = None
+        if clear_flag and self._arrays is not None:
+            self._arrays["found"][...] = 0
 
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ device state
+    def _bind(self, backend, dtype):
+        """Create (or move) the device state on ``backend`` in ``dtype``."""
+        dtype = "float64" if str(dtype) == "float64" else "float32"
+        if self._backend is backend and self._dtype == dtype:
+            return self._arrays
+        if self._arrays is not None:  # moved: a rare, documented read
+            self._host_scale, self._host_tracker = self._read_state()
+        scale = np.array([self._host_scale], dtype=dtype)
+        self._arrays = {
+            "scale": backend.asarray(scale, dtype),
+            "inv_scale": backend.asarray(1.0 / scale, dtype),
+            "tracker": backend.asarray(np.array([self._host_tracker], np.int32), "int32"),
+            "found": backend.zeros((1,), "int32")}
+        self._backend, self._dtype = backend, dtype
+        return self._arrays
+
+    def _reads_flag(self):
+        if self.read_flag is not None:
+            return self.read_flag
+        return getattr(self._backend, "device", "cpu") == "cpu"
+
+    def _read_state(self):
+        b, a = self._backend, self._arrays
+        return float(b.item(a["scale"])), int(b.item(a["tracker"]))
+
+    @property
+    def found_inf(self):
+        """The device overflow flag (int32 array (1,)) once a check ran this step, else None."""
+        if self._arrays is None or not self._checked:
+            return None
+        return self._arrays["found"]
+
+    @property
+    def _growth_tracker(self):
+        return self._read_state()[1] if self._arrays is not None else self._host_tracker
+
     @property
     def scale_value(self):
-        """The current scale (a float)."""
-        return self._scale
+        """The current scale (a float; a device read)."""
+        return self._read_state()[0] if self._arrays is not None else self._host_scale
 
     def get_scale(self):
-        """The current scale (1.0 when disabled)."""
-        return self._scale if self.enabled else 1.0
+        """The current scale (1.0 when disabled). Reads it from the device: for logs and
+        checkpoints, not for every step."""
+        return self.scale_value if self.enabled else 1.0
 
-    def scale(self, value):
-        """``value * scale``: a loss, or the initial gradient passed to ``backward``."""
+    # ------------------------------------------------------------------ the step
+    def scale(self, value, out=None):
+        """``value * scale``: a loss, or the initial gradient passed to ``backward``.
+
+        Parameters
+        ----------
+        value : array or float
+            A device array is multiplied on the device (no read); a Python number by
+            :meth:`get_scale` (a read).
+        out : array, optional
+            Written in place (may be ``value``): no allocation.
+        """
         if not self.enabled:
             return value
-        return value * self._scale
+        if isinstance(value, numbers.Number):
+            return value * self.get_scale()
+        from .device import backend_of
+
+        backend = backend_of(value, "LossScaler.scale")
+        dtype = str(value.dtype)
+        arrays = self._bind(backend, dtype if self._arrays is None else self._dtype)
+        xp = backend.xp
+        factor = xp.reshape(arrays["scale"], ())
+        if str(factor.dtype) != dtype:
+            factor = xp.astype(factor, value.dtype)
+        if out is not None:
+            return xp.multiply(value, factor, out=out)
+        return value * factor
+
+    @staticmethod
+    def _grads(optimizer):
+        flat = optimizer._flat_parameters()
+        if flat is not None:
+            return [flat.grad]  # one launch over every gradient
+        return [p.grad for p in optimizer.params]
 
     def unscale_(self, parameters):
         """Divide every gradient by the scale in place; record non-finite values on device.
 
         Parameters
         ----------
-        parameters : iterable of Parameter
-            E.g. ``optimizer.params``.
+        parameters : iterable of Parameter, or an Optimizer
+            E.g. ``optimizer.params`` (an optimizer: its flat gradient buffer, one launch).
 
         Raises
         ------
@@ -174,73 +292,103 @@ class LossScaler:
         if self._unscaled:
             raise ConfigurationError(
                 "LossScaler.unscale_ was already called since the last update()")
-        inv = 1.0 / self._scale
-        found = None
-        for p in parameters:
-            backend, grad = p.backend, p.grad
-            xp = backend.xp
-            bad = xp.logical_not(xp.all(xp.isfinite(grad)))
-            found = bad if found is None else xp.logical_or(found, bad)
-            grad[...] = grad * inv
-        self.found_inf = None if found is None else backend.xp.asarray(found)
-        self._flag_backend = backend if found is not None else None
+        if hasattr(parameters, "params") and hasattr(parameters, "step"):
+            params, grads = parameters.params, self._grads(parameters)
+        else:
+            params = list(parameters)
+            grads = [p.grad for p in params]
+        if not params:
+            return
+        arrays = self._bind(params[0].backend, params[0].dtype)
+        params[0].backend.grad_check_finite(grads, arrays["found"],
+                                            inv_scale=arrays["inv_scale"])
         self._unscaled = True
+        self._checked.add("unscaled")
 
     def step(self, optimizer, **kwargs):
-        """Unscale (if not done yet), then ``optimizer.step(**kwargs)`` unless non-finite.
+        """Unscale and update, or do nothing when a gradient is not finite.
 
         Returns
         -------
-        bool
-            Whether the optimizer stepped.
+        bool or None
+            Whether the optimizer stepped when the flag is read on the host (the CPU, or
+            an optimizer without scaled kernels); None when it stays on the device.
         """
         if not self.enabled:
             optimizer.step(**kwargs)
             return True
-        if not self._unscaled:
-            self.unscale_(optimizer.params)
-        found = False
-        if self.found_inf is not None:
-            found = bool(self._flag_backend.item(self.found_inf))
-        self._stepped_found_inf = found
-        if not found:
-            optimizer.step(**kwargs)
-        return not found
+        backend = optimizer.params[0].backend
+        arrays = self._bind(backend, optimizer.params[0].dtype)
+        in_kernel = (getattr(optimizer, "scaled_update", False)
+                     and getattr(optimizer, "unscales_in_kernel", True)
+                     and not self._reads_flag() and not optimizer.hooks
+                     and not self._unscaled)
+        if "unscaled" not in self._checked and id(optimizer) not in self._checked:
+            if in_kernel:  # the check only: the update kernels unscale
+                backend.grad_check_finite(self._grads(optimizer), arrays["found"])
+            else:
+                self.unscale_(optimizer)
+            self._checked.add(id(optimizer))
+        if self._reads_flag() or not getattr(optimizer, "scaled_update", False):
+            found = bool(backend.item(arrays["found"]))
+            self._stepped_found_inf = found
+            if not found:
+                optimizer.step(**kwargs)
+            return not found
+        kwargs.pop("check_finite", None)  # the flag handles non-finite gradients
+        optimizer.step(grad_scaling=GradScaling(
+            arrays["inv_scale"] if in_kernel and not self._unscaled else None,
+            arrays["found"], optimizer.skip_counter()), **kwargs)
+        self._stepped.append(optimizer)
+        return None
 
     def update(self, new_scale=None):
-        """Adjust the scale after a step and start the next one.
+        """Adjust the scale after a step and start the next one, on the device.
 
         Halves (``backoff_factor``) after a non-finite step and resets the count of clean
         steps; after ``growth_interval`` clean steps in a row, doubles (``growth_factor``).
-        ``new_scale`` sets the scale explicitly instead.
+        ``new_scale`` sets the scale explicitly instead. Optimizers stepped on the
+        device flag count a skipped step in their :meth:`~dualnn.optim.Optimizer.
+        skip_counter`.
         """
         if not self.enabled:
             return
         if new_scale is not None:
-            self._scale = _check_positive("new_scale", new_scale)
-        else:
-            found = self._stepped_found_inf
-            if found is None and self.found_inf is not None:
-                found = bool(self._flag_backend.item(self.found_inf))
-            if found:
-                self._scale *= self.backoff_factor
-                self._growth_tracker = 0
-            elif found is not None:
-                self._growth_tracker += 1
-                if self._growth_tracker == self.growth_interval:
-                    self._scale *= self.growth_factor
-                    self._growth_tracker = 0
+            new_scale = _check_positive("new_scale", new_scale)
+        arrays = self._arrays
+        if arrays is None:
+            if new_scale is not None:
+                self._host_scale = new_scale
+            self._reset_step()
+            return
+        backend, xp = self._backend, self._backend.xp
+        counters = [o.skip_counter() for o in self._stepped]
+        if new_scale is not None:
+            found = xp.astype(arrays["found"] != 0, xp.int32)
+            for c in counters:
+                c[...] = c + found
+            arrays["scale"][...] = new_scale
+            arrays["inv_scale"][...] = 1.0 / new_scale
+            arrays["found"][...] = 0
+        elif self._checked:
+            backend.loss_scale_update(
+                arrays["scale"], arrays["inv_scale"], arrays["tracker"], arrays["found"],
+                growth_factor=self.growth_factor, backoff_factor=self.backoff_factor,
+                growth_interval=self.growth_interval, counters=counters)
         self._reset_step()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
-        """``{"scale", "growth_factor", "backoff_factor", "growth_interval", "growth_tracker"}``."""
+        """``{"scale", "growth_factor", "backoff_factor", "growth_interval", "growth_tracker"}``
+        (reads the scale and the tracker from the device)."""
         if not self.enabled:
             return {}
-        return {"scale": self._scale, "growth_factor": self.growth_factor,
+        scale, tracker = (self._read_state() if self._arrays is not None
+                          else (self._host_scale, self._host_tracker))
+        return {"scale": scale, "growth_factor": self.growth_factor,
                 "backoff_factor": self.backoff_factor,
                 "growth_interval": self.growth_interval,
-                "growth_tracker": self._growth_tracker}
+                "growth_tracker": tracker}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output (checked before anything changes)."""
@@ -258,16 +406,22 @@ class LossScaler:
             raise ConfigurationError(
                 f"LossScaler.load_state_dict: growth_tracker must be an integer in "
                 f"[0, {checked.growth_interval}), got {tracker!r}")
-        self._scale = checked._scale
+        self._host_scale = checked._host_scale
         self.growth_factor = checked.growth_factor
         self.backoff_factor = checked.backoff_factor
         self.growth_interval = checked.growth_interval
-        self._growth_tracker = int(tracker)
-        self._reset_step()
+        self._host_tracker = int(tracker)
+        if self._arrays is not None:
+            a = self._arrays
+            a["scale"][...] = self._host_scale
+            a["inv_scale"][...] = 1.0 / self._host_scale
+            a["tracker"][...] = self._host_tracker
+        self._reset_step(clear_flag=True)
 
     def __repr__(self):
-        return (f"LossScaler(scale={self._scale!r}, growth_tracker={self._growth_tracker}, "
-                f"enabled={self.enabled})")
+        scale, tracker = (self._read_state() if self._arrays is not None
+                          else (self._host_scale, self._host_tracker))
+        return f"LossScaler(scale={scale!r}, growth_tracker={tracker}, enabled={self.enabled})"
 
 
 class PerformanceWarning(UserWarning):

@@ -234,6 +234,63 @@ class ArrayAPIBackend:
                 return i
         return -1
 
+    def grad_check_finite(self, grads, found_inf, inv_scale=None):
+        """Set ``found_inf`` when a gradient holds NaN or inf, on the device (no host read).
+
+        The loss scaler's finite check (and, with ``inv_scale``, its write-back unscale).
+
+        Parameters
+        ----------
+        grads : sequence of arrays, any shapes
+            With ``inv_scale``, each is multiplied by ``inv_scale[0]`` in place.
+        found_inf : int32 array (1,)
+            Set to 1 when a gradient is not finite; never cleared here.
+        inv_scale : float array (1,), optional
+        """
+        xp = self.xp
+        for g in grads:
+            bad = xp.logical_not(xp.all(xp.isfinite(g)))
+            found_inf[...] = xp.where(bad, xp.ones_like(found_inf), found_inf)
+            if inv_scale is not None:
+                g[...] = g * xp.reshape(xp.astype(inv_scale, g.dtype), ())
+
+    def loss_scale_update(self, scale, inv_scale, growth_tracker, found_inf, *, growth_factor,
+                          backoff_factor, growth_interval, counters=()):
+        """``GradScaler``'s scale update on 1-element device arrays, in place.
+
+        After an overflow (``found_inf[0] != 0``) the scale is multiplied by
+        ``backoff_factor`` and the tracker reset; otherwise the tracker counts a clean step
+        and, on reaching ``growth_interval``, the scale grows by ``growth_factor`` and the
+        tracker restarts at 0. Then ``inv_scale = 1 / scale``, each of ``counters`` (int32
+        (1,)) is incremented by the flag, and ``found_inf`` is cleared. No host read.
+
+        Parameters
+        ----------
+        scale, inv_scale : float arrays (1,)
+        growth_tracker, found_inf : int32 arrays (1,)
+        growth_factor, backoff_factor : float
+        growth_interval : int
+        counters : sequence of int32 arrays (1,)
+            Skip counters of the optimizers stepped with this flag.
+        """
+        xp = self.xp
+        found = found_inf != 0
+        for c in counters:
+            c[...] = c + xp.astype(found, c.dtype)
+        clean = growth_tracker + 1
+        grow = xp.logical_and(xp.logical_not(found), clean == int(growth_interval))
+
+        def const(v, like):
+            return xp.full(like.shape, v, dtype=like.dtype)
+
+        factor = xp.where(found, const(backoff_factor, scale),
+                          xp.where(grow, const(growth_factor, scale), const(1.0, scale)))
+        scale[...] = scale * factor
+        growth_tracker[...] = xp.where(xp.logical_or(found, grow),
+                                       const(0, growth_tracker), clean)
+        inv_scale[...] = const(1.0, scale) / scale
+        found_inf[...] = const(0, found_inf)
+
     def sum_of_squares(self, arrays, out):
         """Write ``sum_a sum(a * a)`` over all ``arrays`` into the 0-d ``out`` (no host read)."""
         xp = self.xp

@@ -102,6 +102,41 @@ class CudaKernelOps(FusedDispatch):
         bad = np.flatnonzero(~host)
         return int(bad[0]) if bad.size else -1
 
+    def _scaler_takes(self, *arrays):
+        return self.fused and all(
+            self.owns(a) and a.flags.c_contiguous
+            and _dtype_str(a) in ("float32", "float64", "int32") for a in arrays)
+
+    def grad_check_finite(self, grads, found_inf, inv_scale=None):
+        grads = list(grads)
+        if not self._scaler_takes(found_inf, *grads, *(() if inv_scale is None
+                                                       else (inv_scale,))) or any(
+                inv_scale is not None and _dtype_str(g) != _dtype_str(inv_scale)
+                for g in grads):
+            return super().grad_check_finite(grads, found_inf, inv_scale)
+        from ..kernels.optim import cuda as optim
+
+        with self._launch_scope():
+            for g in grads:  # one launch per array: one in all over a flat gradient
+                optim.grad_check_finite(g, found_inf, inv_scale=inv_scale)
+
+    def loss_scale_update(self, scale, inv_scale, growth_tracker, found_inf, *, growth_factor,
+                          backoff_factor, growth_interval, counters=()):
+        if not self._scaler_takes(scale, inv_scale, growth_tracker, found_inf, *counters):
+            return super().loss_scale_update(
+                scale, inv_scale, growth_tracker, found_inf, growth_factor=growth_factor,
+                backoff_factor=backoff_factor, growth_interval=growth_interval,
+                counters=counters)
+        from ..kernels.optim import cuda as optim
+
+        for c in counters:
+            self.xp.add(c, found_inf, out=c)
+        with self._launch_scope():
+            optim.loss_scale_update(scale, inv_scale, growth_tracker, found_inf,
+                                    growth_factor=growth_factor,
+                                    backoff_factor=backoff_factor,
+                                    growth_interval=growth_interval)
+
     def sum_of_squares(self, arrays, out):
         xp = self.xp
         arrays = list(arrays)

@@ -49,9 +49,11 @@ class Adadelta(Optimizer):
         weight_decay=real(0.0, low=0.0))
     state_keys = ("square_avg", "acc_delta")
     elementwise_update = True
+    scaled_update = True
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")
         acc_delta = self.state_buffer(state, p, "acc_delta")
         p.backend.adadelta_update(p.data, grad, square_avg, acc_delta, lr=self.lr,
-                                  rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)
+                                  rho=self.rho, eps=self.eps, weight_decay=self.weight_decay,
+                                  **self.scaling_args())

@@ -48,9 +48,10 @@ class Adagrad(Optimizer):
         eps=real(1e-10, low=0.0))
     state_keys = ("sum",)
     elementwise_update = True
+    scaled_update = True
 
     def update(self, p, grad, state):
         state_sum = self.state_buffer(state, p, "sum")
         p.backend.adagrad_update(p.data, grad, state_sum, step=state["step"], lr=self.lr,
                                  lr_decay=self.lr_decay, weight_decay=self.weight_decay,
-                                 eps=self.eps)
+                                 eps=self.eps, **self.scaling_args())

@@ -50,6 +50,7 @@ class Adam(Optimizer):
         weight_decay=real(0.0, low=0.0))
     state_keys = ("exp_avg", "exp_avg_sq")
     elementwise_update = True
+    scaled_update = True
     decoupled = False
 
     def update(self, p, grad, state):
@@ -58,7 +59,8 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         p.backend.adam_update(p.data, grad, exp_avg, exp_avg_sq, step=state["step"],
                               lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
-                              weight_decay=self.weight_decay, decoupled=self.decoupled)
+                              weight_decay=self.weight_decay, decoupled=self.decoupled,
+                              **self.scaling_args())
 
 
 class AdamW(Adam):

@@ -327,7 +327,16 @@ class Optimizer:
         for p in self.params:
             p.zero_grad()
 
-    def step(self, check_finite=False):
+    scaled_update = False
+    """True when :meth:`update` passes :meth:`scaling_args` to its backend update (the
+    fused kernels skip on a device flag): a :class:`~dualnn.precision.LossScaler` then
+    steps it with no host read."""
+
+    unscales_in_kernel = True
+    """With :attr:`scaled_update`: the update kernels also take ``inv_scale`` (else the
+    scaler unscales the gradients in place first, one more pass)."""
+
+    def step(self, check_finite=False, grad_scaling=None):
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -335,6 +344,14 @@ class Optimizer:
         check_finite : bool
             First check that every gradient is finite (all checked on the device, one
             host read per step); if one is not, raise before anything changes.
+        grad_scaling : GradScaling, optional
+            Given by :meth:`dualnn.precision.LossScaler.step` to optimizers with
+            :attr:`scaled_update`: device arrays ``inv_scale`` (or None: the gradients are
+            already unscaled), ``found_inf`` and ``skipped`` (:meth:`skip_counter`). The
+            update kernels multiply the gradients by ``inv_scale`` before weight decay and
+            change nothing when ``found_inf`` is set; the host's ``state["step"]`` still
+            counts the step (the device's ``skipped`` corrects it, see
+            :meth:`sync_skipped`).
 
         Raises
         ------
@@ -351,6 +368,18 @@ class Optimizer:
                     f"{type(self).__name__}: non-finite gradient of {p.name} "
                     f"(shape {p.shape}, {p.dtype}); parameters and optimizer state "
                     "were not updated", layer=_layer_of(p.name))
+        if grad_scaling is not None and not self.scaled_update:
+            raise ConfigurationError(
+                f"{type(self).__name__}.step: grad_scaling needs an optimizer whose update "
+                "kernels take the loss scale (scaled_update); step it with "
+                "LossScaler.step, which reads the flag on the host instead")
+        self._grad_scaling = grad_scaling
+        try:
+            self._step(grad_scaling)
+        finally:
+            self._grad_scaling = None
+
+    def _step(self, grad_scaling):
         hooks = self.hooks
         flat = self._flat_parameters()
         grads = [p.grad for p in self.params]
@@ -368,6 +397,51 @@ class Optimizer:
                 self.update(p, grad, state)
         for hook in hooks:
             hook.after_update(self)
+
+    def scaling_args(self):
+        """The loss-scaling keywords of the step under way, for the backend's update call:
+        ``{"inv_scale", "found_inf", "skipped"}`` device arrays, or ``{}`` without."""
+        scaling = self.__dict__.get("_grad_scaling")
+        if scaling is None:
+            return {}
+        return {"inv_scale": scaling.inv_scale, "found_inf": scaling.found_inf,
+                "skipped": scaling.skipped}
+
+    def skip_counter(self):
+        """The device counter (int32 array (1,)) of steps a loss scaler skipped that the
+        host's step counts still include; created on first use."""
+        backend = self.params[0].backend
+        if self.__dict__.get("_skip_backend") not in (None, backend):
+            self.sync_skipped()  # the parameters moved: fold, then count on the new device
+            self._skip_counter = None
+        counter = self.__dict__.get("_skip_counter")
+        if counter is None:
+            counter = self._skip_counter = backend.zeros((1,), "int32")
+            self._skip_backend = backend
+        return counter
+
+    def sync_skipped(self):
+        """Fold the device skip counter into the host's step counts; returns how many.
+
+        Reads one value from the device (a documented read: ``fit`` calls it at its log
+        interval and at the end of each epoch, :meth:`state_dict` before saving). The
+        counter is reset, and every ``state["step"]`` lowered by the count, so the
+        update kernels' ``step - skipped`` is unchanged and exact.
+        """
+        counter = self.__dict__.get("_skip_counter")
+        if counter is None:
+            return 0
+        n = int(self._skip_backend.item(counter))
+        if n:
+            counter[...] = 0
+            for p in self.params:
+                if "step" in p.state:
+                    p.state["step"] = int(p.state["step"]) - n
+            flat = self.__dict__.get("_flat")
+            if flat is not None and "step" in flat.state:
+                flat.state["step"] = int(flat.state["step"]) - n
+            self.skipped_steps = self.__dict__.get("skipped_steps", 0) + n
+        return n
 
     elementwise_update = False
     """True when :meth:`update` is elementwise with the same hyperparameters for every
@@ -477,8 +551,10 @@ class Optimizer:
             ``{"type": class name, "hyperparameters": get_config(),
             "state": {index: {key: host NumPy array or int}}}`` with one entry per
             parameter, by position in :attr:`params` (empty before the first step).
-            Arrays are copies: later steps do not change them.
+            Arrays are copies: later steps do not change them. Steps a loss scaler
+            skipped are not counted (:meth:`sync_skipped` runs first).
         """
+        self.sync_skipped()
         state = {}
         for i, p in enumerate(self.params):
             entry = {}
@@ -524,6 +600,9 @@ class Optimizer:
         entries = self._check_state(state_dict["state"])
         # Everything is valid: now change things.
         self._apply_config(config)
+        counter = self.__dict__.get("_skip_counter")
+        if counter is not None:
+            counter[...] = 0  # the loaded step counts are exact
         for p, entry in zip(self.params, entries):
             new_state = {}
             for key, value in entry.items():

@@ -90,6 +90,12 @@ class LARS(Optimizer):
         exclude_1d=flag(True))
     state_keys = ("momentum_buffer",)
     segmented_update = True
+    scaled_update = True
+    unscales_in_kernel = False  # the kernels skip on the flag; the scaler unscales first
+
+    def _flag(self):
+        scaling = self.scaling_args()
+        return {"found_inf": scaling["found_inf"]} if scaling else {}
 
     def update(self, p, grad, state):
         buffer = self.state_buffer(state, p, "momentum_buffer")
@@ -97,7 +103,7 @@ class LARS(Optimizer):
         p.backend.lars_update(p.data, grad, buffer, lr=self.lr, momentum=self.momentum,
                               weight_decay=0.0 if excluded else self.weight_decay,
                               trust_coefficient=self.trust_coefficient, eps=self.eps,
-                              adapt=not excluded)
+                              adapt=not excluded, **self._flag())
 
     def flat_update(self, flat, grad, state):
         """All parameters in one segmented step over the flat buffers (GPU backend): the
@@ -107,7 +113,7 @@ class LARS(Optimizer):
         flat.backend.lars_update_segmented(
             flat.data, grad, buffer, offsets=offsets, adapt=adapt, lr=self.lr,
             momentum=self.momentum, weight_decay=self.weight_decay,
-            trust_coefficient=self.trust_coefficient, eps=self.eps)
+            trust_coefficient=self.trust_coefficient, eps=self.eps, **self._flag())
 
 
 def segments(flat, exclude_1d):

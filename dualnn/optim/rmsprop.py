@@ -60,6 +60,7 @@ class RMSprop(Optimizer):
         centered=flag(False))
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")
     elementwise_update = True
+    scaled_update = True
 
     def update(self, p, grad, state):
         square_avg = self.state_buffer(state, p, "square_avg")
@@ -71,4 +72,4 @@ class RMSprop(Optimizer):
         p.backend.rmsprop_update(p.data, grad, square_avg, buffer, grad_avg, lr=self.lr,
                                  alpha=self.alpha, eps=self.eps,
                                  weight_decay=self.weight_decay, momentum=self.momentum,
-                                 centered=self.centered)
+                                 centered=self.centered, **self.scaling_args())

@@ -61,6 +61,7 @@ class SGD(Optimizer):
         weight_decay=real(0.0, low=0.0))
     state_keys = ("momentum_buffer",)
     elementwise_update = True
+    scaled_update = True
 
     def check_hyperparameters(self, hyper):
         if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
@@ -71,6 +72,9 @@ class SGD(Optimizer):
         return hyper
 
     def update(self, p, grad, state):
+        scaling = self.scaling_args()
+        if scaling:  # the first step is decided on the device: step - skipped == 1
+            scaling["step"] = state["step"]
         buffer = None
         first_step = False
         if self.momentum != 0:
@@ -81,4 +85,5 @@ class SGD(Optimizer):
                 first_step = True
         p.backend.sgd_update(p.data, grad, buffer, lr=self.lr, momentum=self.momentum,
                              dampening=self.dampening, nesterov=self.nesterov,
-                             weight_decay=self.weight_decay, first_step=first_step)
+                             weight_decay=self.weight_decay, first_step=first_step,
+                             **scaling)

@@ -288,8 +288,9 @@ class StepRunner:
             dy = self.loss_fn.backward()
             if share != 1.0:
                 dy = dy * share
-            if self.scaler is not None:
-                dy = self.scaler.scale(dy)
+            if self.scaler is not None:  # in place: dL/dy is this step's own buffer
+                writable = getattr(getattr(dy, "flags", None), "writeable", True)
+                dy = self.scaler.scale(dy, out=dy if writable else None)
             if self.precision is not None:
                 self.precision.backward(dy)
             else:
@@ -302,14 +303,16 @@ class StepRunner:
     def optimizer_step(self, epoch, step):
         """THE place where fit updates the parameters: once per batch, after every
         micro-batch's backward. Returns False when the loss scaler skipped the update
-        (schedules and step counts must not advance then)."""
+        (schedules and step counts must not advance then), None when that is known only
+        on the device (see :meth:`sync_skipped`)."""
         if self.before_step is not None:
             self.before_step()
         try:
             if self.scaler is None:
                 self.optimizer.step(check_finite=self.guard)
                 return True
-            self.scaler.unscale_(self.optimizer.params)  # weight decay sees true gradients
+            # the update kernels unscale (weight decay sees true gradients) and skip on
+            # the device flag: stepped is None when only the device knows
             stepped = self.scaler.step(self.optimizer, check_finite=self.guard)
             self.scaler.update()
             return stepped
@@ -320,8 +323,13 @@ class StepRunner:
                 f"{label}: {exc}. The model keeps the weights of the last good step",
                 epoch=epoch, step=step, layer=label) from None
         finally:
-            if self.scaler is not None and self.scaler._unscaled:
-                self.scaler._reset_step()  # a failed step must not leave it half done
+            if self.scaler is not None and (self.scaler._unscaled or self.scaler._checked):
+                self.scaler._reset_step(clear_flag=True)  # a failed step leaves no flag
+
+    def sync_skipped(self):
+        """Steps the loss scaler skipped since the last call that only the device knew
+        (one read; 0 without a scaler or when the flag is read every step)."""
+        return 0 if self.scaler is None else self.optimizer.sync_skipped()
 
 
 __all__ = ["AUTO_HEADROOM", "StepResult", "StepRunner",

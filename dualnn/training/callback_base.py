@@ -16,7 +16,9 @@ def optimizer_steps(optimizer):
 
     Counted by the optimizer, so it survives checkpoints (the state is saved) and does not
     move when a step is skipped (a :class:`~dualnn.precision.LossScaler` overflow) or when
-    a micro-batch only accumulates gradients.
+    a micro-batch only accumulates gradients. On a GPU a skip is counted on the device and
+    subtracted when ``fit`` reads it (every ``log_interval`` steps and at each epoch's
+    end): until then the count includes it.
     """
     return max((int(p.state.get("step", 0)) for p in optimizer.params), default=0)
 

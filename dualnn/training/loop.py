@@ -396,7 +396,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
                 _restore_buffers(model, snapshot)
                 optimizer.zero_grad()
                 raise
-            skipped += not result.stepped
+            skipped += result.stepped is False
             optimizer.zero_grad()
             run.step = step
             # the step is complete: only now does it count
@@ -411,6 +411,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
                                                         last_read_step, step)
                 correct_total = correct_read if correct_read is not None else correct_total
                 last_read_step = step
+                skipped += runner.sync_skipped()  # a loss scaler's device skip count
             if bar is not None:
                 bar.update(nb)
                 if host_guard or step % log_interval == 0:
@@ -427,6 +428,7 @@ def _train_epoch(model, runner, optimizer, loader, epoch, dtype, labels, guard_e
             last_read_step = step
         elif host_guard or runner.loss_sum is None:
             backend.synchronize()
+        skipped += runner.sync_skipped()
         elapsed = max(time.perf_counter() - started, 1e-9)
     finally:
         if bar is not None:

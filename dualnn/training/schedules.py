@@ -4,7 +4,11 @@ Per epoch (:class:`StepLR`, :class:`ExponentialLR`, :class:`CosineAnnealingLR`,
 ``LinearWarmup(warmup_epochs=...)``) or per *optimizer step* (:class:`PolynomialDecay`,
 ``LinearWarmup(warmup_steps=...)``). Step counts come from the optimizer itself
 (:func:`~dualnn.callbacks.optimizer_steps`): they survive a resume and never count
-micro-batches or steps a loss scaler skipped.
+micro-batches or steps a loss scaler skipped. On a GPU a skip is known only on the device
+until ``fit`` reads its count (with the loss, every ``log_interval`` steps and at each
+epoch's end): until then a per-step schedule counts the skipped step too, a lag of at most
+one log interval's skips (see :class:`~dualnn.precision.LossScaler`). On the CPU the count
+is exact at every step.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ arguments are checked once here (float32/float64, one dtype, C-contiguous, same 
 writable). Scalars (learning rates, betas, ``eps``...) are cast to the arrays' dtype
 before the call, so float32 kernels compute in float32 as the reference does with NumPy's
 weak Python scalars.
+
+The loss-scaling arguments (``inv_scale``, ``found_inf``, ``skipped``: arrays of shape (1,),
+see :mod:`dualnn.kernels.optim.reference`) are read here, on the host: on the CPU a read
+is free. A set ``found_inf`` returns before anything changes; ``inv_scale`` scales a copy
+of the gradient; ``skipped`` is subtracted from ``step``.
 """
 
 from __future__ import annotations
@@ -108,6 +113,18 @@ _KERNELS = KernelSet(globals(), kernels=(
     "sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "adadelta_update"))
 
 
+def _scaling(param, grad, step, inv_scale, found_inf, skipped):
+    """``(skip, grad, step)`` after the loss-scaling arguments (host reads: the CPU)."""
+    if found_inf is not None and int(np.asarray(found_inf).reshape(-1)[0]) != 0:
+        return True, grad, step
+    if inv_scale is not None:
+        grad = np.ascontiguousarray(grad * np.asarray(inv_scale).reshape(())
+                                    .astype(param.dtype))
+    if skipped is not None and step is not None:
+        step = int(step) - int(np.asarray(skipped).reshape(-1)[0])
+    return False, grad, step
+
+
 def _flat_state(param, *arrays):
     """Flattened views of ``param`` and its same-shaped state arrays (``None`` -> empty)."""
     state = [a for a in arrays if a is not None]
@@ -118,7 +135,8 @@ def _flat_state(param, *arrays):
 
 
 def sgd_update(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
-               nesterov=False, weight_decay=0.0, first_step=False):
+               nesterov=False, weight_decay=0.0, first_step=False, step=None, inv_scale=None,
+               found_inf=None, skipped=None):
     """In-place SGD step (momentum, dampening, Nesterov, L2 weight decay) as ``torch.optim.SGD``.
 
     Parameters
@@ -127,9 +145,16 @@ def sgd_update(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
         ``param`` is updated in place.
     momentum_buffer : ndarray or None
         Updated in place; may be ``None`` when ``momentum == 0``.
-    lr, momentum, dampening, nesterov, weight_decay, first_step
+    lr, momentum, dampening, nesterov, weight_decay, first_step, step
         As :func:`dualnn.kernels.reference.sgd_update`.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        Loss scaling, as :mod:`dualnn.kernels.optim.reference`.
     """
+    skip, grad, step = _scaling(param, grad, step, inv_scale, found_inf, skipped)
+    if skip:
+        return
+    if skipped is not None and step is not None:
+        first_step = step == 1
     use_momentum = momentum != 0
     if use_momentum and momentum_buffer is None:
         raise ValueError("momentum != 0 needs a momentum_buffer")
@@ -141,7 +166,8 @@ def sgd_update(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
-                eps=1e-8, weight_decay=0.0, decoupled=False):
+                eps=1e-8, weight_decay=0.0, decoupled=False, inv_scale=None, found_inf=None,
+                skipped=None):
     """In-place Adam (L2 in the gradient) or AdamW (``decoupled=True``) step, one pass.
 
     Parameters
@@ -152,7 +178,12 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
         This update's number, counting from 1.
     lr, beta1, beta2, eps, weight_decay, decoupled
         As :func:`dualnn.kernels.reference.adam_update`.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        Loss scaling, as :mod:`dualnn.kernels.optim.reference`.
     """
+    skip, grad, step = _scaling(param, grad, step, inv_scale, found_inf, skipped)
+    if skip:
+        return
     p, g, m, v = _flat_state(param, grad, exp_avg, exp_avg_sq)
     t = param.dtype.type
     mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
@@ -163,7 +194,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha=0.99,
-                   eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+                   eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, inv_scale=None,
+                   found_inf=None, skipped=None):
     """In-place RMSprop step (optional momentum and centering) as ``torch.optim.RMSprop``.
 
     Parameters
@@ -175,7 +207,12 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, al
         Needed when ``centered``.
     lr, alpha, eps, weight_decay, momentum, centered
         As :func:`dualnn.kernels.reference.rmsprop_update`.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        Loss scaling, as :mod:`dualnn.kernels.optim.reference`.
     """
+    skip, grad, _ = _scaling(param, grad, None, inv_scale, found_inf, skipped)
+    if skip:
+        return
     use_momentum = momentum > 0
     if use_momentum and momentum_buffer is None:
         raise ValueError("momentum > 0 needs a momentum_buffer")
@@ -191,7 +228,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, al
 
 
 def adagrad_update(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
-                   eps=1e-10):
+                   eps=1e-10, inv_scale=None, found_inf=None, skipped=None):
     """In-place Adagrad step as ``torch.optim.Adagrad``.
 
     Parameters
@@ -199,7 +236,12 @@ def adagrad_update(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_dec
     param, grad, state_sum : ndarray, any shape (same)
     step, lr, lr_decay, weight_decay, eps
         As :func:`dualnn.kernels.reference.adagrad_update`.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        Loss scaling, as :mod:`dualnn.kernels.optim.reference`.
     """
+    skip, grad, step = _scaling(param, grad, step, inv_scale, found_inf, skipped)
+    if skip:
+        return
     p, g, s = _flat_state(param, grad, state_sum)
     t = param.dtype.type
     _KERNELS.get("adagrad_update", p.size)(
@@ -208,7 +250,7 @@ def adagrad_update(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_dec
 
 
 def adadelta_update(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
-                    weight_decay=0.0):
+                    weight_decay=0.0, inv_scale=None, found_inf=None, skipped=None):
     """In-place Adadelta step as ``torch.optim.Adadelta``.
 
     Parameters
@@ -216,7 +258,12 @@ def adadelta_update(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=
     param, grad, square_avg, acc_delta : ndarray, any shape (same)
     lr, rho, eps, weight_decay
         As :func:`dualnn.kernels.reference.adadelta_update`.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        Loss scaling, as :mod:`dualnn.kernels.optim.reference`.
     """
+    skip, grad, _ = _scaling(param, grad, None, inv_scale, found_inf, skipped)
+    if skip:
+        return
     p, g, v, u = _flat_state(param, grad, square_avg, acc_delta)
     t = param.dtype.type
     _KERNELS.get("adadelta_update", p.size)(

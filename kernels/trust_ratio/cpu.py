@@ -127,13 +127,15 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=
 
 
 def lars_update(param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=0.0,
-                trust_coefficient=0.001, eps=1e-8, adapt=True):
+                trust_coefficient=0.001, eps=1e-8, adapt=True, found_inf=None):
     """In-place LARS step; see :func:`dualnn.kernels.trust_ratio.reference.lars_update`.
 
     Parameters
     ----------
     param, grad, momentum_buffer : ndarray, any shape (the same)
         ``param`` and ``momentum_buffer`` are updated in place.
+    found_inf : ndarray (1,), optional
+        A loss scaler's overflow flag (read here: the CPU): when set, nothing changes.
 
     Returns
     -------
@@ -141,7 +143,7 @@ def lars_update(param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=
         The local rate used (1.0 when ``adapt`` is false or a norm is 0).
     """
     p, g, b = _flat_checked("lars_update", param, grad, momentum_buffer)
-    if p.size == 0:
+    if p.size == 0 or (found_inf is not None and int(np.asarray(found_inf).reshape(-1)[0])):
         return 1.0
     t = param.dtype.type
     local = 1.0
@@ -205,7 +207,7 @@ def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, s
 
 
 def lars_update_segmented(param, grad, momentum_buffer, *, offsets, adapt, lr, momentum=0.9,
-                          weight_decay=0.0, trust_coefficient=0.001, eps=1e-8):
+                          weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, found_inf=None):
     """In-place LARS over flat buffers, one local rate per segment; see
     :func:`dualnn.kernels.trust_ratio.reference.lars_update_segmented`.
 
@@ -219,5 +221,6 @@ def lars_update_segmented(param, grad, momentum_buffer, *, offsets, adapt, lr, m
     for k, (lo, hi, on) in enumerate(bounds):
         ratios[k] = lars_update(param[lo:hi], grad[lo:hi], momentum_buffer[lo:hi], lr=lr,
                                 momentum=momentum, weight_decay=weight_decay if on else 0.0,
-                                trust_coefficient=trust_coefficient, eps=eps, adapt=on)
+                                trust_coefficient=trust_coefficient, eps=eps, adapt=on,
+                                found_inf=found_inf)
     return ratios

@@ -51,7 +51,7 @@ SIGNATURES = {
     "squared_norms": "void({f}[::1], {f}[::1], {f}[:, ::1])",
     "trust_ratio_finalize": "void({f}[:, ::1], {f}[::1], {f}, {f}, {f}, int32)",
     "lamb_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f})",
-    "lars_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f})",
+    "lars_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, int32[::1])",
     "segmented_lamb_partials": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], int64[:, ::1], "
                                 "int64[:, ::1], {f}[:, ::1], {f}, {f}, {f}, {f}, {f}, {f}, {f}, "
                                 "{f}, {f})"),
@@ -62,7 +62,7 @@ SIGNATURES = {
                              "int64[:, ::1], {f}[::1], int32[::1], {f}, {f}, {f}, {f}, {f}, {f}, "
                              "{f}, {f}, {f}, {f}, int32)"),
     "segmented_lars_apply": ("void({f}[::1], {f}[::1], {f}[::1], int64[:, ::1], int64[:, ::1], "
-                             "{f}[::1], {f}, {f}, {f})"),
+                             "{f}[::1], {f}, {f}, {f}, int32[::1])"),
 }
 """Explicit signature of each kernel below; ``{f}`` is the float dtype."""
 
@@ -158,8 +158,11 @@ def _make_kernels(dtype_name):
                 / (math.sqrt(exp_avg_sq[i] / bias_correction2) + eps) + weight_decay * p
             param[i] = p - scale * r
 
-    def lars_apply(param, grad, momentum_buffer, ratio, lr, momentum, weight_decay):
-        """``b = momentum b + ratio[0] (g + wd w)``, ``w -= lr b``."""
+    def lars_apply(param, grad, momentum_buffer, ratio, lr, momentum, weight_decay, skip):
+        """``b = momentum b + ratio[0] (g + wd w)``, ``w -= lr b``; nothing when ``skip[0]``
+        (a loss scaler's overflow flag) is set."""
+        if skip[0] != 0:
+            return
         local = ratio[0]
         for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
             p = param[i]
@@ -285,9 +288,11 @@ def _make_kernels(dtype_name):
                 param[i] = p - scale * r
 
     def segmented_lars_apply(param, grad, momentum_buffer, chunks, segments, ratio, lr,
-                             momentum, weight_decay):
+                             momentum, weight_decay, skip):
         """``b = momentum b + ratio[s] (g + wd w)``, ``w -= lr b`` (``wd`` 0 where not
-        adapted)."""
+        adapted); nothing when ``skip[0]`` (a loss scaler's overflow flag) is set."""
+        if skip[0] != 0:
+            return
         for c in range(cuda.blockIdx.x, chunks.shape[1], cuda.gridDim.x):
             s = chunks[2, c]
             wd = weight_decay if segments[2, s] != 0 else zero
@@ -360,8 +365,16 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, *, partial, ratio, step, lr, b
         p, m, v, ratio, lr, bc1, bc2, eps, weight_decay)
 
 
+def _skip_flag(name, param, found_inf):
+    """``found_inf`` checked (int32 (1,), ``param``'s library), or a cached zero flag."""
+    from ..optim.cuda import _scaling
+
+    return _scaling(name, param, np.dtype(param.dtype).name, None, found_inf, None)[1]
+
+
 def lars_update(param, grad, momentum_buffer, *, partial, ratio, lr, momentum=0.9,
-                weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, adapt=True):
+                weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, adapt=True,
+                found_inf=None):
     """In-place LARS step; see :func:`dualnn.kernels.trust_ratio.reference.lars_update`.
 
     Parameters
@@ -370,9 +383,12 @@ def lars_update(param, grad, momentum_buffer, *, partial, ratio, lr, momentum=0.
         ``param`` and ``momentum_buffer`` are updated in place.
     partial, ratio : device arrays of :func:`scratch_shapes` ``(param.size)``
         Scratch; ``ratio[0]`` holds the local rate used afterwards.
+    found_inf : int32 device array (1,), optional
+        A loss scaler's overflow flag: when set, nothing changes (no host read).
     """
     dtype, size = _checked("lars_update", param, partial, ratio, grad=grad,
                            momentum_buffer=momentum_buffer)
+    skip = _skip_flag("lars_update", param, found_inf)
     if size == 0:
         return
     stream = stream_for(param)
@@ -383,7 +399,7 @@ def lars_update(param, grad, momentum_buffer, *, partial, ratio, lr, momentum=0.
     KERNELS.compiled("trust_ratio_finalize", dtype)[1, 1, stream](
         partial, ratio, trust_coefficient, weight_decay, eps, _LARS if adapt else _ONE)
     KERNELS.compiled("lars_apply", dtype)[blocks, threads, stream](
-        p, g, b, ratio, lr, momentum, weight_decay)
+        p, g, b, ratio, lr, momentum, weight_decay, skip)
 
 
 # ------------------------------------------------------------ segmented (flat buffers)
@@ -516,7 +532,7 @@ def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, chunks, segments,
 
 def lars_update_segmented(param, grad, momentum_buffer, *, chunks, segments, partial, ratio,
                           found, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
-                          eps=1e-8):
+                          eps=1e-8, found_inf=None):
     """In-place LARS over flat buffers in three launches, whatever the segment count; see
     :func:`dualnn.kernels.trust_ratio.reference.lars_update_segmented`.
 
@@ -526,9 +542,12 @@ def lars_update_segmented(param, grad, momentum_buffer, *, chunks, segments, par
     chunks, segments : device int64 tables of :func:`segment_layout`
     partial, ratio, found : device scratch of :func:`segmented_scratch_shapes`
         ``ratio[s]`` holds segment ``s``'s local rate afterwards; ``found`` is not read.
+    found_inf : int32 device array (1,), optional
+        A loss scaler's overflow flag: when set, nothing changes (no host read).
     """
     dtype = _segmented_checked("lars_update_segmented", param, chunks, segments, partial,
                                ratio, found, grad=grad, momentum_buffer=momentum_buffer)
+    skip = _skip_flag("lars_update_segmented", param, found_inf)
     if int(chunks.shape[1]) == 0:
         return
     stream = stream_for(param)
@@ -539,4 +558,5 @@ def lars_update_segmented(param, grad, momentum_buffer, *, chunks, segments, par
     KERNELS.compiled("segmented_finalize", dtype)[fblocks, fthreads, stream](
         partial, segments, ratio, found, trust_coefficient, weight_decay, eps, _LARS, 0)
     KERNELS.compiled("segmented_lars_apply", dtype)[blocks, threads, stream](
-        param, grad, momentum_buffer, chunks, segments, ratio, lr, momentum, weight_decay)
+        param, grad, momentum_buffer, chunks, segments, ratio, lr, momentum, weight_decay,
+        skip)

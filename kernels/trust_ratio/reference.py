@@ -74,7 +74,7 @@ def lars_local_lr(xp, param, grad, *, weight_decay, trust_coefficient, eps):
 
 
 def lars_update(xp, param, grad, momentum_buffer, *, lr, momentum=0.9, weight_decay=0.0,
-                trust_coefficient=0.001, eps=1e-8, adapt=True):
+                trust_coefficient=0.001, eps=1e-8, adapt=True, found_inf=None):
     """One LARS step (You et al. 2017), returning ``(param, momentum_buffer)``.
 
     ``d = local * (g + weight_decay w)``, ``b = momentum b + d``, ``w -= lr b``, with
@@ -87,6 +87,8 @@ def lars_update(xp, param, grad, momentum_buffer, *, lr, momentum=0.9, weight_de
     lr, momentum, weight_decay, trust_coefficient, eps : float
     adapt : bool
         Apply the local rate (False: momentum SGD with L2 weight decay).
+    found_inf : int32 array (1,), optional
+        A loss scaler's overflow flag: when set, both are returned unchanged.
     """
     d = grad + weight_decay * param if weight_decay != 0 else grad
     if adapt:
@@ -94,7 +96,15 @@ def lars_update(xp, param, grad, momentum_buffer, *, lr, momentum=0.9, weight_de
                               trust_coefficient=trust_coefficient, eps=eps)
         d = local * d
     b = momentum * momentum_buffer + d
-    return param - lr * b, b
+    return _kept(xp, found_inf, (param, momentum_buffer), (param - lr * b, b))
+
+
+def _kept(xp, found_inf, old, new):
+    """``new``, or ``old`` where the flag ``found_inf`` (array (1,)) is set."""
+    if found_inf is None:
+        return new
+    found = xp.reshape(found_inf, (-1,))[0] != 0
+    return tuple(xp.where(found, o, n) for o, n in zip(old, new))
 
 
 # ------------------------------------------------------------ segmented (flat buffers)
@@ -164,7 +174,8 @@ def lamb_update_segmented(xp, param, grad, exp_avg, exp_avg_sq, *, offsets, adap
 
 
 def lars_update_segmented(xp, param, grad, momentum_buffer, *, offsets, adapt, lr,
-                          momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8):
+                          momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8,
+                          found_inf=None):
     """LARS over flat buffers holding several parameters, one local rate per segment.
 
     Segment ``k`` (``[offsets[k], offsets[k + 1])``) gets :func:`lars_update` with
@@ -175,6 +186,8 @@ def lars_update_segmented(xp, param, grad, momentum_buffer, *, offsets, adapt, l
     param, grad, momentum_buffer : array (total,)
     offsets : sequence of int (n + 1,)
     adapt : sequence of bool (n,)
+    found_inf : int32 array (1,), optional
+        A loss scaler's overflow flag: when set, both are returned unchanged.
 
     Returns
     -------
@@ -187,4 +200,5 @@ def lars_update_segmented(xp, param, grad, momentum_buffer, *, offsets, adapt, l
                            trust_coefficient=trust_coefficient, eps=eps, adapt=on)
         ps.append(p)
         bs.append(b)
-    return (xp.concat(ps) if ps else param, xp.concat(bs) if bs else momentum_buffer)
+    return _kept(xp, found_inf, (param, momentum_buffer),
+                 (xp.concat(ps) if ps else param, xp.concat(bs) if bs else momentum_buffer))

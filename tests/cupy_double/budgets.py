@@ -151,6 +151,64 @@ def fit_step(name="fit", loss="softmax_cross_entropy", check_finite=None, **mode
     return Budget(name, diff, 2)
 
 
+def fit_mixed_float16_step(name="fit_mixed_float16", optimizer="adam"):
+    """Budget of one ``fit(precision="mixed_float16")`` step with its :class:`LossScaler`
+    (float32 master weights; the difference between epochs of 2 and 4 steps)."""
+    backend = _gpu()
+    x, y = data("softmax_cross_entropy", n=4 * BATCH)
+    with dn.use_backend(backend):
+        dn.seed(0)
+        model = mlp("float32")
+        opt = _optimizer(optimizer, model.parameters())
+        loss_fn = make_loss("softmax_cross_entropy")
+        scaler = dn.precision.LossScaler()
+
+        def run(rows):
+            with double.counting() as counts:
+                dn.fit(model, loss_fn, opt, x[:rows], y[:rows], epochs=1, batch_size=BATCH,
+                       shuffle=False, progress=False, log_interval=1000,
+                       precision="mixed_float16", loss_scaler=scaler)
+            return counts
+
+        run(2 * BATCH)  # warm up
+        short, long = run(2 * BATCH), run(4 * BATCH)
+    diff = double.Counts()
+    for kind in double.KINDS:
+        setattr(diff, kind, getattr(long, kind) - getattr(short, kind))
+        diff.sites[kind] = long.sites[kind] - short.sites[kind]
+    return Budget(name, diff, 2)
+
+
+def explicit_loss_scaler_step(name="explicit_loss_scaler", optimizer="adam", options=None):
+    """Budget of an explicit step with a :class:`LossScaler`: scale (in place), backward,
+    ``scaler.step``, ``scaler.update``, zero_grad."""
+    backend = _gpu()
+    x, y = data("softmax_cross_entropy")
+    with dn.use_backend(backend):
+        dn.seed(0)
+        model = mlp("float32")
+        opt = _optimizer(optimizer, model.parameters(), **(options or {}))
+        loss_fn = make_loss("softmax_cross_entropy")
+        scaler = dn.precision.LossScaler()
+        xd, yd = backend.asarray(x, "float32"), to_device(backend, y, "float32")
+
+        def step():
+            out = model.forward(xd, training=True)
+            loss_fn.forward(out, yd)
+            dy = loss_fn.backward()
+            model.backward(scaler.scale(dy, out=dy))
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+
+        for _ in range(WARMUP):
+            step()
+        with double.counting() as counts:
+            for _ in range(STEPS):
+                step()
+    return Budget(name, counts, STEPS)
+
+
 def fit_epoch(name="fit_epoch"):
     """Budget of a whole warmed-up one-step epoch (its step plus the per-epoch reads)."""
     backend = _gpu()
@@ -221,6 +279,11 @@ SCENARIOS = {
     "fit_dropout_batchnorm": lambda: fit_step("fit_dropout_batchnorm", dropout=0.2,
                                               batchnorm=True),
     "fit_epoch": lambda: fit_epoch(),
+    "fit_mixed_float16": lambda: fit_mixed_float16_step(),
+    "fit_mixed_float16_sgd": lambda: fit_mixed_float16_step("fit_mixed_float16_sgd", "sgd"),
+    "explicit_loss_scaler": lambda: explicit_loss_scaler_step(),
+    "explicit_loss_scaler_clip": lambda: explicit_loss_scaler_step(
+        "explicit_loss_scaler_clip", options={"clip_grad_norm": 1.0}),
     "evaluate": lambda: evaluate_call(),
 }
 """Scenario name -> measurement (each returns a :class:`Budget`)."""

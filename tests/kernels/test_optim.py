@@ -382,3 +382,189 @@ class TestLauncherChecks:
             ck.sgd_update(p, p.copy(), None, lr=0.1, momentum=0.9)
         with pytest.raises(ValueError, match="grad_avg"):
             ck.rmsprop_update(p, p.copy(), p.copy(), None, None, lr=0.1, centered=True)
+
+
+# ------------------------------------------------------------ loss scaling inside the update
+
+def _optim_module(device):
+    if device == "cpu":
+        from dualnn.kernels.optim import cpu
+
+        return cpu
+    from dualnn.kernels.optim import cuda
+
+    return cuda
+
+
+def _scaled_case(name, dtype, seed=3):
+    rng = np.random.default_rng(seed)
+    shape = (5, 7)
+    param = rng.standard_normal(shape).astype(dtype)
+    grad = rng.standard_normal(shape).astype(dtype)
+    n_state = {c[0]: c[2] for c in CASE_UPDATES}[name]
+    state = [np.abs(rng.standard_normal(shape)).astype(dtype) for _ in range(n_state)]
+    if name == "rmsprop":
+        state[2][...] = 0
+    return param, grad, state
+
+
+def _call(fn, name, param, grad, state, **kwargs):
+    if name == "rmsprop":
+        return fn(param, grad, state[0], state[1], state[2], **kwargs)
+    return fn(param, grad, *state, **kwargs)
+
+
+SCALED_UPDATES = [
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}),
+    ("adam", {"lr": 0.01, "weight_decay": 0.1}),
+    ("adam", {"lr": 0.01, "weight_decay": 0.1, "decoupled": True}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True, "weight_decay": 0.1}),
+    ("adagrad", {"lr": 0.1, "lr_decay": 0.1, "weight_decay": 0.1}),
+    ("adadelta", {"lr": 1.0, "weight_decay": 0.01}),
+]
+_STEP_NAMES = ("sgd", "adam", "adagrad")
+
+
+@pytest.mark.parametrize("device", ["reference", *DEVICES])
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("name,hyper", SCALED_UPDATES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SCALED_UPDATES)])
+def test_scaled_update_equals_the_unscaled_update_of_the_true_step(device, dtype, name, hyper):
+    """``grad * 2**k`` with ``inv_scale = 2**-k``, host step 5 with 2 skipped before: the
+    same result as the plain update of the unscaled gradient at step 3 (powers of two:
+    the unscale is exact), i.e. weight decay and bias corrections see true values."""
+    param, grad, state = _scaled_case(name, dtype)
+    ref = getattr(R, f"{name}_update")
+    plain = {"step": 3} if name in ("adam", "adagrad") else {}
+    want = _call(lambda *a, **k: ref(np, *a, **k), name, param, grad, state, **plain, **hyper)
+    inv = np.array([2.0 ** -10], dtype=dtype)
+    found = np.zeros(1, np.int32)
+    skipped = np.array([2], np.int32)
+    scaling = {"inv_scale": inv, "found_inf": found, "skipped": skipped}
+    step = {"step": 5} if name in _STEP_NAMES else {}
+    scaled_grad = grad * dtype_scale(dtype, 2.0 ** 10)
+    if device == "reference":
+        got = _call(lambda *a, **k: ref(np, *a, **k), name, param, scaled_grad, state,
+                    **step, **scaling, **hyper)
+    else:
+        got = [param.copy()] + [s.copy() for s in state]
+        _call(getattr(_optim_module(device), f"{name}_update"), name, got[0], scaled_grad,
+              got[1:], **step, **scaling, **hyper)
+    rtol, atol = tolerances(dtype)
+    for g, w in zip(got, want):
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=rtol * 10, atol=atol * 10)
+    if name == "sgd":  # step - skipped == 3: not the first step, the buffer was blended
+        first = ref(np, param, grad, state[0], first_step=True, **hyper)
+        assert not np.allclose(got[1], first[1])
+
+
+def dtype_scale(dtype, value):
+    return np.dtype(dtype).type(value)
+
+
+@pytest.mark.parametrize("device", ["reference", *DEVICES])
+@pytest.mark.parametrize("name,hyper", SCALED_UPDATES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SCALED_UPDATES)])
+def test_a_set_flag_leaves_parameter_and_state_bit_identical(device, name, hyper):
+    param, grad, state = _scaled_case(name, "float32")
+    grad.reshape(-1)[3] = np.inf
+    before = [param.copy()] + [s.copy() for s in state]
+    scaling = {"inv_scale": np.array([0.5], np.float32), "found_inf": np.ones(1, np.int32),
+               "skipped": np.zeros(1, np.int32)}
+    step = {"step": 1} if name in _STEP_NAMES else {}
+    if device == "reference":
+        got = _call(lambda *a, **k: getattr(R, f"{name}_update")(np, *a, **k), name, param,
+                    grad, state, **step, **scaling, **hyper)
+    else:
+        got = [param.copy()] + [s.copy() for s in state]
+        _call(getattr(_optim_module(device), f"{name}_update"), name, got[0], grad, got[1:],
+              **step, **scaling, **hyper)
+    for g, b in zip(got, before):
+        if g is not None:
+            np.testing.assert_array_equal(g, b)
+
+
+@CUDASIM
+@pytest.mark.parametrize("write", [False, True])
+def test_cudasim_grad_check_finite_sets_the_flag_and_unscales(write):
+    from dualnn.kernels.optim import cuda
+
+    rng = np.random.default_rng(0)
+    grad = rng.standard_normal(300).astype(np.float32)
+    original = grad.copy()
+    found = np.zeros(1, np.int32)
+    inv = np.array([0.25], np.float32) if write else None
+    cuda.grad_check_finite(grad, found, inv_scale=inv)
+    assert found[0] == 0
+    np.testing.assert_array_equal(grad, original * 0.25 if write else original)
+    grad[123] = np.nan
+    cuda.grad_check_finite(grad, found)
+    assert found[0] == 1
+
+
+@CUDASIM
+def test_cudasim_loss_scale_update_is_gradscalers_state_machine():
+    from dualnn.kernels.optim import cuda
+
+    scale = np.array([1024.0], np.float32)
+    inv = np.zeros(1, np.float32)
+    tracker = np.zeros(1, np.int32)
+    found = np.zeros(1, np.int32)
+    seen = []
+    for overflow in (0, 0, 1, 0, 0, 0, 1):
+        found[0] = overflow
+        cuda.loss_scale_update(scale, inv, tracker, found, growth_factor=2.0,
+                               backoff_factor=0.5, growth_interval=3)
+        seen.append((float(scale[0]), int(tracker[0])))
+        assert inv[0] == np.float32(1.0) / scale[0] and found[0] == 0
+    assert seen == [(1024.0, 1), (1024.0, 2), (512.0, 0), (512.0, 1), (512.0, 2),
+                    (1024.0, 0), (512.0, 0)]
+
+
+@pytest.mark.parametrize("device", ["reference", *DEVICES])
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("flag", [0, 1])
+def test_lars_skips_on_the_flag_and_only_then(device, segmented, flag):
+    from dualnn.kernels.trust_ratio import reference as TR
+
+    rng = np.random.default_rng(9)
+    param = rng.standard_normal(40).astype(np.float32)
+    grad = rng.standard_normal(40).astype(np.float32)
+    buf = rng.standard_normal(40).astype(np.float32)
+    hyper = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "trust_coefficient": 0.01}
+    layout = {"offsets": (0, 30, 40), "adapt": (True, False)} if segmented else {}
+    name = "lars_update_segmented" if segmented else "lars_update"
+    want = getattr(TR, name)(np, param, grad, buf, **layout, **hyper)
+    if flag:
+        want = (param, buf)
+    found = np.array([flag], np.int32)
+    got = [param.copy(), buf.copy()]
+    if device == "reference":
+        got = getattr(TR, name)(np, param, grad, buf, **layout, **hyper, found_inf=found)
+    elif device == "cpu":
+        from dualnn.kernels.trust_ratio import cpu as TC
+
+        getattr(TC, name)(got[0], grad, got[1], **layout, **hyper, found_inf=found)
+    else:
+        from dualnn.kernels.trust_ratio import cuda as TG
+
+        if segmented:
+            chunks, segments = TG.segment_layout(**layout)
+            shapes = TG.segmented_scratch_shapes(chunks, segments)
+            partial, ratio = (np.zeros(s, np.float32) for s in shapes[:2])
+            TG.lars_update_segmented(got[0], grad, got[1], chunks=chunks, segments=segments,
+                                     partial=partial, ratio=ratio,
+                                     found=np.zeros(shapes[2], np.int32), **hyper,
+                                     found_inf=found)
+        else:
+            partial, ratio = (np.zeros(s, np.float32) for s in TG.scratch_shapes(40))
+            TG.lars_update(got[0], grad, got[1], partial=partial, ratio=ratio, **hyper,
+                           found_inf=found)
+    for g, w in zip(got, want):
+        if flag:
+            np.testing.assert_array_equal(g, w)
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    if not flag:
+        assert not np.array_equal(got[0], param)

@@ -1,0 +1,145 @@
+"""LossScaler on the GPU path: the flag, the scale and the skip count stay on the device.
+
+A scaled step is the finite check (one launch over the flat gradient), the optimizer's
+fused update (unscale inside, skip on the flag) and the scale update (one tiny kernel):
+no host read, nothing allocated after the first step, and the results of the CPU's host
+path (float64) with overflows injected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dualnn.kernels import _cuda
+
+import dualnn as dn
+from dualnn.callbacks import optimizer_steps
+from dualnn.precision import LossScaler
+from tests.cupy_double import budgets
+from tests.cupy_double.helpers import data, mlp, tolerance
+
+OVERFLOWS = {1, 3, 4}
+STEPS = 7
+OPTIMIZERS = {
+    "adam": lambda p: dn.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
+    "sgd": lambda p: dn.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-3),
+    "rmsprop": lambda p: dn.optim.RMSprop(p, lr=1e-2, momentum=0.5),
+    "adagrad": lambda p: dn.optim.Adagrad(p, lr=0.1, lr_decay=0.01),
+    "adadelta": lambda p: dn.optim.Adadelta(p, lr=1.0),
+    "lars": lambda p: dn.optim.LARS(p, lr=0.1, weight_decay=1e-3, trust_coefficient=0.01),
+}
+
+
+def _run(backend, name, read_flag, steps=STEPS, on_step=None):
+    x, y = data("softmax_cross_entropy")
+    with dn.use_backend(backend):
+        dn.seed(3)
+        model = mlp("float64")
+        opt = OPTIMIZERS[name](model.parameters())
+        loss = dn.losses.SoftmaxCrossEntropy()
+        scaler = LossScaler(init_scale=2.0 ** 6, growth_interval=2, read_flag=read_flag)
+        xd, yd = backend.asarray(x, "float64"), backend.asarray(y)
+        for i in range(steps):
+            loss.forward(model.forward(xd, training=True), yd)
+            dy = scaler.scale(loss.backward())
+            if i in OVERFLOWS:
+                dy = dy * np.inf
+            model.backward(dy)
+            if on_step is not None:
+                on_step(i)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        params = [backend.to_host(p.data).copy() for p in model.parameters()]
+        state = opt.state_dict()["state"]
+        return params, state, scaler.state_dict(), optimizer_steps(opt)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_device_flag_steps_match_the_cpu_host_path(name):
+    gpu = _run(dn.device.backend_for("gpu"), name, read_flag=None)
+    cpu = _run(dn.backend.NumpyBackend(), name, read_flag=None)
+    tol = tolerance("float64")
+    for a, b in zip(gpu[0], cpu[0]):
+        np.testing.assert_allclose(a, b, **tol)
+    for index, entry in cpu[1].items():
+        assert gpu[1][index]["step"] == entry["step"] == STEPS - len(OVERFLOWS)
+        for key, value in entry.items():
+            np.testing.assert_allclose(gpu[1][index][key], value, **tol)
+    assert gpu[2] == cpu[2]
+    assert gpu[3] == cpu[3] == STEPS - len(OVERFLOWS)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_scaled_step_is_three_launches_over_flat_buffers(monkeypatch):
+    names = []
+    real = _cuda._SimulatorLaunch.__getitem__
+
+    def counting(launcher, config):
+        kernel = launcher.kernel
+        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
+        return real(launcher, config)
+
+    def watch(i):
+        if i == STEPS - 1:
+            names.clear()
+            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+
+    _run(dn.device.backend_for("gpu"), "adam", read_flag=None, on_step=watch)
+    assert names == ["grad_check_finite", "adam_update", "loss_scale_update"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_lars_unscales_in_place_then_skips_on_the_flag_in_its_segmented_step(monkeypatch):
+    names = []
+    real = _cuda._SimulatorLaunch.__getitem__
+
+    def counting(launcher, config):
+        kernel = launcher.kernel
+        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
+        return real(launcher, config)
+
+    def watch(i):
+        if i == STEPS - 1:
+            names.clear()
+            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+
+    _run(dn.device.backend_for("gpu"), "lars", read_flag=None, on_step=watch)
+    assert names == ["grad_check_finite", "segmented_lars_partials", "segmented_finalize",
+                     "segmented_lars_apply", "loss_scale_update"]
+
+
+@pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",
+                                  "fit_mixed_float16", "fit_mixed_float16_sgd"])
+def test_loss_scaled_steps_read_nothing_back(name):
+    result = budgets.SCENARIOS[name]()
+    print(result.line())
+    assert result.sync == 0, repr(result)
+
+
+@pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",
+                                  "fit_mixed_float16", "fit_mixed_float16_sgd"])
+def test_the_scaler_and_the_optimizer_allocate_nothing_per_step(name):
+    """Every allocation of the step comes from the model's forward/backward (16-bit
+    rounding, GEMM outputs: other budgets), none from scaling, unscaling or updating."""
+    result = budgets.SCENARIOS[name]()
+    sites = result.alloc_sites
+    for owner in ("dualnn/precision.py", "dualnn/optim/", "kernels/optim/", "accumulate.py",
+                  "loss_scale", "grad_check_finite"):
+        assert owner not in sites, repr(result)
+
+
+def test_explicit_loss_scaler_allocates_what_the_plain_step_does():
+    scaled = budgets.SCENARIOS["explicit_loss_scaler"]()
+    assert scaled.alloc <= budgets.SCENARIOS["explicit"]().alloc, repr(scaled)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "14 allocs/step, none from the scaler: the 16-bit emulation of mixed_float16 on the "
+    "GPU (round_float16 in kernels/cast/reference.py via round_to_precision, the 16-bit "
+    "GEMM outputs, activation_backward's 16-bit storage), owned by the 16-bit storage "
+    "and GEMM work"))
+def test_fit_mixed_float16_allocates_nothing_per_step():
+    result = budgets.SCENARIOS["fit_mixed_float16"]()
+    assert result.alloc == 0, repr(result)
