@@ -135,11 +135,6 @@ def test_explicit_loss_scaler_allocates_what_the_plain_step_does():
     assert scaled.alloc <= budgets.SCENARIOS["explicit"]().alloc, repr(scaled)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "14 allocs/step, none from the scaler: the 16-bit emulation of mixed_float16 on the "
-    "GPU (round_float16 in kernels/cast/reference.py via round_to_precision, the 16-bit "
-    "GEMM outputs, activation_backward's 16-bit storage), owned by the 16-bit storage "
-    "and GEMM work"))
 def test_fit_mixed_float16_allocates_nothing_per_step():
     result = budgets.SCENARIOS["fit_mixed_float16"]()
     assert result.alloc == 0, repr(result)

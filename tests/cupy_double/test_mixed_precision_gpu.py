@@ -333,9 +333,6 @@ def test_float16_fit_step_costs_only_the_loss_scaler():
     assert budget.sync <= 1, repr(budget)  # LossScaler.step's one documented read
 
 
-@pytest.mark.xfail(strict=True, reason="LossScaler.unscale_ allocates per-parameter "
-                   "temporaries (~19 per step here) and scale() one product; "
-                   "LossScaler.step reads the found-inf flag (1 sync)")
 def test_float16_fit_step_makes_no_sync_and_no_allocation():
     budget = _fit_budget("mixed_float16")
     assert (budget.sync, budget.alloc) == (0, 0), repr(budget)
