@@ -377,7 +377,11 @@ def _batch_sizes(text):
 def build_parser(prog="python -m dualnn.benchmarks"):
     parser = argparse.ArgumentParser(
         prog=prog, description="Time dualnn's MLP training step against PyTorch eager and "
-        "the GEMM-only lower bound (or, with --digits, a small-batch fit on digits).")
+        "the GEMM-only lower bound (or, with --digits, a small-batch fit on digits).",
+        epilog="Other benchmarks (each has its own --help): --import-orders (the thread "
+        "policy per import order), --precision mixed_bfloat16 (bfloat16 GEMMs on the CPU vs "
+        "PyTorch float32 and autocast), --large-batch (the large-batch experiment), "
+        "--workers N (data-parallel MPI scaling).")
     parser.add_argument("--batch-sizes", type=_batch_sizes, default=[512, 4096],
                         help="comma-separated batch sizes (default 512,4096)")
     parser.add_argument("--repeats", type=int, default=5,
