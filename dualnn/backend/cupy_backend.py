@@ -211,6 +211,21 @@ class CudaKernelOps(FusedDispatch):
         xp.sum(dy, axis=0, out=rows)
         return xp.add(out, rows, out=out)
 
+    def column_sums2(self, a, b, out=None):
+        """See the base class: one pass of the deterministic 2-D reduction kernel (no
+        ``a * b`` temporary) where it applies, else CuPy's axis-0 sums."""
+        if a.ndim == 2:
+            c = a.shape[1]
+            if out is None:
+                out = self.xp.empty((2 * c,), dtype=a.dtype)
+            if self._kernel_takes([(a, None), (b, tuple(a.shape))], [(out, (2 * c,))]):
+                k = self.kernels
+                scratch = self.scratch("column_sums2", k.column_sums2_scratch_shape(*a.shape),
+                                       _dtype_str(a))
+                with self._launch_scope():
+                    return k.column_sums2(a, b, out=out, scratch=scratch)
+        return super().column_sums2(a, b, out=out)
+
     def accumulate(self, total, value, weight=1):
         xp = self.xp
         if total is None:  # the running total: allocated once per epoch

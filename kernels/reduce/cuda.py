@@ -4,7 +4,9 @@ The batch-norm reductions' scheme: a 2-D grid (features x row slices) in which e
 thread adds a fixed, strided set of rows of one feature into ``partial[slice, feature]``
 (adjacent threads read adjacent features of a row: coalesced), then a merge adds each
 feature's slices in order into ``out``. No atomics: deterministic for a given scratch
-shape (:func:`column_sum_scratch_shape`). Used for the bias gradient of a Linear layer.
+shape (:func:`column_sum_scratch_shape`). Used for the bias gradient of a Linear layer;
+:func:`column_sums2` (``sum a`` and ``sum a * b`` in one pass) for batch norm's other
+batch-axis reductions (eval-mode and synchronized backward, synchronized statistics).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ cuda = None
 SIGNATURES = {
     "column_sum_partial": "void({f}[:, ::1], {f}[:, ::1])",
     "column_sum_merge": "void({f}[:, ::1], {f}[::1], int32)",
+    "column_sums2_partial": "void({f}[:, ::1], {f}[:, ::1], {f}[:, ::1])",
 }
 """Explicit signature of each kernel below (``{f}``: float32 or float64)."""
 
@@ -67,6 +70,25 @@ def _make_kernels(dtype_name):
                 out[f] += total
             else:
                 out[f] = total
+
+    def column_sums2_partial(a, b, partial):
+        """``partial[r, f] = sum a[i, f]`` and ``partial[r, c + f] = sum a[i, f] * b[i, f]``
+        over rows ``i = r, r + S, ...``: both sums in one read of ``a`` (no ``a * b``)."""
+        n = a.shape[0]
+        c = a.shape[1]
+        slices = partial.shape[0]
+        f0, r0 = cuda.grid(2)
+        fstride, rstride = cuda.gridsize(2)
+        for f in range(f0, c, fstride):
+            for r in range(r0, slices, rstride):
+                total = zero
+                dot = zero
+                for i in range(r, n, slices):
+                    v = a[i, f]
+                    total += v
+                    dot += v * b[i, f]
+                partial[r, f] = total
+                partial[r, c + f] = dot
 
     kernels = dict(locals())
     return {name: kernels[name] for name in SIGNATURES}
@@ -122,4 +144,45 @@ def column_sum(a, *, out, scratch, accumulate=False):
     return out
 
 
-__all__ = ["KERNELS", "column_sum", "column_sum_scratch_shape"]
+def column_sums2_scratch_shape(n, c):
+    """Shape ``(S, 2 c)`` of the scratch :func:`column_sums2` needs (``S`` as
+    :func:`column_sum_scratch_shape`)."""
+    slices, _ = column_sum_scratch_shape(n, c)
+    return (slices, 2 * c)
+
+
+def column_sums2(a, b, *, out, scratch, accumulate=False):
+    """``out[:c] = a.sum(axis=0)``, ``out[c:] = (a * b).sum(axis=0)`` (``+=`` with
+    ``accumulate``) without the ``a * b`` temporary; two launches, no atomics.
+
+    Parameters
+    ----------
+    a, b : (n, c) float32/float64, C-contiguous, same dtype
+    out : (2 c,) of ``a``'s dtype
+    scratch : (S, 2 c) of ``a``'s dtype, ``S >= 1`` (:func:`column_sums2_scratch_shape`)
+
+    Returns ``out``.
+    """
+    require_array("column_sums2", "a", a)
+    if a.ndim != 2:
+        raise ValueError(f"column_sums2: a must be 2-D, got shape {tuple(a.shape)}")
+    n, c = a.shape
+    check("column_sums2", {"a": (a, None), "b": (b, (n, c)), "out": (out, (2 * c,)),
+                           "scratch": (scratch, None)})
+    if scratch.ndim != 2 or scratch.shape[1] != 2 * c or scratch.shape[0] < 1:
+        raise ValueError(f"column_sums2: scratch must have shape (S, {2 * c}) with S >= 1, "
+                         f"got {tuple(scratch.shape)}; see column_sums2_scratch_shape")
+    if c == 0:
+        return out
+    dtype = str(a.dtype)
+    stream = stream_for(a)
+    grid, block = _grid(c, scratch.shape[0])
+    KERNELS.compiled("column_sums2_partial", dtype)[grid, block, stream](a, b, scratch)
+    blocks, threads = grid_1d(2 * c)
+    KERNELS.compiled("column_sum_merge", dtype)[blocks, threads, stream](
+        scratch, out, int(bool(accumulate)))
+    return out
+
+
+__all__ = ["KERNELS", "column_sum", "column_sum_scratch_shape", "column_sums2",
+           "column_sums2_scratch_shape"]

@@ -90,3 +90,76 @@ def test_cpu_column_sum_checks_its_arguments():
         cpu.column_sum(np.ones((4, 3)), out=np.empty(3, np.float32))
     with pytest.raises(ValueError, match="2-D"):
         cpu.column_sum(np.ones(3), out=np.empty(3))
+
+
+def _run_sums2(device, a, b, out, accumulate, ck=None):
+    if device == "reference":
+        total = np.asarray(R.column_sums2(np, a, b))
+        return out + total if accumulate else total
+    if device == "cpu":
+        from dualnn.kernels import cpu
+
+        return cpu.column_sums2(a, b, out=out, accumulate=accumulate)
+    scratch = np.full(ck.column_sums2_scratch_shape(*a.shape), np.nan, dtype=a.dtype)
+    return ck.column_sums2(a, b, out=out, scratch=scratch, accumulate=accumulate)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_column_sums2_matches_float64_sums(device, dtype, shape, accumulate, request):
+    ck = request.getfixturevalue("tiny_grid") if device == "cudasim" else None
+    a, b = _data(shape, dtype), _data(shape, dtype, seed=2)
+    start = _data((2 * shape[1],), dtype, seed=1)
+    out = start.copy()
+    got = _run_sums2(device, a, b, out, accumulate, ck)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = np.concatenate([a64.sum(axis=0), (a64 * b64).sum(axis=0)])
+    want = want + (start if accumulate else 0)
+    assert got.shape == (2 * shape[1],) and got.dtype == np.dtype(dtype)
+    rtol, atol = tolerances(dtype)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * max(shape[0], 1))
+    if device != "reference":
+        assert got is out
+
+
+@CUDASIM
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_cuda_column_sums2_is_deterministic_and_matches_the_cpu_twin(dtype, tiny_grid):
+    ck = tiny_grid
+    a = (_data((37, 11), dtype) * 1e3).astype(dtype)
+    b = _data((37, 11), dtype, seed=3)
+    scratch = np.empty(ck.column_sums2_scratch_shape(*a.shape), dtype=dtype)
+    first = ck.column_sums2(a, b, out=np.empty(22, dtype), scratch=scratch).copy()
+    for _ in range(2):
+        again = ck.column_sums2(a, b, out=np.empty(22, dtype), scratch=scratch)
+        np.testing.assert_array_equal(again, first)
+    from dualnn.kernels import cpu
+
+    rtol, atol = tolerances(dtype)
+    np.testing.assert_allclose(first, cpu.column_sums2(a, b, out=np.empty(22, dtype)),
+                               rtol=rtol, atol=atol * 1e3)
+
+
+@CUDASIM
+def test_cuda_column_sums2_checks_its_arguments(ck):
+    a = np.ones((4, 3))
+    with pytest.raises(ValueError, match="out has shape"):
+        ck.column_sums2(a, a, out=np.empty(3), scratch=np.empty((1, 6)))
+    with pytest.raises(ValueError, match="b has shape"):
+        ck.column_sums2(a, np.ones((4, 2)), out=np.empty(6), scratch=np.empty((1, 6)))
+    with pytest.raises(ValueError, match="scratch must have shape"):
+        ck.column_sums2(a, a, out=np.empty(6), scratch=np.empty((2, 3)))
+
+
+def test_cpu_column_sums2_checks_its_arguments():
+    from dualnn.kernels import cpu
+
+    a = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"out must have shape \(6,\)"):
+        cpu.column_sums2(a, a, out=np.empty(3))
+    with pytest.raises(ValueError, match="b must be a NumPy array of a's shape"):
+        cpu.column_sums2(a, np.ones((4, 2)), out=np.empty(6))
+    with pytest.raises(ValueError, match="b must be C-contiguous of a's dtype"):
+        cpu.column_sums2(a, np.ones((4, 3), np.float32), out=np.empty(6))
