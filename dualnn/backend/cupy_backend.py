@@ -517,8 +517,16 @@ class CudaKernelOps(FusedDispatch):
         return out
 
     def sum_rows_mixed(self, dy, out, overwrite=False):
-        """See the base class: float16 is summed with a float32 accumulator; bfloat16 is
-        widened into reused scratch first."""
+        """See the base class: the column-sum kernel reads the 16-bit ``dy`` and adds in
+        float32 (no widened copy) where it applies; else float16 is summed with a float32
+        accumulator and bfloat16 widened into reused scratch first."""
+        if dy.ndim == 2 and self._kernel_takes([(dy, None)], param_outputs=[(out, (dy.shape[1],))],
+                                               half=("float16", "bfloat16")):
+            k = self.kernels
+            scratch = self.scratch("column_sum", k.column_sum_scratch_shape(*dy.shape),
+                                   "float32")
+            with self._launch_scope():
+                return k.column_sum(dy, out=out, scratch=scratch, accumulate=not overwrite)
         xp = self.xp
         if self.storage_kind(dy) == "bfloat16":
             dy = self.cast_storage(dy, "float32",

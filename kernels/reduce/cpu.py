@@ -16,6 +16,10 @@ from .._numba import KernelSet
 _SERIAL = math.inf
 """Threshold that always picks the serial build (an order-dependent reduction)."""
 
+HALF_BLOCK_ROWS = 256
+"""Rows of 16-bit input widened to float32 at a time (Numba has no CPU float16): the only
+temporary of a 16-bit column sum, whatever the batch size."""
+
 
 def _k_column_sum(a, out, accumulate):
     n, c = a.shape
@@ -63,9 +67,36 @@ def _check(name, a, out, out_shape):
 
 def column_sum(a, *, out, accumulate=False):
     """``out = a.sum(axis=0)`` (``out += ...`` with ``accumulate``) for a ``(n, c)`` float
-    array; ``out`` is ``(c,)`` of ``a``'s dtype. Returns ``out``."""
+    array; ``out`` is ``(c,)`` of ``a``'s dtype, or float32 for float16 / bfloat16 (uint16
+    bits) ``a``, summed in float32 a block of rows at a time. Returns ``out``."""
+    if isinstance(a, np.ndarray) and a.dtype in (np.float16, np.uint16):
+        return _column_sum_half(a, out, accumulate)
     _check("column_sum", a, out, (a.shape[1],) if getattr(a, "ndim", 0) == 2 else None)
     _KERNELS.get("column_sum", a.size, _SERIAL)(a, out, bool(accumulate))
+    return out
+
+
+def _column_sum_half(a, out, accumulate):
+    if a.ndim != 2 or not a.flags.c_contiguous:
+        raise ValueError(f"column_sum: a must be a C-contiguous 2-D array, got shape "
+                         f"{a.shape}")
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or \
+            out.shape != (a.shape[1],) or not out.flags.writeable:
+        raise ValueError(f"column_sum: out must be a writable float32 array of shape "
+                         f"({a.shape[1]},) for 16-bit a, got "
+                         f"{getattr(out, 'dtype', None)} {getattr(out, 'shape', None)}")
+    total = np.zeros(a.shape[1], dtype=np.float32)
+    for start in range(0, a.shape[0], HALF_BLOCK_ROWS):
+        block = a[start:start + HALF_BLOCK_ROWS]
+        if a.dtype == np.uint16:  # bfloat16 bits: the float32 with these top 16 bits
+            wide = (block.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        else:
+            wide = block.astype(np.float32)
+        total += wide.sum(axis=0, dtype=np.float32)
+    if accumulate:
+        out += total
+    else:
+        out[...] = total
     return out
 
 

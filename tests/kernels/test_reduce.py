@@ -163,3 +163,56 @@ def test_cpu_column_sums2_checks_its_arguments():
         cpu.column_sums2(a, np.ones((4, 2)), out=np.empty(6))
     with pytest.raises(ValueError, match="b must be C-contiguous of a's dtype"):
         cpu.column_sums2(a, np.ones((4, 3), np.float32), out=np.empty(6))
+
+
+def _half_data(shape, kind, seed=0):
+    """``(stored, widened)``: 16-bit values (bfloat16 as uint16 bits) and their float64."""
+    values = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    if kind == "float16":
+        stored = values.astype(np.float16)
+        return stored, stored.astype(np.float64)
+    stored = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    wide = (stored.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return stored, wide.astype(np.float64)
+
+
+HALF_SHAPES = [(1, 1), (1, 9), (13, 1), (33, 17), (300, 3), (0, 4), (6, 0)]
+"""As SHAPES, plus more rows than the CPU twin widens at a time."""
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("shape", HALF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cudasim", marks=CUDASIM)])
+def test_column_sum_of_16_bit_rows_adds_in_float32(device, kind, shape, accumulate, request):
+    stored, wide = _half_data(shape, kind)
+    start = _data((shape[1],), "float32", seed=1)
+    out = start.copy()
+    if device == "cpu":
+        from dualnn.kernels import cpu
+
+        got = cpu.column_sum(stored, out=out, accumulate=accumulate)
+    else:
+        ck = request.getfixturevalue("tiny_grid")
+        scratch = np.full(ck.column_sum_scratch_shape(*shape), np.nan, np.float32)
+        got = ck.column_sum(stored, out=out, scratch=scratch, accumulate=accumulate)
+    want = wide.sum(axis=0) + (start if accumulate else 0)
+    assert got is out and got.dtype == np.float32
+    # float32 accumulation: far tighter than a float16 accumulator (eps ~1e-3) could give
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(shape[0], 1))
+
+
+@CUDASIM
+def test_cuda_column_sum_of_16_bit_rows_checks_the_output_dtype(ck):
+    a = np.ones((4, 3), np.float16)
+    with pytest.raises(TypeError, match="out has dtype float16, expected float32"):
+        ck.column_sum(a, out=np.empty(3, np.float16), scratch=np.empty((1, 3), np.float32))
+    with pytest.raises(TypeError, match="scratch has dtype float64, expected float32"):
+        ck.column_sum(a, out=np.empty(3, np.float32), scratch=np.empty((1, 3)))
+
+
+def test_cpu_column_sum_of_16_bit_rows_checks_the_output():
+    from dualnn.kernels import cpu
+
+    with pytest.raises(ValueError, match="writable float32 array of shape"):
+        cpu.column_sum(np.ones((4, 3), np.float16), out=np.empty(3, np.float16))
