@@ -520,8 +520,8 @@ class CudaKernelOps(FusedDispatch):
         """See the base class: the column-sum kernel reads the 16-bit ``dy`` and adds in
         float32 (no widened copy) where it applies; else float16 is summed with a float32
         accumulator and bfloat16 widened into reused scratch first."""
-        if dy.ndim == 2 and self._kernel_takes([(dy, None)], param_outputs=[(out, (dy.shape[1],))],
-                                               half=("float16", "bfloat16")):
+        if dy.ndim == 2 and self._kernel_takes(
+                [(dy, None)], param_outputs=[(out, (dy.shape[1],))], half=("float16", "bfloat16")):
             k = self.kernels
             scratch = self.scratch("column_sum", k.column_sum_scratch_shape(*dy.shape),
                                    "float32")

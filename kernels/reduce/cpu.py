@@ -105,8 +105,9 @@ def column_sums2(a, b, *, out, accumulate=False):
     ``accumulate``) for ``(n, c)`` float arrays ``a``, ``b`` of one dtype; ``out`` is
     ``(2 c,)``. Returns ``out``."""
     if not isinstance(b, np.ndarray) or b.shape != getattr(a, "shape", None):
+        got = getattr(b, "shape", type(b).__name__)
         raise ValueError(f"column_sums2: b must be a NumPy array of a's shape "
-                         f"{getattr(a, 'shape', None)}, got {getattr(b, 'shape', type(b).__name__)}")
+                         f"{getattr(a, 'shape', None)}, got {got}")
     if b.dtype != getattr(a, "dtype", None) or not b.flags.c_contiguous:
         raise ValueError(f"column_sums2: b must be C-contiguous of a's dtype, got {b.dtype}")
     c = a.shape[1] if a.ndim == 2 else -1

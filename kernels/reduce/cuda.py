@@ -25,7 +25,8 @@ from .._cuda import (
     stream_for,
 )
 from ..ops import BF16_SHIFT as _SHIFT
-from ..ops import FLOAT_DTYPES, HALF_DTYPES as _HALF
+from ..ops import FLOAT_DTYPES
+from ..ops import HALF_DTYPES as _HALF
 
 cuda = None
 """``numba.cuda`` once the kernels are made (a module global the simulator can swap)."""

@@ -1,6 +1,7 @@
-"""Column-sum kernels (the bias gradient): the reference, CPU and CUDA-simulator twins
+"""Column-sum kernels (``column_sum``: the bias gradient, also from 16-bit rows;
+``column_sums2``: ``sum a`` and ``sum a * b``): the reference, CPU and CUDA-simulator twins
 against float64 sums, on shapes with one row, one column and sizes no block divides; the
-CUDA twin is deterministic (same bits on every call, no atomics) and accumulates."""
+CUDA twins are deterministic (same bits on every call, no atomics) and accumulate."""
 
 from __future__ import annotations
 
