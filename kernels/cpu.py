@@ -26,7 +26,7 @@ from .batchnorm.cpu import (
 from .binary_xent.cpu import binary_xent_terms
 from .cast.cpu import bfloat16_bits, round_bfloat16, round_bfloat16_bits, round_float16
 from .optim.cpu import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
-from .reduce.cpu import column_sum
+from .reduce.cpu import column_sum, column_sums2
 from .softmax_xent.cpu import softmax_cross_entropy, softmax_cross_entropy_scratch
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
                      "binary_xent_terms",
                      "cache_dir",
                      "column_sum",
+                     "column_sums2",
                      "rmsprop_update",
                      "round_bfloat16",
                      "round_bfloat16_bits",

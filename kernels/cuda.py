@@ -25,7 +25,12 @@ from .binary_xent.cuda import binary_xent_terms
 from .cast.cuda import round_bfloat16
 from .ops import FLOAT_DTYPES, LABEL_DTYPES  # noqa: F401 - re-exported
 from .optim.cuda import adadelta_update, adagrad_update, adam_update, rmsprop_update, sgd_update
-from .reduce.cuda import column_sum, column_sum_scratch_shape
+from .reduce.cuda import (
+    column_sum,
+    column_sum_scratch_shape,
+    column_sums2,
+    column_sums2_scratch_shape,
+)
 from .softmax_xent.cuda import (
     softmax_cross_entropy,
     softmax_cross_entropy_scratch,
@@ -100,6 +105,8 @@ __all__ = [
     "binary_xent_terms",
     "column_sum",
     "column_sum_scratch_shape",
+    "column_sums2",
+    "column_sums2_scratch_shape",
     "compiled_kernel",
     "config",
     "kernel_variants",

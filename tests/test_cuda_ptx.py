@@ -67,17 +67,20 @@ def test_every_kernel_has_both_dtypes():
 
 def test_float16_variants_of_the_mixed_precision_kernels():
     """float16: activations, batch norm (but its float32-only merge of sums), the softmax
-    rows; bfloat16: the same."""
+    rows, the column sum's partial sums (a 16-bit bias gradient); bfloat16: the same."""
     half = {v[0] for v in VARIANTS if v[1] == "float16"}
     families = ck.FAMILIES
     expected = (set(families["activation"].signatures) | set(families["batchnorm"].signatures)
-                | {"softmax_cross_entropy_rows"}) - {"batchnorm_backward_sums"}
+                | {"softmax_cross_entropy_rows", "column_sum_partial"}) \
+        - {"batchnorm_backward_sums"}
     assert half == expected
     bf16 = {v[0] for v in VARIANTS if v[1] == "bfloat16"}
     assert bf16 == expected
     assert ck.signature("activation_backward", "bfloat16").startswith("void(uint16[::1]")
     sig = ck.signature("batchnorm_forward_apply", "float16")
     assert sig.startswith("void(float16[::1], float32[:, :, ::1]")
+    assert ck.signature("column_sum_partial", "bfloat16") == \
+        "void(uint16[:, ::1], float32[:, ::1])"
 
 
 def test_every_trust_ratio_kernel_is_listed():

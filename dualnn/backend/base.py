@@ -345,6 +345,20 @@ class ArrayAPIBackend:
             out += total
         return out
 
+    def column_sums2(self, a, b, out=None):
+        """``(n, c), (n, c) -> (2 c,)``: ``out[:c] = a.sum(axis=0)`` and
+        ``out[c:] = (a * b).sum(axis=0)`` (batch norm's ``sum dy`` and ``sum dy * xhat``).
+
+        ``out`` is an optional ``(2 c,)`` buffer of ``a``'s dtype written in place (a layer
+        keeps one so a step allocates nothing). Returns ``out`` (a new array without it).
+        """
+        xp = self.xp
+        total = xp.concat([xp.sum(a, axis=0), xp.sum(a * b, axis=0)])
+        if out is None:
+            return total
+        out[...] = total
+        return out
+
     def accumulate(self, total, value, weight=1):
         """``total + value * weight`` for running sums on the device (``total`` None
         starts one); the GPU backend adds in place into ``total``, allocating nothing."""

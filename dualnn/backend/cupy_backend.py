@@ -211,6 +211,21 @@ class CudaKernelOps(FusedDispatch):
         xp.sum(dy, axis=0, out=rows)
         return xp.add(out, rows, out=out)
 
+    def column_sums2(self, a, b, out=None):
+        """See the base class: one pass of the deterministic 2-D reduction kernel (no
+        ``a * b`` temporary) where it applies, else CuPy's axis-0 sums."""
+        if a.ndim == 2:
+            c = a.shape[1]
+            if out is None:
+                out = self.xp.empty((2 * c,), dtype=a.dtype)
+            if self._kernel_takes([(a, None), (b, tuple(a.shape))], [(out, (2 * c,))]):
+                k = self.kernels
+                scratch = self.scratch("column_sums2", k.column_sums2_scratch_shape(*a.shape),
+                                       _dtype_str(a))
+                with self._launch_scope():
+                    return k.column_sums2(a, b, out=out, scratch=scratch)
+        return super().column_sums2(a, b, out=out)
+
     def accumulate(self, total, value, weight=1):
         xp = self.xp
         if total is None:  # the running total: allocated once per epoch
@@ -502,8 +517,16 @@ class CudaKernelOps(FusedDispatch):
         return out
 
     def sum_rows_mixed(self, dy, out, overwrite=False):
-        """See the base class: float16 is summed with a float32 accumulator; bfloat16 is
-        widened into reused scratch first."""
+        """See the base class: the column-sum kernel reads the 16-bit ``dy`` and adds in
+        float32 (no widened copy) where it applies; else float16 is summed with a float32
+        accumulator and bfloat16 widened into reused scratch first."""
+        if dy.ndim == 2 and self._kernel_takes(
+                [(dy, None)], param_outputs=[(out, (dy.shape[1],))], half=("float16", "bfloat16")):
+            k = self.kernels
+            scratch = self.scratch("column_sum", k.column_sum_scratch_shape(*dy.shape),
+                                   "float32")
+            with self._launch_scope():
+                return k.column_sum(dy, out=out, scratch=scratch, accumulate=not overwrite)
         xp = self.xp
         if self.storage_kind(dy) == "bfloat16":
             dy = self.cast_storage(dy, "float32",

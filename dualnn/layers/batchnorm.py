@@ -106,6 +106,8 @@ class BatchNorm(Layer):
         self._synced = None  # sync: global row count of the last training forward
         self._training = False
         self._relu = False
+        self._sums = None  # (2c,): sum dy, sum dy * xhat (kept: a step allocates nothing)
+        self._moments = None  # sync: (c,) this rank's mean, (2c,) sums of deviations
 
     forward_options = frozenset({"out"})
     backward_options = frozenset({"overwrite"})
@@ -180,12 +182,19 @@ class BatchNorm(Layer):
             if self._relu:
                 y = xhat * self.gamma.data + self.beta.data
                 dy = self.xp.where(y > 0, dy, self.xp.zeros_like(dy))
-            dgamma = self.xp.sum(dy * xhat, axis=0)
-            dbeta = self.xp.sum(dy, axis=0)
+            sums = self._batch_sums(dy, xhat)
+            dbeta, dgamma = sums[:self.num_features], sums[self.num_features:]
             dx = dy * (self.gamma.data * self._invstd)
         self.gamma.grad += dgamma
         self.beta.grad += dbeta
         return dx
+
+    def _batch_sums(self, dy, xhat):
+        """``(2c,)``: ``sum dy`` then ``sum dy * xhat`` over the batch, by the backend's
+        column-sum reduction into a buffer the layer keeps."""
+        if self._sums is None:
+            self._sums = self.backend.empty((2 * self.num_features,), self.dtype)
+        return self.backend.column_sums2(dy, xhat, out=self._sums)
 
     # ------------------------------------------------------------------ ghost batches
     def _ghost_bounds(self, n):
@@ -224,10 +233,15 @@ class BatchNorm(Layer):
     # ------------------------------------------------------------------ synchronized
     def _forward_sync(self, x, relu, out):
         xp = self.xp
-        n = x.shape[0]
-        mean = xp.mean(x, axis=0)
+        b = self.backend
+        n, c = x.shape
+        if self._moments is None:
+            self._moments = (b.empty((c,), self.dtype), b.empty((2 * c,), self.dtype))
+        mean, sums = self._moments
+        b.sum_rows_into(x, mean, overwrite=True)
+        mean /= n
         centered = x - mean
-        m2 = xp.sum(centered * centered, axis=0)
+        m2 = b.column_sums2(centered, centered, out=sums)[c:]
         total, mean, m2 = collectives.sync_moments(n, mean, m2)
         total = float(total)
         invstd = 1 / xp.sqrt(m2 / total + self.eps)
@@ -251,11 +265,9 @@ class BatchNorm(Layer):
         if self._relu:
             y = xhat * self.gamma.data + self.beta.data
             dy = xp.where(y > 0, dy, xp.zeros_like(dy))
-        dbeta = xp.sum(dy, axis=0)
-        dgamma = xp.sum(dy * xhat, axis=0)
-        self.gamma.grad += dgamma  # this rank's share; the optimizer averages over ranks
-        self.beta.grad += dbeta
-        buf = xp.concat([dbeta, dgamma])
+        buf = self._batch_sums(dy, xhat)  # [sum dy, sum dy * xhat]
+        self.gamma.grad += buf[c:]  # this rank's share; the optimizer averages over ranks
+        self.beta.grad += buf[:c]
         collectives.allreduce_sum_(buf)
         total = self._synced
         dx = (self.gamma.data * self._invstd / total) * (

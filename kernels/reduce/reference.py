@@ -8,4 +8,9 @@ def column_sum(xp, a):
     return xp.sum(a, axis=0)
 
 
-__all__ = ["column_sum"]
+def column_sums2(xp, a, b):
+    """``(n, c), (n, c) -> (2 c,)``: the column sums of ``a``, then those of ``a * b``."""
+    return xp.concat([xp.sum(a, axis=0), xp.sum(a * b, axis=0)])
+
+
+__all__ = ["column_sum", "column_sums2"]
