@@ -15,6 +15,12 @@ the tests compile every one to PTX. Launch geometry comes from
 :data:`dualnn.kernels._cuda.config` (at most :data:`MAX_THREADS` threads per block).
 Scratch (``partial``, ``ratio``) comes from the caller: :func:`scratch_shapes` says how
 much.
+
+Loss scaling follows :mod:`dualnn.kernels.optim.cuda`: the LAMB kernels take
+``inv_scale`` (the gradient used, for the moments, ``r`` and the trust ratio, is
+``grad * inv_scale[0]``), ``found_inf`` (every pass returns before writing when set) and
+``skipped`` (bias corrections at ``step - skipped[0]``, computed in the kernels' dtype),
+all device arrays of shape (1,); LARS's take ``found_inf``.
 """
 
 from __future__ import annotations
