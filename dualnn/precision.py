@@ -157,9 +157,9 @@ class LossScaler:
     count by the skips of at most one log interval (``log_interval`` steps). Checkpoints
     fold first and are exact. On the CPU the flag is read every step, so it is exact.
     LARS's kernels take the flag but not the scale: the gradients are unscaled in place
-    first (one more pass, still no read). LAMB's kernels do not take the flag here (its
-    bias correction has no device step count yet): it is stepped the host way, with one
-    read of the flag per step.
+    first (one more pass, still no read). LAMB's kernels take ``1 / scale``, the flag and
+    the skip count like Adam's (trust ratios and weight decay see unscaled gradients):
+    no read either.
     """
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,

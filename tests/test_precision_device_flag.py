@@ -32,6 +32,7 @@ OPTIMIZERS = {
     "adagrad": lambda p: dn.optim.Adagrad(p, lr=0.1, lr_decay=0.1, weight_decay=0.1),
     "adadelta": lambda p: dn.optim.Adadelta(p, lr=1.0, weight_decay=0.01),
     "lars": lambda p: dn.optim.LARS(p, lr=0.1, weight_decay=1e-3, trust_coefficient=0.01),
+    "lamb": lambda p: dn.optim.LAMB(p, lr=0.01, weight_decay=0.1),
 }
 
 
@@ -203,16 +204,31 @@ def test_scaler_state_lives_on_the_backend_and_round_trips():
     assert params  # the parameters were only needed to bind a backend
 
 
-def test_lamb_without_scaled_kernels_reads_the_flag():
-    backend = dn.backend.NumpyBackend()
-    params = _params(backend)
-    opt = dn.optim.LAMB(params, lr=0.01)
+def test_lamb_steps_on_the_device_flag_and_its_bias_correction_does_not_advance(backend):
+    """LAMB takes the device path (``step`` returns None: no read); a skipped first step
+    leaves everything unchanged and the first real step has t = 1, so a 1-D parameter
+    (Adam's step, no trust ratio) moves by lr * sign(g) (|m_hat / sqrt(v_hat)| = 1)."""
+    params = [Parameter(backend.store(np.zeros(4)), backend, name="b"),
+              Parameter(backend.store(np.ones((2, 2))), backend, name="w")]
+    opt = dn.optim.LAMB(params, lr=0.5, eps=0.0, weight_decay=0.1)
     scaler = LossScaler(init_scale=4.0, read_flag=False)
-    for p in params:
-        p.grad = backend.store(np.full(p.shape, np.inf))
-    assert scaler.step(opt) is False
+    params[0].grad = backend.store(np.array([np.inf, 1.0, 1.0, 1.0]))
+    params[1].grad = backend.store(np.ones((2, 2)))
+    assert scaler.step(opt) is None
     scaler.update()
-    assert scaler.get_scale() == 2.0 and optimizer_steps(opt) == 0
+    np.testing.assert_array_equal(backend.to_host(params[0].data), np.zeros(4))
+    np.testing.assert_array_equal(backend.to_host(params[1].data), np.ones((2, 2)))
+    assert int(backend.item(opt.skip_counter())) == 1
+    params[0].grad = backend.store(np.array([2.0, -3.0, 0.5, 8.0]))  # scale is now 2
+    params[1].grad = backend.store(np.array([[2.0, -2.0], [4.0, 6.0]]))
+    assert scaler.step(opt) is None
+    scaler.update()
+    np.testing.assert_allclose(backend.to_host(params[0].data), [-0.5, 0.5, -0.5, -0.5])
+    # 2-D: r = sign(g) + 0.1 w = (1.1, -0.9, 1.1, 1.1); phi = ||w|| / ||r||
+    r = np.array([[1.1, -0.9], [1.1, 1.1]])
+    phi = 2.0 / np.linalg.norm(r)
+    np.testing.assert_allclose(backend.to_host(params[1].data), 1.0 - 0.5 * phi * r,
+                               rtol=1e-12)
 
 
 def _mlp():

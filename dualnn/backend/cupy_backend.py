@@ -656,7 +656,7 @@ class CudaKernelOps(FusedDispatch):
                                           found=found, **hyper)
 
     def lamb_update_segmented(self, param, grad, exp_avg, exp_avg_sq, *, offsets, adapt,
-                              inv_scale=None, found_inf=None, **hyper):
+                              inv_scale=None, found_inf=None, skipped=None, **hyper):
         """In-place LAMB over flat buffers, one trust ratio per segment (see
         :func:`dualnn.kernels.trust_ratio.reference.lamb_update_segmented`); three launches
         whatever the number of segments.
@@ -666,12 +666,15 @@ class CudaKernelOps(FusedDispatch):
         param, grad, exp_avg, exp_avg_sq : array (total,)
         offsets : sequence of int (n + 1,)
         adapt : sequence of bool (n,)
-        inv_scale : float, optional
+        inv_scale : array (1,) of ``param``'s dtype, optional
             A loss scaler's ``1 / scale``: the step uses ``grad * inv_scale`` (``grad`` is
             not written).
         found_inf : int32 array (1,), optional
             Set to 1 when a scaled gradient is NaN/inf; while it is nonzero (on entry or
             after the check) parameters and moments are left unchanged.
+        skipped : int32 array (1,), optional
+            Steps a loss scaler skipped so far: the bias corrections use
+            ``step - skipped[0]`` (no host read).
         """
         if found_inf is not None and (not self.owns(found_inf) or _dtype_str(found_inf)
                                       != "int32" or tuple(found_inf.shape) != (1,)):
@@ -684,7 +687,7 @@ class CudaKernelOps(FusedDispatch):
 
             p, m, v, found = reference.lamb_update_segmented(
                 self.xp, param, grad, exp_avg, exp_avg_sq, offsets=offsets, adapt=adapt,
-                inv_scale=inv_scale, found_inf=found_inf, **hyper)
+                inv_scale=inv_scale, found_inf=found_inf, skipped=skipped, **hyper)
             param[...] = p
             exp_avg[...] = m
             exp_avg_sq[...] = v
@@ -697,7 +700,8 @@ class CudaKernelOps(FusedDispatch):
             kernels.lamb_update_segmented(
                 param, grad, exp_avg, exp_avg_sq, chunks=chunks, segments=segments,
                 partial=partial, ratio=ratio, found=found if found_inf is None else found_inf,
-                inv_scale=inv_scale, check_finite=found_inf is not None, **hyper)
+                inv_scale=inv_scale, check_finite=found_inf is not None, skipped=skipped,
+                **hyper)
 
 
 class CupyBackend(CudaKernelOps, ArrayAPIBackend):

@@ -60,7 +60,10 @@ class LAMB(Optimizer):
       :math:`\phi(\cdot)`; here it is the identity.
 
     State per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``. The fused kernels keep the
-    trust ratio on the device (no host read per step). On the GPU backend, whose
+    trust ratio on the device (no host read per step). Under a
+    :class:`~dualnn.precision.LossScaler` the kernels unscale the gradients (before weight
+    decay and the trust ratio), skip on the device overflow flag and take the bias
+    corrections at ``step - skipped`` (no host read either). On the GPU backend, whose
     parameters live in flat buffers, one segmented step updates every parameter in three
     kernel launches whatever their number (:meth:`flat_update`), with the same results.
     """
@@ -73,6 +76,7 @@ class LAMB(Optimizer):
         exclude_1d=flag(True))
     state_keys = ("exp_avg", "exp_avg_sq")
     segmented_update = True
+    scaled_update = True
 
     def update(self, p, grad, state):
         exp_avg = self.state_buffer(state, p, "exp_avg")
@@ -82,7 +86,7 @@ class LAMB(Optimizer):
         p.backend.lamb_update(p.data, grad, exp_avg, exp_avg_sq, step=state["step"],
                               lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
                               weight_decay=0.0 if excluded else self.weight_decay,
-                              adapt=not excluded)
+                              adapt=not excluded, **self.scaling_args())
 
     def flat_update(self, flat, grad, state):
         """All parameters in one segmented step over the flat buffers (GPU backend): the
@@ -95,4 +99,4 @@ class LAMB(Optimizer):
         flat.backend.lamb_update_segmented(
             flat.data, grad, exp_avg, exp_avg_sq, offsets=offsets, adapt=adapt,
             step=state["step"], lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
-            weight_decay=self.weight_decay)
+            weight_decay=self.weight_decay, **self.scaling_args())

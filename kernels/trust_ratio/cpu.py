@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .._numba import COMPUTE_PARALLEL_THRESHOLD, PARALLEL_THRESHOLD, KernelSet, check, prange
+from ..optim.cpu import _scaling
 
 _SERIAL = math.inf
 """Threshold that always picks the serial build (the order-dependent norm passes)."""
@@ -96,22 +97,30 @@ def _ratio(numerator, w_norm, u_norm, denominator):
 
 
 def lamb_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
-                eps=1e-6, weight_decay=0.0, adapt=True):
+                eps=1e-6, weight_decay=0.0, adapt=True, inv_scale=None, found_inf=None,
+                skipped=None):
     """In-place LAMB step; see :func:`dualnn.kernels.trust_ratio.reference.lamb_update`.
 
     Parameters
     ----------
     param, grad, exp_avg, exp_avg_sq : ndarray, any shape (the same)
         ``param`` and the moments are updated in place.
+    inv_scale, found_inf, skipped : ndarray (1,), optional
+        A loss scaler's ``1 / scale`` (the gradient is scaled into a copy), overflow flag
+        (when set nothing changes) and skipped-step count (the bias corrections use
+        ``step - skipped[0]``); read here: the CPU.
 
     Returns
     -------
     float
-        The trust ratio used (1.0 when ``adapt`` is false or a norm is 0).
+        The trust ratio used (1.0 when ``adapt`` is false, a norm is 0 or the step was
+        skipped).
     """
     p, g, m, v = _flat_checked("lamb_update", param, grad, exp_avg, exp_avg_sq)
-    if p.size == 0:
+    skip, grad, step = _scaling(param, grad, step, inv_scale, found_inf, skipped)
+    if p.size == 0 or skip:
         return 1.0
+    g = grad.reshape(-1)
     t = param.dtype.type
     bc1, bc2 = t(1 - beta1 ** step), t(1 - beta2 ** step)
     w_sq, r_sq = _KERNELS.get("lamb_moments", p.size, _SERIAL)(
@@ -172,13 +181,15 @@ def _segment_bounds(name, size, offsets, adapt):
 
 def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, step, lr,
                           beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, inv_scale=None,
-                          found_inf=None):
+                          found_inf=None, skipped=None):
     """In-place LAMB over flat buffers, one trust ratio per segment; see
     :func:`dualnn.kernels.trust_ratio.reference.lamb_update_segmented`.
 
-    Runs :func:`lamb_update` on each segment's views. With ``inv_scale`` the gradient is
-    scaled first (into a copy); with ``found_inf`` (int array (1,), updated in place) the
-    step is skipped when the flag is set or the scaled gradient is not finite.
+    Runs :func:`lamb_update` on each segment's views. With ``inv_scale`` (float or array
+    (1,)) the gradient is scaled first (into a copy); with ``found_inf`` (int array (1,),
+    updated in place) the step is skipped when the flag is set or the scaled gradient is
+    not finite; with ``skipped`` (int array (1,)) the bias corrections use
+    ``step - skipped[0]``.
 
     Parameters
     ----------
@@ -194,7 +205,9 @@ def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, s
     bounds = _segment_bounds("lamb_update_segmented", param.size, offsets, adapt)
     ratios = np.ones(len(bounds))
     if inv_scale is not None:
-        grad = grad * param.dtype.type(inv_scale)
+        grad = grad * param.dtype.type(np.asarray(inv_scale).reshape(-1)[0])
+    if skipped is not None:
+        step = int(step) - int(np.asarray(skipped).reshape(-1)[0])
     if found_inf is not None and (found_inf.reshape(-1)[0] != 0
                                   or not np.isfinite(grad).all()):
         found_inf.reshape(-1)[0] = 1

@@ -15,6 +15,12 @@ the tests compile every one to PTX. Launch geometry comes from
 :data:`dualnn.kernels._cuda.config` (at most :data:`MAX_THREADS` threads per block).
 Scratch (``partial``, ``ratio``) comes from the caller: :func:`scratch_shapes` says how
 much.
+
+Loss scaling follows :mod:`dualnn.kernels.optim.cuda`: the LAMB kernels take
+``inv_scale`` (the gradient used, for the moments, ``r`` and the trust ratio, is
+``grad * inv_scale[0]``), ``found_inf`` (every pass returns before writing when set) and
+``skipped`` (bias corrections at ``step - skipped[0]``, computed in the kernels' dtype),
+all device arrays of shape (1,); LARS's take ``found_inf``.
 """
 
 from __future__ import annotations
@@ -45,22 +51,25 @@ cuda = None
 """``numba.cuda`` once the kernels are made. A module global (not a closure variable)
 because the kernels name it and the simulator swaps that global for its own."""
 
+_SCALING = "{f}[::1], int32[::1], int32[::1]"  # inv_scale, found_inf, skipped
+
 SIGNATURES = {
     "lamb_moments": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}[:, ::1], {f}, {f}, {f}, "
-                     "{f}, {f}, {f}, {f}, {f})"),
+                     "{f}, {f}, {f}, {f}, {f}, int32, " + _SCALING + ")"),
     "squared_norms": "void({f}[::1], {f}[::1], {f}[:, ::1])",
     "trust_ratio_finalize": "void({f}[:, ::1], {f}[::1], {f}, {f}, {f}, int32)",
-    "lamb_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f})",
+    "lamb_apply": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, "
+                   "{f}, int32, int32[::1], int32[::1])"),
     "lars_apply": "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, int32[::1])",
     "segmented_lamb_partials": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], int64[:, ::1], "
                                 "int64[:, ::1], {f}[:, ::1], {f}, {f}, {f}, {f}, {f}, {f}, {f}, "
-                                "{f}, {f})"),
+                                "{f}, int32, " + _SCALING + ")"),
     "segmented_lars_partials": "void({f}[::1], {f}[::1], int64[:, ::1], {f}[:, ::1])",
     "segmented_finalize": ("void({f}[:, ::1], int64[:, ::1], {f}[::1], int32[::1], {f}, {f}, "
                            "{f}, int32, int32)"),
     "segmented_lamb_apply": ("void({f}[::1], {f}[::1], {f}[::1], {f}[::1], int64[:, ::1], "
                              "int64[:, ::1], {f}[::1], int32[::1], {f}, {f}, {f}, {f}, {f}, {f}, "
-                             "{f}, {f}, {f}, {f}, int32)"),
+                             "{f}, {f}, {f}, {f}[::1], int32, int32, int32[::1])"),
     "segmented_lars_apply": ("void({f}[::1], {f}[::1], {f}[::1], int64[:, ::1], int64[:, ::1], "
                              "{f}[::1], {f}, {f}, {f}, int32[::1])"),
 }
@@ -74,16 +83,31 @@ def _make_kernels(dtype_name):
     import numba
 
     shared_type = numba.from_dtype(np.dtype(dtype_name))
-    _cast, zero, one, _nan = dtype_constants(dtype_name)
+    cast, zero, one, _nan = dtype_constants(dtype_name)
 
     def lamb_moments(param, grad, exp_avg, exp_avg_sq, partial, beta1, one_minus_beta1, beta2,
-                     one_minus_beta2, bias_correction1, bias_correction2, eps, weight_decay):
-        """Update the moments; block sums of ``w^2`` and ``r^2`` into ``partial``."""
+                     one_minus_beta2, host_bias_correction1, host_bias_correction2, eps,
+                     weight_decay, step, inv_scale, found, skipped):
+        """Update the moments; block sums of ``w^2`` and ``r^2`` into ``partial``.
+
+        Uses ``grad * inv_scale[0]``; nothing when ``found[0]`` is set; the bias
+        corrections are the host's unless ``skipped[0]`` steps were skipped (then those
+        of ``step - skipped[0]``, in the kernel's dtype).
+        """
+        if found[0] != 0:
+            return
+        bias_correction1 = host_bias_correction1
+        bias_correction2 = host_bias_correction2
+        if skipped[0] != 0:
+            t = cast(step - skipped[0])
+            bias_correction1 = one - beta1 ** t
+            bias_correction2 = one - beta2 ** t
+        scale = inv_scale[0]
         w_sq = zero
         r_sq = zero
         for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
             p = param[i]
-            g = grad[i]
+            g = grad[i] * scale
             m = beta1 * exp_avg[i] + one_minus_beta1 * g
             v = beta2 * exp_avg_sq[i] + one_minus_beta2 * (g * g)
             exp_avg[i] = m
@@ -148,9 +172,19 @@ def _make_kernels(dtype_name):
         else:
             ratio[0] = trust_coefficient * w_norm / (u_norm + weight_decay * w_norm + eps)
 
-    def lamb_apply(param, exp_avg, exp_avg_sq, ratio, lr, bias_correction1, bias_correction2,
-                   eps, weight_decay):
-        """``w -= lr * ratio[0] * r`` with ``r`` recomputed as in ``lamb_moments``."""
+    def lamb_apply(param, exp_avg, exp_avg_sq, ratio, lr, host_bias_correction1,
+                   host_bias_correction2, eps, weight_decay, beta1, beta2, step, found,
+                   skipped):
+        """``w -= lr * ratio[0] * r`` with ``r`` recomputed as in ``lamb_moments``; nothing
+        when ``found[0]`` is set."""
+        if found[0] != 0:
+            return
+        bias_correction1 = host_bias_correction1
+        bias_correction2 = host_bias_correction2
+        if skipped[0] != 0:
+            t = cast(step - skipped[0])
+            bias_correction1 = one - beta1 ** t
+            bias_correction2 = one - beta2 ** t
         scale = lr * ratio[0]
         for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
             p = param[i]
@@ -176,10 +210,20 @@ def _make_kernels(dtype_name):
 
     def segmented_lamb_partials(param, grad, exp_avg, exp_avg_sq, chunks, segments, partial,
                                 beta1, one_minus_beta1, beta2, one_minus_beta2,
-                                bias_correction1, bias_correction2, eps, weight_decay,
-                                inv_scale):
+                                host_bias_correction1, host_bias_correction2, eps,
+                                weight_decay, step, inv_scale, found, skipped):
         """Per chunk: sums of ``w^2``, ``r^2`` and the count of non-finite ``g`` into
-        ``partial[:, chunk]`` (the moments are not stored: the apply pass recomputes them)."""
+        ``partial[:, chunk]`` (the moments are not stored: the apply pass recomputes them).
+        Nothing when ``found[0]`` is already set (the apply pass skips too)."""
+        if found[0] != 0:
+            return
+        bias_correction1 = host_bias_correction1
+        bias_correction2 = host_bias_correction2
+        if skipped[0] != 0:
+            t = cast(step - skipped[0])
+            bias_correction1 = one - beta1 ** t
+            bias_correction2 = one - beta2 ** t
+        unscale = inv_scale[0]
         sa = cuda.shared.array(MAX_THREADS, shared_type)
         sb = cuda.shared.array(MAX_THREADS, shared_type)
         sc = cuda.shared.array(MAX_THREADS, shared_type)
@@ -191,7 +235,7 @@ def _make_kernels(dtype_name):
             bad = zero
             for i in range(chunks[0, c] + tid, chunks[1, c], cuda.blockDim.x):
                 p = param[i]
-                g = grad[i] * inv_scale
+                g = grad[i] * unscale
                 if math.isinf(g) or math.isnan(g):
                     bad += one
                 m = beta1 * exp_avg[i] + one_minus_beta1 * g
@@ -267,19 +311,26 @@ def _make_kernels(dtype_name):
 
     def segmented_lamb_apply(param, grad, exp_avg, exp_avg_sq, chunks, segments, ratio, found,
                              lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                             bias_correction1, bias_correction2, eps, weight_decay, inv_scale,
-                             check_finite):
+                             host_bias_correction1, host_bias_correction2, eps, weight_decay,
+                             inv_scale, check_finite, step, skipped):
         """Store the moments, ``w -= lr * ratio[s] * r``; nothing when ``found[0]`` is set
         (with ``check_finite``)."""
         if check_finite != 0 and found[0] != 0:
             return
+        bias_correction1 = host_bias_correction1
+        bias_correction2 = host_bias_correction2
+        if skipped[0] != 0:
+            t = cast(step - skipped[0])
+            bias_correction1 = one - beta1 ** t
+            bias_correction2 = one - beta2 ** t
+        unscale = inv_scale[0]
         for c in range(cuda.blockIdx.x, chunks.shape[1], cuda.gridDim.x):
             s = chunks[2, c]
             wd = weight_decay if segments[2, s] != 0 else zero
             scale = lr * ratio[s]
             for i in range(chunks[0, c] + cuda.threadIdx.x, chunks[1, c], cuda.blockDim.x):
                 p = param[i]
-                g = grad[i] * inv_scale
+                g = grad[i] * unscale
                 m = beta1 * exp_avg[i] + one_minus_beta1 * g
                 v = beta2 * exp_avg_sq[i] + one_minus_beta2 * (g * g)
                 exp_avg[i] = m
@@ -339,7 +390,8 @@ def _checked(name, param, partial, ratio, **state):
 
 
 def lamb_update(param, grad, exp_avg, exp_avg_sq, *, partial, ratio, step, lr, beta1=0.9,
-                beta2=0.999, eps=1e-6, weight_decay=0.0, adapt=True):
+                beta2=0.999, eps=1e-6, weight_decay=0.0, adapt=True, inv_scale=None,
+                found_inf=None, skipped=None):
     """In-place LAMB step; see :func:`dualnn.kernels.trust_ratio.reference.lamb_update`.
 
     Parameters
@@ -348,9 +400,16 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, *, partial, ratio, step, lr, b
         ``param`` and the moments are updated in place.
     partial, ratio : device arrays of :func:`scratch_shapes` ``(param.size)``
         Scratch; ``ratio[0]`` holds the trust ratio used afterwards.
+    inv_scale, found_inf, skipped : device arrays (1,), optional
+        A loss scaler's ``1 / scale`` (``param``'s dtype; the kernels use
+        ``grad * inv_scale[0]``, ``grad`` is not written), overflow flag (int32: when set
+        nothing changes) and skipped-step count (int32: the bias corrections use
+        ``step - skipped[0]``). No host read.
     """
     dtype, size = _checked("lamb_update", param, partial, ratio, grad=grad, exp_avg=exp_avg,
                            exp_avg_sq=exp_avg_sq)
+    scale, found, skip_count = _scaling_arrays("lamb_update", param, inv_scale, found_inf,
+                                               skipped)
     if size == 0:
         return
     stream = stream_for(param)
@@ -358,11 +417,21 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, *, partial, ratio, step, lr, b
     p, g, m, v = (flat(a) for a in (param, grad, exp_avg, exp_avg_sq))
     bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
     KERNELS.compiled("lamb_moments", dtype)[blocks, threads, stream](
-        p, g, m, v, partial, beta1, 1 - beta1, beta2, 1 - beta2, bc1, bc2, eps, weight_decay)
+        p, g, m, v, partial, beta1, 1 - beta1, beta2, 1 - beta2, bc1, bc2, eps, weight_decay,
+        int(step), scale, found, skip_count)
     KERNELS.compiled("trust_ratio_finalize", dtype)[1, 1, stream](
         partial, ratio, 0.0, 0.0, 0.0, _LAMB if adapt else _ONE)
     KERNELS.compiled("lamb_apply", dtype)[blocks, threads, stream](
-        p, m, v, ratio, lr, bc1, bc2, eps, weight_decay)
+        p, m, v, ratio, lr, bc1, bc2, eps, weight_decay, beta1, beta2, int(step), found,
+        skip_count)
+
+
+def _scaling_arrays(name, param, inv_scale, found_inf, skipped):
+    """``[inv_scale, found_inf, skipped]`` checked (arrays (1,) of ``param``'s library),
+    cached neutral ones (1.0, 0, 0) for ``None``."""
+    from ..optim.cuda import _scaling
+
+    return _scaling(name, param, np.dtype(param.dtype).name, inv_scale, found_inf, skipped)
 
 
 def _skip_flag(name, param, found_inf):
@@ -488,7 +557,7 @@ def _segmented_grid(chunks):
 
 def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, chunks, segments, partial,
                           ratio, found, step, lr, beta1=0.9, beta2=0.999, eps=1e-6,
-                          weight_decay=0.0, inv_scale=None, check_finite=False):
+                          weight_decay=0.0, inv_scale=None, check_finite=False, skipped=None):
     """In-place LAMB over flat buffers in three launches, whatever the segment count; see
     :func:`dualnn.kernels.trust_ratio.reference.lamb_update_segmented`.
 
@@ -502,32 +571,38 @@ def lamb_update_segmented(param, grad, exp_avg, exp_avg_sq, *, chunks, segments,
     chunks, segments : device int64 tables of :func:`segment_layout`
     partial, ratio, found : device scratch of :func:`segmented_scratch_shapes`
         ``ratio[s]`` holds segment ``s``'s trust ratio afterwards.
-    inv_scale : float, optional
-        A loss scaler's ``1 / scale``; the kernels use ``grad * inv_scale`` (``grad`` is not
-        written).
+    inv_scale : device array (1,) of ``param``'s dtype, optional
+        A loss scaler's ``1 / scale``; the kernels use ``grad * inv_scale[0]`` (``grad`` is
+        not written).
     check_finite : bool
-        ``found[0]`` (int32) becomes 1 when a scaled gradient is NaN/inf; when it is
-        nonzero (set on entry or by this check) parameters and moments are left unchanged,
-        as a loss scaler's skipped step.
+        ``found`` is a loss scaler's flag (``found_inf``): ``found[0]`` (int32) becomes 1
+        when a scaled gradient is NaN/inf; when it is nonzero (set on entry or by this
+        check) parameters and moments are left unchanged, as a loss scaler's skipped step.
+        Without it ``found`` is scratch, neither read nor written.
+    skipped : int32 device array (1,), optional
+        Steps skipped before this one: the bias corrections use ``step - skipped[0]``
+        (computed in the kernels' dtype when nonzero).
     """
     dtype = _segmented_checked("lamb_update_segmented", param, chunks, segments, partial,
                                ratio, found, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    finite = int(bool(check_finite))
+    scale, zero_flag, skip_count = _scaling_arrays("lamb_update_segmented", param, inv_scale,
+                                                   None, skipped)
     if int(chunks.shape[1]) == 0:
         return
     stream = stream_for(param)
     blocks, threads = _segmented_grid(chunks)
     bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
-    scale = 1.0 if inv_scale is None else float(inv_scale)
-    finite = int(bool(check_finite))
     KERNELS.compiled("segmented_lamb_partials", dtype)[blocks, threads, stream](
         param, grad, exp_avg, exp_avg_sq, chunks, segments, partial, beta1, 1 - beta1, beta2,
-        1 - beta2, bc1, bc2, eps, weight_decay, scale)
+        1 - beta2, bc1, bc2, eps, weight_decay, int(step), scale,
+        found if finite else zero_flag, skip_count)
     fblocks, fthreads = grid_stride(int(segments.shape[1]))
     KERNELS.compiled("segmented_finalize", dtype)[fblocks, fthreads, stream](
         partial, segments, ratio, found, 0.0, 0.0, 0.0, _LAMB, finite)
     KERNELS.compiled("segmented_lamb_apply", dtype)[blocks, threads, stream](
         param, grad, exp_avg, exp_avg_sq, chunks, segments, ratio, found, lr, beta1, 1 - beta1,
-        beta2, 1 - beta2, bc1, bc2, eps, weight_decay, scale, finite)
+        beta2, 1 - beta2, bc1, bc2, eps, weight_decay, scale, finite, int(step), skip_count)
 
 
 def lars_update_segmented(param, grad, momentum_buffer, *, chunks, segments, partial, ratio,

@@ -6,6 +6,8 @@ trust ratio stay 0-d arrays of the parameter's dtype.
 
 from __future__ import annotations
 
+from ..optim.reference import _pow, _skip, _step_number, _typed
+
 
 def l2_norm(xp, a):
     """``sqrt(sum(a * a))`` over every element, as a 0-d array of ``a``'s dtype."""
@@ -19,13 +21,35 @@ def safe_ratio(xp, numerator, denominator, w_norm, u_norm):
     return xp.where(ok, numerator / xp.where(ok, denominator, one), one)
 
 
-def lamb_direction(xp, param, exp_avg, exp_avg_sq, *, step, beta1, beta2, eps, weight_decay):
+def _bias_corrections(xp, step, skipped, beta1, beta2, like):
+    """``(1 - beta1^t, 1 - beta2^t)`` with ``t = step - skipped[0]``: Python floats without
+    ``skipped``, else 0-d arrays of ``like``'s dtype (computed in float64)."""
+    t = _step_number(xp, step, skipped)
+    if isinstance(t, int):
+        return 1 - beta1 ** t, 1 - beta2 ** t
+    return (_typed(xp, 1 - _pow(xp, beta1, t), like), _typed(xp, 1 - _pow(xp, beta2, t), like))
+
+
+def _unscaled(xp, grad, inv_scale):
+    """``grad * inv_scale``: a Python float or an array (1,) / 0-d; ``grad`` without it."""
+    if inv_scale is None:
+        return grad
+    if isinstance(inv_scale, (int, float)):
+        return grad * float(inv_scale)
+    return grad * xp.astype(xp.reshape(inv_scale, ()), grad.dtype)
+
+
+def lamb_direction(xp, param, exp_avg, exp_avg_sq, *, step, beta1, beta2, eps, weight_decay,
+                   skipped=None):
     """LAMB's unscaled update ``r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w``.
 
-    ``exp_avg``/``exp_avg_sq`` are the moments already updated with this step's gradient.
+    ``exp_avg``/``exp_avg_sq`` are the moments already updated with this step's gradient;
+    the bias corrections use ``t = step - skipped[0]`` (``skipped``: int32 array (1,)).
     """
-    m_hat = exp_avg / (1 - beta1 ** step)
-    v_hat = exp_avg_sq / (1 - beta2 ** step)
+    bias_correction1, bias_correction2 = _bias_corrections(xp, step, skipped, beta1, beta2,
+                                                           param)
+    m_hat = exp_avg / bias_correction1
+    v_hat = exp_avg_sq / bias_correction2
     r = m_hat / (xp.sqrt(v_hat) + eps)
     if weight_decay != 0:
         r = r + weight_decay * param
@@ -33,7 +57,8 @@ def lamb_direction(xp, param, exp_avg, exp_avg_sq, *, step, beta1, beta2, eps, w
 
 
 def lamb_update(xp, param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
-                eps=1e-6, weight_decay=0.0, adapt=True):
+                eps=1e-6, weight_decay=0.0, adapt=True, inv_scale=None, found_inf=None,
+                skipped=None):
     """One LAMB step (You et al. 2020), returning ``(param, exp_avg, exp_avg_sq)``.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
@@ -49,17 +74,26 @@ def lamb_update(xp, param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, be
     lr, beta1, beta2, eps, weight_decay : float
     adapt : bool
         Apply the trust ratio (False: plain Adam with decoupled-in-``r`` weight decay).
+    inv_scale : array (1,) of ``param``'s dtype, or float, optional
+        A loss scaler's ``1 / scale``: the gradient used (moments, ``r``, the trust ratio)
+        is ``grad * inv_scale``.
+    found_inf : int32 array (1,), optional
+        A loss scaler's overflow flag: when set, everything is returned unchanged.
+    skipped : int32 array (1,), optional
+        Steps skipped before this one: the bias corrections use ``t = step - skipped[0]``.
     """
+    old = (param, exp_avg, exp_avg_sq)
+    grad = _unscaled(xp, grad, inv_scale)
     m = beta1 * exp_avg + (1 - beta1) * grad
     v = beta2 * exp_avg_sq + (1 - beta2) * (grad * grad)
     r = lamb_direction(xp, param, m, v, step=step, beta1=beta1, beta2=beta2, eps=eps,
-                       weight_decay=weight_decay)
+                       weight_decay=weight_decay, skipped=skipped)
     if adapt:
         w_norm = l2_norm(xp, param)
         r_norm = l2_norm(xp, r)
         phi = safe_ratio(xp, w_norm, r_norm, w_norm, r_norm)
-        return param - lr * (phi * r), m, v
-    return param - lr * r, m, v
+        return _skip(xp, found_inf, old, (param - lr * (phi * r), m, v))
+    return _skip(xp, found_inf, old, (param - lr * r, m, v))
 
 
 def lars_local_lr(xp, param, grad, *, weight_decay, trust_coefficient, eps):
@@ -129,7 +163,7 @@ def nonfinite_flag(xp, grad, found_inf=None):
 
 def lamb_update_segmented(xp, param, grad, exp_avg, exp_avg_sq, *, offsets, adapt, step, lr,
                           beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, inv_scale=None,
-                          found_inf=None):
+                          found_inf=None, skipped=None):
     """LAMB over flat buffers holding several parameters, one trust ratio per segment.
 
     Segment ``k`` is ``[offsets[k], offsets[k + 1])``; it gets :func:`lamb_update` with
@@ -142,11 +176,13 @@ def lamb_update_segmented(xp, param, grad, exp_avg, exp_avg_sq, *, offsets, adap
     offsets : sequence of int (n + 1,)
         Increasing, from 0 to ``total``.
     adapt : sequence of bool (n,)
-    inv_scale : float, optional
+    inv_scale : array (1,) of ``param``'s dtype, or float, optional
         A loss scaler's ``1 / scale``: the gradient used is ``grad * inv_scale``.
     found_inf : array (1,) or 0-d, optional
         With ``inv_scale`` or alone: the step is skipped (everything returned unchanged)
         when it is set on entry or when ``grad * inv_scale`` holds NaN or inf.
+    skipped : int32 array (1,), optional
+        Steps skipped before this one: the bias corrections use ``t = step - skipped[0]``.
 
     Returns
     -------
@@ -154,13 +190,13 @@ def lamb_update_segmented(xp, param, grad, exp_avg, exp_avg_sq, *, offsets, adap
     found : 0-d bool array or None
         Whether the step was skipped (``None`` without ``found_inf``).
     """
-    if inv_scale is not None:
-        grad = grad * inv_scale
+    grad = _unscaled(xp, grad, inv_scale)
     ps, ms, vs = [], [], []
     for lo, hi, on in _segments(offsets, adapt):
         p, m, v = lamb_update(xp, param[lo:hi], grad[lo:hi], exp_avg[lo:hi],
                               exp_avg_sq[lo:hi], step=step, lr=lr, beta1=beta1, beta2=beta2,
-                              eps=eps, weight_decay=weight_decay if on else 0.0, adapt=on)
+                              eps=eps, weight_decay=weight_decay if on else 0.0, adapt=on,
+                              skipped=skipped)
         ps.append(p)
         ms.append(m)
         vs.append(v)

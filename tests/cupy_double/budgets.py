@@ -64,6 +64,8 @@ def _gpu():
 def _optimizer(kind, params, **options):
     if kind == "adam":
         return dn.optim.Adam(params, lr=1e-3, **options)
+    if kind == "lamb":
+        return dn.optim.LAMB(params, lr=1e-3, **options)
     return dn.optim.SGD(params, lr=1e-2, momentum=0.9, **options)
 
 
@@ -281,6 +283,10 @@ SCENARIOS = {
     "fit_epoch": lambda: fit_epoch(),
     "fit_mixed_float16": lambda: fit_mixed_float16_step(),
     "fit_mixed_float16_sgd": lambda: fit_mixed_float16_step("fit_mixed_float16_sgd", "sgd"),
+    "fit_mixed_float16_lamb": lambda: fit_mixed_float16_step("fit_mixed_float16_lamb",
+                                                             "lamb"),
+    "explicit_loss_scaler_lamb": lambda: explicit_loss_scaler_step(
+        "explicit_loss_scaler_lamb", "lamb"),
     "explicit_loss_scaler": lambda: explicit_loss_scaler_step(),
     "explicit_loss_scaler_clip": lambda: explicit_loss_scaler_step(
         "explicit_loss_scaler_clip", options={"clip_grad_norm": 1.0}),

@@ -27,6 +27,7 @@ OPTIMIZERS = {
     "adagrad": lambda p: dn.optim.Adagrad(p, lr=0.1, lr_decay=0.01),
     "adadelta": lambda p: dn.optim.Adadelta(p, lr=1.0),
     "lars": lambda p: dn.optim.LARS(p, lr=0.1, weight_decay=1e-3, trust_coefficient=0.01),
+    "lamb": lambda p: dn.optim.LAMB(p, lr=1e-2, weight_decay=1e-2),
 }
 
 
@@ -110,8 +111,31 @@ def test_lars_unscales_in_place_then_skips_on_the_flag_in_its_segmented_step(mon
                      "segmented_lars_apply", "loss_scale_update"]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_lamb_unscales_and_skips_in_its_segmented_step(monkeypatch):
+    """LAMB's scaled step: the finite check, its three segmented launches (which unscale
+    and skip on the flag themselves), the scale update; no host read."""
+    names = []
+    real = _cuda._SimulatorLaunch.__getitem__
+
+    def counting(launcher, config):
+        kernel = launcher.kernel
+        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
+        return real(launcher, config)
+
+    def watch(i):
+        if i == STEPS - 1:
+            names.clear()
+            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+
+    _run(dn.device.backend_for("gpu"), "lamb", read_flag=None, on_step=watch)
+    assert names == ["grad_check_finite", "segmented_lamb_partials", "segmented_finalize",
+                     "segmented_lamb_apply", "loss_scale_update"]
+
+
 @pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",
-                                  "fit_mixed_float16", "fit_mixed_float16_sgd"])
+                                  "fit_mixed_float16", "fit_mixed_float16_sgd",
+                                  "explicit_loss_scaler_lamb"])
 def test_loss_scaled_steps_read_nothing_back(name):
     result = budgets.SCENARIOS[name]()
     print(result.line())
@@ -119,7 +143,8 @@ def test_loss_scaled_steps_read_nothing_back(name):
 
 
 @pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",
-                                  "fit_mixed_float16", "fit_mixed_float16_sgd"])
+                                  "fit_mixed_float16", "fit_mixed_float16_sgd",
+                                  "explicit_loss_scaler_lamb"])
 def test_the_scaler_and_the_optimizer_allocate_nothing_per_step(name):
     """Every allocation of the step comes from the model's forward/backward (16-bit
     rounding, GEMM outputs: other budgets), none from scaling, unscaling or updating."""
@@ -133,6 +158,14 @@ def test_the_scaler_and_the_optimizer_allocate_nothing_per_step(name):
 def test_explicit_loss_scaler_allocates_what_the_plain_step_does():
     scaled = budgets.SCENARIOS["explicit_loss_scaler"]()
     assert scaled.alloc <= budgets.SCENARIOS["explicit"]().alloc, repr(scaled)
+
+
+def test_lamb_mixed_float16_fit_step_reads_and_allocates_nothing():
+    """LAMB's scaled fit step: the flag, ``1 / scale`` and the skip count stay on the
+    device (0 host syncs) and nothing is allocated per step."""
+    result = budgets.SCENARIOS["fit_mixed_float16_lamb"]()
+    print(result.line())
+    assert (result.sync, result.alloc) == (0, 0), repr(result)
 
 
 def test_fit_mixed_float16_allocates_nothing_per_step():

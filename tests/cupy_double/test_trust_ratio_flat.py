@@ -147,11 +147,12 @@ def test_lamb_takes_the_inverse_scale_and_the_found_inf_flag_on_the_device():
                                            **hyper)
     arrays = [gpu.asarray(a, "float64") for a in (p, g * 256.0, m, v)]
     found = gpu.xp.zeros((1,), dtype=gpu.xp.int32)
-    gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt, inv_scale=1 / 256,
+    inv_scale = gpu.asarray(np.array([1 / 256]), "float64")
+    gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt, inv_scale=inv_scale,
                               found_inf=found, **hyper)  # compiles and copies the tables
     arrays = [gpu.asarray(a, "float64") for a in (p, g * 256.0, m, v)]
     with double.counting() as c:
-        gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt, inv_scale=1 / 256,
+        gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt, inv_scale=inv_scale,
                                   found_inf=found, **hyper)
     assert (c.sync, c.alloc) == (0, 0), c
     assert gpu.to_host(found)[0] == 0
@@ -160,7 +161,8 @@ def test_lamb_takes_the_inverse_scale_and_the_found_inf_flag_on_the_device():
     bad = g.copy()
     bad[20] = np.nan
     arrays = [gpu.asarray(a, "float64") for a in (p, bad, m, v)]
-    gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt, inv_scale=1.0,
+    gpu.lamb_update_segmented(*arrays, offsets=offsets, adapt=adapt,
+                              inv_scale=gpu.asarray(np.array([1.0]), "float64"),
                               found_inf=found, **hyper)
     assert gpu.to_host(found)[0] == 1
     np.testing.assert_array_equal(gpu.to_host(arrays[0]), p)

@@ -79,9 +79,19 @@ def golden_lars(p, g, b, *, lr, momentum=0.9, weight_decay=0.0, trust_coefficien
 
 # ------------------------------------------------------------ one calling convention per device
 
+def scaling_arrays(hyper, dtype):
+    """``hyper`` with a float ``inv_scale`` made an array (1,) of ``dtype`` (the kernels'
+    convention: a loss scaler's device value)."""
+    hyper = dict(hyper)
+    if isinstance(hyper.get("inv_scale"), float):
+        hyper["inv_scale"] = np.array([hyper["inv_scale"]], dtype)
+    return hyper
+
+
 def run_update(device, name, arrays, hyper):
     """Apply ``{name}_update`` in place to copies of ``arrays`` on ``device``; return them."""
     arrays = [a.copy() for a in arrays]
+    hyper = scaling_arrays(hyper, arrays[0].dtype)
     if device == "reference":
         new = getattr(R, f"{name}_update")(np, *arrays, **hyper)
         out = [arrays[0], *arrays[2:]]
@@ -373,6 +383,7 @@ def run_segmented(device, name, arrays, offsets, adapt, hyper, found=None, chunk
     """``{name}_update_segmented`` in place on copies of ``arrays``; returns
     ``[param, *state]`` (``found``, an int32 (1,) array, is updated in place)."""
     arrays = [a.copy() for a in arrays]
+    hyper = scaling_arrays(hyper, arrays[0].dtype)
     extra = {} if found is None or name == "lars" else {"found_inf": found}
     if device == "reference":
         new = getattr(R, f"{name}_update_segmented")(np, *arrays, offsets=offsets,
@@ -554,3 +565,73 @@ def test_cudasim_segmented_launcher_checks(ck):
         cuda.lars_update_segmented(p.reshape(2, 5), p.reshape(2, 5), np.zeros((2, 5)),
                                    chunks=chunks, segments=segments,
                                    found=np.zeros(1, np.int32), lr=1.0, **scratch)
+
+
+# ------------------------------------------------------------ LAMB under a loss scaler
+
+LAMB_SCALED = {"step": 5, "lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6,
+               "weight_decay": 0.01}
+"""Host step 5 with 2 skipped steps: the bias corrections are those of step 3."""
+
+
+def _scaler_arrays(dtype, *, scale=1024.0, found=0, skipped=2):
+    return {"inv_scale": np.array([1 / scale], dtype), "found_inf": np.array([found], np.int32),
+            "skipped": np.array([skipped], np.int32)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("adapt", [True, False])
+def test_lamb_unscales_and_corrects_bias_at_step_minus_skipped(device, dtype, adapt):
+    """``grad * 1024`` with ``inv_scale = 1/1024`` and ``skipped = 2`` at host step 5 is the
+    plain rule on ``grad`` at step 3 (trust ratio and weight decay see the unscaled
+    gradient)."""
+    p, g, m, v = make_inputs((3, 5), dtype, "random", 2, seed=7)
+    hyper = dict(LAMB_SCALED, adapt=adapt, weight_decay=0.01 if adapt else 0.0)
+    scaled = g * g.dtype.type(1024)
+    got = run_update(device, "lamb", [p, scaled, m, v], dict(hyper, **_scaler_arrays(dtype)))
+    want = golden_lamb(p, g, m, v, **dict(hyper, step=3))
+    assert_matches(got, want, dtype)
+    not_at_5 = golden_lamb(p, g, m, v, **hyper)  # the test can fail: step 5 differs
+    assert not np.allclose(got[0], not_at_5[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_lamb_skips_on_the_flag_bit_identically(device, dtype):
+    p, g, m, v = make_inputs((40, 15), dtype, "random", 2, seed=8)
+    g[3, 4] = np.inf
+    got = run_update(device, "lamb", [p, g, m, v],
+                     dict(LAMB_SCALED, **_scaler_arrays(dtype, found=1)))
+    for a, before in zip(got, (p, m, v)):
+        assert np.array_equal(a, before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_segmented_lamb_corrects_bias_at_step_minus_skipped(tiny_grid, device, dtype):
+    offsets, adapt, arrays = layout_inputs("excluded-1d", dtype, 2, seed=5)
+    scaled = [arrays[0], arrays[1] * arrays[1].dtype.type(1024), *arrays[2:]]
+    found = np.zeros(1, np.int32)
+    scaling = _scaler_arrays(dtype)
+    del scaling["found_inf"]
+    got = run_segmented(device, "lamb", scaled, offsets, adapt, dict(LAMB_SCALED, **scaling),
+                        found=found)
+    assert found[0] == 0
+    want = golden_segmented("lamb", arrays, offsets, adapt, dict(LAMB_SCALED, step=3))
+    assert_matches(got, want, dtype)
+    at_5 = golden_segmented("lamb", arrays, offsets, adapt, LAMB_SCALED)
+    assert not np.allclose(got[0], at_5[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lamb_devices_agree_with_the_reference_under_scaling(device):
+    """float64, the same scaled inputs: each device equals the reference twin closely."""
+    p, g, m, v = make_inputs((7,), "float64", "random", 2, seed=9)
+    hyper = dict(LAMB_SCALED, **_scaler_arrays("float64", scale=8.0, skipped=1))
+    want = run_update("reference", "lamb", [p, g, m, v], hyper)
+    got = run_update(device, "lamb", [p, g, m, v], hyper)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
