@@ -50,11 +50,12 @@ FORCE_VARIABLE = "DUALNN_THREAD_POLICY"
 comma-separated ``retime=0`` (leave spinning OpenBLAS pools alone), ``parallel=0|1``,
 ``layer=omp|tbb|workqueue`` (first in Numba's priority), ``blas_threads=N``
 (threadpoolctl limit on the BLAS pools), ``mkl_layer=sequential|gnu|intel|tbb`` (oneMKL's
-threading layer for the bfloat16 GEMM)."""
+threading layer)."""
 
 MKL_LAYERS = ("sequential", "gnu", "intel", "tbb")
 MKL_LAYER_DEFAULT = "gnu"
-"""oneMKL threading layer used unless overridden (see :func:`mkl_policy`)."""
+"""oneMKL threading layer used unless Numba runs on TBB or it is overridden (see
+:func:`mkl_policy`)."""
 
 
 def forced():
@@ -216,10 +217,15 @@ def check_openblas(retime=True):
 # ------------------------------------------------------------------------- decisions
 
 def _tbb_available():
+    """Whether Numba's TBB layer can load. The ``tbb`` wheel puts ``libtbb.so.12`` in the
+    environment's ``lib/``, off the linker's path, so it is loaded by path first."""
     import importlib.util
 
     if importlib.util.find_spec("numba") is None:
         return False
+    from . import _libs
+
+    _libs.load_global(("libtbb.so.12",))
     try:
         import numba.np.ufunc.tbbpool  # noqa: F401
     except ImportError:
@@ -339,13 +345,35 @@ def _cpu_count():
         return os.cpu_count() or 1
 
 
+def _numba_layer_for_mkl():
+    """The Numba threading layer that runs (or will run) the fused kernels, or ``None``
+    when kernels run serially or Numba is absent."""
+    try:
+        decision = configure_numba_threading()
+        import numba
+    except ImportError:
+        return None
+    if not decision["parallel"]:
+        return None
+    try:
+        return numba.threading_layer()  # already running
+    except ValueError:
+        pass
+    user = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    if user in ("omp", "tbb", "workqueue"):
+        return user
+    return (decision["layers"] or numba.config.THREADING_LAYER_PRIORITY)[0]
+
+
 def mkl_policy():
-    """oneMKL's threading layer and thread count for the bfloat16 GEMM (read when it loads).
+    """oneMKL's threading layer and thread count (read when oneMKL loads).
 
     The thread count is the one the rest of dualnn uses (the first loaded OpenBLAS's, else
-    the usable cores); ``MKL_NUM_THREADS`` you set is respected. The layer (chosen by
-    measurement, see the performance page, "bfloat16 on the CPU") is ``MKL_LAYER_DEFAULT``
-    unless ``MKL_THREADING_LAYER`` or ``DUALNN_THREAD_POLICY=mkl_layer=...`` says otherwise.
+    the usable cores); ``MKL_NUM_THREADS`` you set is respected. The layer is the runtime
+    of Numba's threading layer, so the GEMMs and the fused kernels between them share one
+    pool: ``tbb`` when Numba runs on TBB, else ``gnu`` (libgomp, which Numba's ``omp`` layer
+    uses). ``MKL_THREADING_LAYER`` or ``DUALNN_THREAD_POLICY=mkl_layer=...`` override it.
+    Chosen by measurement (the performance page, "oneMKL's GEMMs").
 
     Returns
     -------
@@ -357,17 +385,16 @@ def mkl_policy():
     why = "dualnn's thread count"
     if os.environ.get("MKL_NUM_THREADS", "").strip().isdigit():
         count, why = int(os.environ["MKL_NUM_THREADS"]), "MKL_NUM_THREADS set by the user"
-    layer = MKL_LAYER_DEFAULT
-    if layer == "gnu" and _at_import.get("gomp_spins"):
-        # the gnu layer would run on the spinning libgomp; libiomp5 loads now and reads
-        # OMP_WAIT_POLICY=PASSIVE
-        layer, why = "intel", why + ", intel layer: a spinning libgomp was up before dualnn"
     user = os.environ.get("MKL_THREADING_LAYER", "").strip().lower()
-    if user in MKL_LAYERS:
-        layer, why = user, why + ", MKL_THREADING_LAYER set by the user"
     force = forced()
     if "mkl_layer" in force:
         layer, why = force["mkl_layer"], f"forced by {FORCE_VARIABLE}"
+    elif user in MKL_LAYERS:
+        layer, why = user, why + ", MKL_THREADING_LAYER set by the user"
+    elif _numba_layer_for_mkl() == "tbb":
+        layer, why = "tbb", why + ", tbb layer: the pool Numba's kernels run on"
+    else:
+        layer, why = MKL_LAYER_DEFAULT, why + ", gnu layer: libgomp, as Numba's omp layer"
     return {"layer": layer, "threads": max(1, int(count)), "why": why}
 
 

@@ -609,6 +609,21 @@ def _gpu_kernel_rows():
             ("tf32 for float32 GEMMs", "on" if gpu.tf32 else "off (CupyBackend(tf32=True))")]
 
 
+def _float_gemm_status():
+    """Which library runs the NumPy backend's float GEMMs (loads oneMKL when present)."""
+    from dualnn.backend import mkl, mkl_gemm
+
+    if mkl_gemm.switched_off():
+        return f"NumPy's BLAS ({mkl_gemm.SWITCH_VARIABLE}=0)"
+    ok, reason = mkl_gemm.availability()
+    if not ok:
+        return f"NumPy's BLAS ({reason})"
+    state = mkl.info()
+    return (f"oneMKL for 2-D products of m*n*k >= {mkl_gemm.MIN_WORK} ({state['library']}, "
+            f"{state['layer']} threading layer, {state['threads']} threads); NumPy's BLAS "
+            "below that")
+
+
 def _bf16_gemm_status():
     """Whether mixed_bfloat16 on the CPU runs bfloat16 GEMMs, and why not (loads oneMKL)."""
     from dualnn.backend import bf16_gemm
@@ -648,6 +663,7 @@ def cmd_info(args, out):
         rows.append(("blas" if index == 0 else "", line))
     for key, value in thread_policy_report().items():
         rows.append((f"thread policy {key}", value))
+    rows.append(("float GEMMs (cpu)", _float_gemm_status()))
     rows.append(("bfloat16 GEMM (cpu)", _bf16_gemm_status()))
     for key, value in dn.distributed.describe().items():  # never starts MPI
         rows.append((f"distributed {key}", value))

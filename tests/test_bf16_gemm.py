@@ -14,7 +14,7 @@ from dualnn.kernels.cast import reference as cast
 import dualnn as dn
 from dualnn import _threads
 from dualnn import layers as L
-from dualnn.backend import bf16_gemm
+from dualnn.backend import bf16_gemm, mkl
 from dualnn.errors import ShapeError
 from dualnn.precision import PerformanceWarning, Precision
 from dualnn.training import mixed_precision
@@ -223,7 +223,7 @@ def reloaded():
 
 
 def test_missing_mkl_falls_back_to_the_emulation_with_the_warning(monkeypatch, reloaded):
-    monkeypatch.setenv(bf16_gemm.LIBRARY_VARIABLE, "")
+    monkeypatch.setenv(mkl.LIBRARY_VARIABLE, "")
     monkeypatch.setattr(mixed_precision, "_warned", set())
     monkeypatch.setattr(bf16_gemm, "cpu_flags", lambda: {"avx512_bf16"})
     ok, reason = bf16_gemm.availability()
@@ -259,12 +259,12 @@ def test_fused_off_or_switched_off_means_no_gemms(monkeypatch):
 
 def test_a_threading_layer_whose_runtime_is_missing_becomes_sequential(tmp_path):
     fake = str(tmp_path / "libmkl_rt.so.3")
-    assert bf16_gemm._loadable_layer("sequential", fake) == "sequential"
-    assert bf16_gemm._loadable_layer("nonexistent-runtime", fake) == "sequential"
+    assert mkl.loadable_layer("sequential", fake) == "sequential"
+    assert mkl.loadable_layer("nonexistent-runtime", fake) == "sequential"
     # libtbb is not on the linker's path here and not next to the fake library
-    if bf16_gemm._loadable_layer("tbb", "/nonexistent/libmkl_rt.so") == "tbb":
+    if mkl.loadable_layer("tbb", "/nonexistent/libmkl_rt.so") == "tbb":
         pytest.skip("libtbb.so.12 is on the dynamic linker's path")
-    assert bf16_gemm._loadable_layer("tbb", fake) == "sequential"
+    assert mkl.loadable_layer("tbb", fake) == "sequential"
 
 
 # ------------------------------------------------------------------ thread policy
@@ -282,8 +282,11 @@ def test_mkl_policy_thread_count_and_overrides(monkeypatch):
     policy = _threads.mkl_policy()
     assert policy["threads"] == 1 and policy["layer"] == "tbb"
     monkeypatch.delenv("MKL_THREADING_LAYER")
-    monkeypatch.setitem(_threads._at_import, "gomp_spins", True)
-    assert _threads.mkl_policy()["layer"] == "intel"  # not the gnu layer on a spinning libgomp
+    monkeypatch.setattr(_threads, "_numba_layer_for_mkl", lambda: "tbb")
+    assert _threads.mkl_policy()["layer"] == "tbb"  # the pool Numba's kernels run on
+    for numba_layer in ("omp", "workqueue", None):
+        monkeypatch.setattr(_threads, "_numba_layer_for_mkl", lambda layer=numba_layer: layer)
+        assert _threads.mkl_policy()["layer"] == "gnu"
     monkeypatch.setenv(_threads.FORCE_VARIABLE, "mkl_layer=sequential")
     assert _threads.mkl_policy()["layer"] == "sequential"
     monkeypatch.setenv(_threads.FORCE_VARIABLE, "mkl_layer=bogus")

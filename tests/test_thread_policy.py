@@ -76,9 +76,20 @@ for _ in range(3):
     before = others_cpu()
     time.sleep(0.2)
     idle_cpu += others_cpu() - before
+from dualnn.backend import mkl, mkl_gemm
+mkl_state, mkl_idle = None, 0.0
+if mkl._state["checked"] and mkl_gemm.availability()[0]:  # the step's GEMMs loaded it
+    mkl_state = mkl.info()
+    b = rng.standard_normal((512, 1024)).astype(np.float32)
+    for _ in range(3):
+        mkl_gemm.gemm(b, b.T)
+        time.sleep(0.02)
+        before = others_cpu()
+        time.sleep(0.2)
+        mkl_idle += others_cpu() - before
 state = _threads.policy_state(start=False)
 print(json.dumps({"state": state, "layer": numba.threading_layer(), "built": built,
-                  "idle_cpu": idle_cpu}))
+                  "idle_cpu": idle_cpu, "mkl": mkl_state, "mkl_idle_cpu": mkl_idle}))
 """
 
 
@@ -96,6 +107,24 @@ def run_order(imports, force=None, timeout=120):
 
 def parallel_builds_used(result):
     return any(parallel for _, parallel in result["built"].values())
+
+
+def assert_mkl_shares_numbas_pool(result):
+    """oneMKL (when the step loaded it) runs on the runtime of Numba's layer, and its
+    workers sleep after a GEMM."""
+    if result["mkl"] is None:
+        return
+    expected = "tbb" if result["layer"] == "tbb" else "gnu"
+    assert result["mkl"]["layer"] == expected, (result["mkl"], result["layer"])
+    assert result["mkl"]["threads"] >= 1
+    assert result["mkl_idle_cpu"] <= 0.05, result["mkl_idle_cpu"]
+
+
+def tbb_installed():
+    """Whether the tbb wheel's library is in this environment (Numba's TBB layer)."""
+    from dualnn import _libs
+
+    return _libs.find(("libtbb.so.12",)) is not None
 
 
 def assert_openblas_quiet(result):
@@ -121,6 +150,7 @@ def test_dualnn_first_sets_the_variables_and_uses_omp():
     assert result["layer"] == state["numba_layer"] == "omp"
     assert state["parallel_kernels"] and parallel_builds_used(result)
     assert state["warnings"] == []
+    assert_mkl_shares_numbas_pool(result)
 
 
 @needs_linux
@@ -135,6 +165,7 @@ def test_numpy_first_retimes_openblas_at_run_time(imports):
     assert result["layer"] == "omp" and state["parallel_kernels"]
     assert parallel_builds_used(result)
     assert state["warnings"] == []
+    assert_mkl_shares_numbas_pool(result)
 
 
 @needs_linux
@@ -155,9 +186,12 @@ def test_torch_first_avoids_its_spinning_libgomp():
     state = result["state"]
     assert state["gomp"] == {"loaded_before_dualnn": True, "spins": True}
     assert_openblas_quiet(result)
-    assert result["layer"] == state["numba_layer"] == "workqueue"
+    # TBB (where the tbb wheel is installed: loaded by path) or workqueue, never omp
+    expected = "tbb" if tbb_installed() else "workqueue"
+    assert result["layer"] == state["numba_layer"] == expected
     assert state["parallel_kernels"] and parallel_builds_used(result)
     assert state["warnings"] == []
+    assert_mkl_shares_numbas_pool(result)
 
 
 # -------------------------------------------------------------------- the pure decision

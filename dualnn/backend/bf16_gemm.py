@@ -3,11 +3,11 @@
 ``cblas_gemm_bf16bf16f32`` multiplies bfloat16 matrices (passed as their ``uint16`` bit
 patterns: the upper half of a float32) and accumulates and writes float32. On a CPU with
 AVX-512 BF16 or AMX-BF16 it runs ~2x faster than a float32 GEMM. NumPy's OpenBLAS has no
-such routine, so the library comes from the ``mkl`` wheel (``pip install 'dualnn[cpu-bf16]'``).
+such routine, so the library comes from the ``mkl`` wheel (``pip install 'dualnn[mkl]'``).
 
 Nothing is loaded when dualnn is imported: :func:`availability` (first asked by the
-mixed-precision runner or ``dualnn info``) checks the CPU flags, finds ``libmkl_rt``,
-chooses its threading layer and thread count (:func:`dualnn._threads.mkl_policy`) and
+mixed-precision runner or ``dualnn info``) checks the CPU flags, loads oneMKL with
+dualnn's threading layer and thread count (:func:`dualnn.backend.mkl.library`) and
 binds the function. :func:`gemm` is the call.
 
 Shapes: ``a`` (m, k), ``b`` (k, n) uint16, each C-contiguous or the transpose of a
@@ -18,27 +18,19 @@ float32 C-contiguous.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
-import sys
 import threading
 
 import numpy as np
 
 from ..errors import ShapeError
+from . import mkl
 
 ROW_MAJOR = 101
 NO_TRANS = 111
 TRANS = 112
 CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-LIBRARY_VARIABLE = "DUALNN_MKL_RT"
-"""Path of ``libmkl_rt`` to use instead of searching (empty string: pretend it is absent)."""
-THREADING_LAYERS = {"intel": 0, "sequential": 1, "gnu": 3, "tbb": 4}
-"""``MKL_Set_Threading_Layer`` codes (``mkl_service.h``)."""
-
 _lock = threading.Lock()
-_state = {"checked": False, "function": None, "reason": None, "library": None,
-          "layer": None, "threads": None, "lib": None}
+_state = {"checked": False, "function": None, "reason": None}
 
 
 def cpu_flags():
@@ -53,89 +45,28 @@ def cpu_flags():
     return set()
 
 
-def find_library():
-    """The path (or soname) of ``libmkl_rt`` to load, or ``None``.
-
-    Looked for in :data:`LIBRARY_VARIABLE`, then the ``lib/`` folder of this Python's
-    environment and of every environment on ``sys.path`` (where the ``mkl`` wheel puts
-    it), then the dynamic linker's search path.
-    """
-    if LIBRARY_VARIABLE in os.environ:
-        return os.environ[LIBRARY_VARIABLE] or None
-    prefixes = [sys.prefix, sys.exec_prefix, sys.base_prefix]
-    for entry in sys.path:  # <prefix>/lib/pythonX.Y/site-packages: layered environments
-        parts = os.path.normpath(entry or ".").split(os.sep)
-        if len(parts) > 3 and parts[-1] == "site-packages" and parts[-3] == "lib":
-            prefixes.append(os.sep.join(parts[:-3]))
-    for prefix in dict.fromkeys(prefixes):
-        for name in ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"):
-            path = os.path.join(prefix, "lib", name)
-            if os.path.exists(path):
-                return path
-    return ctypes.util.find_library("mkl_rt")
-
-
 def _load():
-    """Check, load and bind; fills ``_state``. Returns the bound function or ``None``."""
+    """Check the CPU, load oneMKL (:func:`mkl.library`) and bind; fills ``_state``."""
     flags = cpu_flags()
     if not flags & set(CPU_FLAGS):
         _state["reason"] = f"the CPU has neither {' nor '.join(CPU_FLAGS)}"
-        return None
-    path = find_library()
-    if path is None:
-        _state["reason"] = ("oneMKL (libmkl_rt) not found: pip install 'dualnn[cpu-bf16]' "
-                            "(the mkl wheel)")
-        return None
-    from .. import _threads
-
-    policy = _threads.mkl_policy()
-    layer = _loadable_layer(policy["layer"], path)
+        return
+    lib, reason = mkl.library()
+    if lib is None:
+        _state["reason"] = reason
+        return
     try:
-        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
-        # the threading layer must be chosen before any other MKL call
-        lib.MKL_Set_Interface_Layer.argtypes = [ctypes.c_int]
-        lib.MKL_Set_Interface_Layer(0)  # LP64: 32-bit integers, as bound below
-        lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
-        lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
-        lib.MKL_Set_Threading_Layer(THREADING_LAYERS[layer])
-        lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
-        lib.MKL_Set_Num_Threads.restype = None
-        lib.MKL_Set_Num_Threads(int(policy["threads"]))
-        lib.MKL_Get_Max_Threads.restype = ctypes.c_int
         fn = lib.cblas_gemm_bf16bf16f32
-    except (OSError, AttributeError) as exc:
-        _state["reason"] = f"{path}: cannot bind cblas_gemm_bf16bf16f32 ({exc})"
-        return None
+    except AttributeError as exc:
+        _state["reason"] = f"{mkl.info()['library']}: cannot bind cblas_gemm_bf16bf16f32 ({exc})"
+        return
     u16 = ctypes.POINTER(ctypes.c_uint16)
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,  # layout, transa, transb
                    ctypes.c_int, ctypes.c_int, ctypes.c_int,  # m, n, k (LP64 interface)
                    ctypes.c_float, u16, ctypes.c_int, u16, ctypes.c_int, ctypes.c_float,
                    ctypes.POINTER(ctypes.c_float), ctypes.c_int]
     fn.restype = None
-    _state.update(function=fn, library=path, layer=layer,
-                  threads=int(lib.MKL_Get_Max_Threads()), lib=lib, reason=None)
-    return fn
-
-
-_RUNTIMES = {"gnu": ("libgomp.so.1",), "intel": ("libiomp5.so",),
-             "tbb": ("libtbb.so.12", "libtbb.so")}
-
-
-def _loadable_layer(layer, path):
-    """``layer``, or ``"sequential"`` when its runtime cannot be loaded.
-
-    oneMKL ends the process ("FATAL ERROR: Cannot load libmkl_tbb_thread") when a threading
-    layer's runtime is missing, so it is loaded here first, from the dynamic linker's path
-    or next to ``libmkl_rt`` (where the wheels put libiomp5 and libtbb).
-    """
-    for name in _RUNTIMES.get(layer, ()):
-        for candidate in (name, os.path.join(os.path.dirname(path), name)):
-            try:
-                ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
-                return layer
-            except OSError:
-                continue
-    return layer if layer == "sequential" else "sequential"
+    _state.update(function=fn, reason=None)
 
 
 def availability():
@@ -160,14 +91,15 @@ def info():
     """What was loaded: ``library``, ``layer`` (MKL threading layer), ``threads``,
     ``reason`` (why unavailable, else ``None``)."""
     availability()
-    return {k: _state[k] for k in ("library", "layer", "threads", "reason")}
+    return dict(mkl.info(), reason=_state["reason"])
 
 
 def _reset_for_tests():
-    """Forget the loaded state (the tests re-run the loader with a patched environment)."""
+    """Forget the loaded state, oneMKL's too (the tests re-run the loader with a patched
+    environment)."""
     with _lock:
-        _state.update(checked=False, function=None, reason=None, library=None, layer=None,
-                      threads=None, lib=None)
+        _state.update(checked=False, function=None, reason=None)
+    mkl._reset_for_tests()
 
 
 def _operand(name, a, rows, cols):

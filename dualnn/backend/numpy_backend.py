@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..kernels.ops import ACTIVATIONS
 from . import bf16_matmul
+from . import mkl_gemm as mkl_gemm_module
 from .allocation import aligned_empty, aligned_zeros
 from .base import ArrayAPIBackend, is_dlpack_foreign
 from .fused import FusedDispatch
@@ -29,11 +30,16 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
     ----------
     fused : bool, optional
         Use the fused kernels; default from the ``DUALNN_FUSED`` environment variable (on).
+    mkl_gemm : bool, optional
+        Send big 2-D float GEMMs to oneMKL when it is installed (:mod:`~dualnn.backend.mkl_gemm`);
+        default from the ``DUALNN_MKL_GEMM`` environment variable (on).
     """
 
-    def __init__(self, fused=None):
+    def __init__(self, fused=None, mkl_gemm=None):
         super().__init__(np, name="numpy", device="cpu")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
+        self.mkl_gemm = (not mkl_gemm_module.switched_off()) if mkl_gemm is None \
+            else bool(mkl_gemm)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
         self._bf16_gemms = None  # the active bf16_matmul.Bfloat16Gemms, if any
 
@@ -88,12 +94,16 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         gemms = self._bf16_gemms
         if gemms is not None and bf16_matmul.takes(a, b):
             return gemms.matmul(a, b, out=out)
+        if self.mkl_gemm and mkl_gemm_module.takes(a, b, out):
+            return mkl_gemm_module.gemm(a, b, out=out)
         return np.matmul(a, b, out=out)
 
     def matmul_accumulate(self, a, b, out, overwrite=False):
         gemms = self._bf16_gemms
         if gemms is not None and bf16_matmul.takes(a, b):
             return gemms.matmul(a, b, out=out, beta=0.0 if overwrite else 1.0)
+        if self.mkl_gemm and mkl_gemm_module.takes(a, b, out):
+            return mkl_gemm_module.gemm(a, b, out=out, beta=0.0 if overwrite else 1.0)
         return super().matmul_accumulate(a, b, out, overwrite)
 
     def bfloat16_gemms(self):

@@ -149,9 +149,13 @@ class DualnnStep:
 
 
 class GemmBound:
-    """Only the step's 11 matmuls, into preallocated outputs (the BLAS lower bound)."""
+    """Only the step's 11 matmuls, into preallocated outputs, through the backend's
+    ``matmul`` (the lower bound of the GEMM library dualnn uses: oneMKL or NumPy's BLAS)."""
 
     def __init__(self, sizes, dtype, weights, x):
+        from ..backend import NumpyBackend
+
+        self.matmul = NumpyBackend().matmul
         self.x = x
         n = x.shape[0]
         self.w = [w for w in weights if w.ndim == 2]
@@ -163,12 +167,12 @@ class GemmBound:
     def __call__(self):
         inputs = [self.x] + self.h[:-1]
         for a, w, out in zip(inputs, self.w, self.h):  # 4 forward GEMMs
-            np.matmul(a, w.T, out=out)
+            self.matmul(a, w.T, out=out)
         grad = self.dy
         for i in range(len(self.w) - 1, -1, -1):
-            np.matmul(grad.T, inputs[i], out=self.dw[i])  # 4 weight gradients
+            self.matmul(grad.T, inputs[i], out=self.dw[i])  # 4 weight gradients
             if i > 0:
-                np.matmul(grad, self.w[i], out=self.dh[i - 1])  # 3 input gradients
+                self.matmul(grad, self.w[i], out=self.dh[i - 1])  # 3 input gradients
                 grad = self.dh[i - 1]
 
 

@@ -9,9 +9,10 @@ shows the median and the range. Rows:
   first, after NumPy, after NumPy + scikit-learn, after NumPy + PyTorch, and after NumPy +
   PyTorch with ``OPENBLAS_THREAD_TIMEOUT=4 OMP_WAIT_POLICY=PASSIVE`` exported (the reference
   a user could always get by hand);
-- the MLP step of ``dualnn bench`` (784-1024x3-10 BatchNorm + ReLU, Adam, batch 512, no input
-  gradient on either side) as a ratio to PyTorch eager running the same work in its own
-  process (:class:`~dualnn.benchmarks.compare.TorchWorker`), after NumPy, exported or not.
+- the MLP step of ``dualnn bench`` (784-1024x3-10 BatchNorm + ReLU, Adam, batch 512 and
+  4096, no input gradient on either side) as a ratio to PyTorch eager running the same
+  work in its own process (:class:`~dualnn.benchmarks.compare.TorchWorker`), after NumPy
+  (exported or not) and after NumPy + PyTorch.
 
 ``--alternatives`` adds rows forcing the candidates the policy was chosen among
 (``DUALNN_THREAD_POLICY``, see :mod:`dualnn._threads`). The policy actually in force in
@@ -60,6 +61,8 @@ def default_rows(torch_ok, sklearn_ok):
         rows.append({"kind": "digits", "order": "numpy+torch first", "env": dict(EXPORTED),
                      "label": "variables exported"})
         rows.append({"kind": "step", "order": "numpy first", "env": {}, "label": ""})
+        rows.append({"kind": "step", "order": "numpy first", "env": {}, "label": "",
+                     "batch": 4096})
         rows.append({"kind": "step", "order": "numpy first", "env": dict(EXPORTED),
                      "label": "variables exported"})
         rows.append({"kind": "step", "order": "numpy+torch first", "env": {}, "label": ""})
@@ -86,7 +89,7 @@ def run_row(row, epochs, steps, timeout=600):
         env[name] = value
     env.update(row["env"])
     spec = json.dumps({"kind": row["kind"], "imports": ORDERS[row["order"]],
-                       "epochs": epochs, "steps": steps})
+                       "epochs": epochs, "steps": steps, "batch": row.get("batch", 512)})
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec], env=env,
                           capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -152,7 +155,7 @@ def report(rows, results, epochs, out=print):
             name = f"digits fit, {epochs} epochs"
             value = _range([r["seconds"] for r in res], "{:.2f}") + " s"
         else:
-            name = "MLP step 784-1024x3-10, batch 512"
+            name = f"MLP step 784-1024x3-10, batch {row.get('batch', 512)}"
             value = _range([r["ratio"] for r in res], "{:.2f}") + "x PyTorch"
         if row["label"]:
             name += f", {row['label']}"
@@ -219,12 +222,14 @@ def _digits_row(epochs):
     return {"seconds": seconds}
 
 
-def _step_row(steps):
+def _step_row(steps, batch):
     from dualnn.benchmarks import compare
 
-    result = compare.run_step_comparison([512], repeats=2, steps=steps, dtype="float32",
+    if batch > 512:  # the same time per row, whatever the batch
+        steps = max(3, steps * 512 // batch)
+    result = compare.run_step_comparison([batch], repeats=2, steps=steps, dtype="float32",
                                          use_torch=True, out=lambda *a: None)
-    rates = result["batches"][512]
+    rates = result["batches"][batch]
     return {"ratio": rates["dualnn"] / rates["pytorch"], "dualnn": rates["dualnn"],
             "pytorch": rates["pytorch"]}
 
@@ -239,7 +244,7 @@ def _row_main(spec):
     if spec["kind"] == "digits":
         result = _digits_row(spec["epochs"])
     else:
-        result = _step_row(spec["steps"])
+        result = _step_row(spec["steps"], spec.get("batch", 512))
     result["policy"] = threads.policy_state(start=False)
     print(json.dumps(result))
 
