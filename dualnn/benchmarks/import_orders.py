@@ -60,9 +60,11 @@ def default_rows(torch_ok, sklearn_ok):
     if torch_ok:
         rows.append({"kind": "digits", "order": "numpy+torch first", "env": dict(EXPORTED),
                      "label": "variables exported"})
-        rows.append({"kind": "step", "order": "numpy first", "env": {}, "label": ""})
-        rows.append({"kind": "step", "order": "numpy first", "env": {}, "label": "",
-                     "batch": 4096})
+        for batch in (512, 4096):
+            rows.append({"kind": "step", "order": "dualnn first", "env": {}, "label": "",
+                         "batch": batch})
+            rows.append({"kind": "step", "order": "numpy first", "env": {}, "label": "",
+                         "batch": batch})
         rows.append({"kind": "step", "order": "numpy first", "env": dict(EXPORTED),
                      "label": "variables exported"})
         rows.append({"kind": "step", "order": "numpy+torch first", "env": {}, "label": ""})
