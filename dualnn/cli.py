@@ -611,17 +611,13 @@ def _gpu_kernel_rows():
 
 def _float_gemm_status():
     """Which library runs the NumPy backend's float GEMMs (loads oneMKL when present)."""
-    from dualnn.backend import mkl, mkl_gemm
+    from dualnn.backend import mkl_gemm
+    from dualnn.benchmarks.compare import gemm_library
 
-    if mkl_gemm.switched_off():
-        return f"NumPy's BLAS ({mkl_gemm.SWITCH_VARIABLE}=0)"
-    ok, reason = mkl_gemm.availability()
-    if not ok:
-        return f"NumPy's BLAS ({reason})"
-    state = mkl.info()
-    return (f"oneMKL for 2-D products of m*n*k >= {mkl_gemm.MIN_WORK} ({state['library']}, "
-            f"{state['layer']} threading layer, {state['threads']} threads); NumPy's BLAS "
-            "below that")
+    text = gemm_library()
+    if text.startswith("oneMKL"):
+        text += f" for 2-D products of m*n*k >= {mkl_gemm.MIN_WORK}, NumPy's BLAS below"
+    return text
 
 
 def _bf16_gemm_status():
