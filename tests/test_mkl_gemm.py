@@ -89,6 +89,7 @@ def test_a_training_step_agrees_with_numpys_blas(monkeypatch):
     x = rng.standard_normal((256, 128))
     y = rng.integers(0, 10, 256)
     params = []
+    real = mkl_gemm.gemm
     for use_mkl in (True, False):
         dn.seed(0)
         f64 = {"dtype": "float64"}
@@ -97,8 +98,8 @@ def test_a_training_step_agrees_with_numpys_blas(monkeypatch):
                               L.Linear(256, 10, **f64))
         monkeypatch.setattr(model.backend, "mkl_gemm", use_mkl)
         calls = []
-        real = mkl_gemm.gemm
-        monkeypatch.setattr(mkl_gemm, "gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(mkl_gemm, "gemm",
+                            lambda *a, calls=calls, **k: calls.append(1) or real(*a, **k))
         opt = dn.optim.Adam(model.parameters(), lr=1e-2)
         loss_fn = dn.losses.SoftmaxCrossEntropy()
         for _ in range(3):
