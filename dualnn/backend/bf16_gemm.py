@@ -74,11 +74,7 @@ def availability():
 
     The first call loads oneMKL (thread-safe; later calls return the cached answer).
     """
-    if not _state["checked"]:
-        with _lock:
-            if not _state["checked"]:
-                _load()
-                _state["checked"] = True
+    mkl.load_once(_state, _lock, _load)
     return _state["function"] is not None, _state["reason"]
 
 

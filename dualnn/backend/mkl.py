@@ -29,6 +29,17 @@ _state = {"checked": False, "lib": None, "path": None, "layer": None, "threads":
           "reason": None}
 
 
+def load_once(state, lock, loader):
+    """Call ``loader()`` the first time only, thread-safely (a double-checked
+    ``state["checked"]`` under ``lock``): the loaders of this module, ``mkl_gemm`` and
+    ``bf16_gemm``."""
+    if not state["checked"]:
+        with lock:
+            if not state["checked"]:
+                loader()
+                state["checked"] = True
+
+
 def find_library():
     """The path (or soname) of ``libmkl_rt`` to load, or ``None``.
 
@@ -91,11 +102,7 @@ def library():
 
     The first call loads it (thread-safe; later calls return the cached answer).
     """
-    if not _state["checked"]:
-        with _lock:
-            if not _state["checked"]:
-                _load()
-                _state["checked"] = True
+    load_once(_state, _lock, _load)
     return _state["lib"], _state["reason"]
 
 

@@ -59,11 +59,7 @@ def _load():
 def availability():
     """``(available, reason)``: whether :func:`gemm` can run, else why not (a sentence).
     The first call loads oneMKL (:func:`dualnn.backend.mkl.library`)."""
-    if not _state["checked"]:
-        with _lock:
-            if not _state["checked"]:
-                _load()
-                _state["checked"] = True
+    mkl.load_once(_state, _lock, _load)
     return _state["functions"] is not None, _state["reason"]
 
 
