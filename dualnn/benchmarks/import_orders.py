@@ -227,10 +227,11 @@ def _digits_row(epochs):
 def _step_row(steps, batch):
     from dualnn.benchmarks import compare
 
-    if batch > 512:  # the same time per row, whatever the batch
-        steps = max(3, steps * 512 // batch)
-    result = compare.run_step_comparison([batch], repeats=2, steps=steps, dtype="float32",
-                                         use_torch=True, out=lambda *a: None)
+    repeats = 2
+    if batch > 512:  # fewer, longer steps: more alternations keep the ratio as steady
+        steps, repeats = max(3, steps * 512 // batch), 5
+    result = compare.run_step_comparison([batch], repeats=repeats, steps=steps,
+                                         dtype="float32", use_torch=True, out=lambda *a: None)
     rates = result["batches"][batch]
     return {"ratio": rates["dualnn"] / rates["pytorch"], "dualnn": rates["dualnn"],
             "pytorch": rates["pytorch"]}
