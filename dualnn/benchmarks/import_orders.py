@@ -1,8 +1,8 @@
 """``dualnn bench --import-orders``: the thread policy's timings in each import order.
 
 Each row runs in a fresh process (run as a script by path, so nothing but the row's own
-imports happens before them), rows alternate round-robin, and each is repeated; the table
-shows the median and the range. Rows:
+imports happens before them), rows alternate round-robin (each round starting one row
+later), and each is repeated; the table shows the median and the range. Rows:
 
 - the digits fit (64-128-128-10 BatchNorm + ReLU, Adam, batch 64, ``dn.fit``; a one-epoch
   warm-up on a throwaway model keeps kernel loading out of the timing) with dualnn imported
@@ -116,9 +116,11 @@ def measure(rows, repeats, epochs, steps, out=print, json_path=None):
     """
     results = [[] for _ in rows]
     for r in range(repeats):
-        for i, row in enumerate(rows):
-            results[i].append(run_row(row, epochs, steps))
-            out(f"  round {r + 1}/{repeats}, row {i + 1}/{len(rows)} done")
+        # each round starts one row later, so no row always runs first (or right after
+        # the same neighbour) as the machine's speed drifts
+        for done, i in enumerate((r + j) % len(rows) for j in range(len(rows))):
+            results[i].append(run_row(rows[i], epochs, steps))
+            out(f"  round {r + 1}/{repeats}, row {done + 1}/{len(rows)} done")
         if json_path:
             _write_json(json_path, rows, results)
     return results
