@@ -231,3 +231,23 @@ def test_initial_environ_is_the_start_environment_not_later_changes():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, DUALNN_T_START="yes"), timeout=60)
     assert proc.stdout.split() == ["yes", "None"], proc.stderr[-1000:]
+
+
+# -------------------------------------------------------------------- the benchmark's rows
+
+def test_import_order_bench_rows_and_rotation(monkeypatch):
+    from dualnn.benchmarks import import_orders
+
+    rows = import_orders.default_rows(torch_ok=True, sklearn_ok=True)
+    steps = {(row["order"], row.get("batch", 512)) for row in rows if row["kind"] == "step"}
+    assert {("dualnn first", 512), ("numpy first", 512), ("dualnn first", 4096),
+            ("numpy first", 4096), ("numpy+torch first", 512)} <= steps
+    assert {row["order"] for row in rows if row["kind"] == "digits"} == set(import_orders.ORDERS)
+    assert not any("torch" in row["order"] for row in import_orders.default_rows(False, True))
+    calls = []
+    monkeypatch.setattr(import_orders, "run_row",
+                        lambda row, epochs, steps: calls.append(row["label"]) or {"seconds": 1})
+    labelled = [{"label": name} for name in "abc"]
+    results = import_orders.measure(labelled, 3, 1, 1, out=lambda *a: None)
+    assert calls == list("abcbcacab")  # every row takes every position once
+    assert [len(r) for r in results] == [3, 3, 3]
