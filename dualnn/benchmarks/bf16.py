@@ -182,18 +182,41 @@ def run_step(batch_sizes, repeats, steps, warmup, use_torch, out=print):
         tmp.cleanup()
 
 
+BOUND = "bound: bf16 GEMMs + float32 rest"
+"""A derived contestant: the bfloat16 GEMMs plus the float32 step's work outside its
+GEMMs, per round (``t = t_gemms_bf16 + t_dualnn_f32 - t_gemms_f32``): the best a
+``mixed_bfloat16`` step could do with this GEMM if every conversion were free."""
+
+
+def bound_rates(rates):
+    """Per-round samples/s of :data:`BOUND` (empty without the bfloat16 GEMM rows)."""
+    names = ("gemms bfloat16", "dualnn float32", "gemms float32")
+    if not all(rates.get(name) for name in names):
+        return []
+    out = []
+    for bf16, f32, gemm32 in zip(*(rates[name] for name in names)):
+        seconds = 1 / bf16 + max(0.0, 1 / f32 - 1 / gemm32)  # per sample
+        out.append(1 / seconds)
+    return out
+
+
 RATIOS = [("dualnn mixed_bfloat16", "dualnn float32"),
           ("dualnn mixed_bfloat16", "pytorch float32"),
           ("dualnn mixed_bfloat16", "pytorch autocast bf16"),
           ("dualnn float32", "pytorch float32"),
           ("pytorch autocast bf16", "pytorch float32"),
-          ("gemms bfloat16", "gemms float32")]
+          ("gemms bfloat16", "gemms float32"),
+          (BOUND, "pytorch float32"),
+          (BOUND, "pytorch autocast bf16")]
 
 
 def report(result, out=print):
     """Print samples/s (median [min-max] over rounds) and the ratios (of medians; the
     range is over rounds, each contestant's round against the other's same round)."""
     for b, rates in result["batches"].items():
+        bound = bound_rates(rates)
+        if bound:
+            rates = dict(rates, **{BOUND: bound})
         out("")
         out(f"batch {b}: samples/s, median [range] over {len(next(iter(rates.values())))} "
             "rounds")
