@@ -84,3 +84,26 @@ def assert_runs_match(gpu, cpu, dtype="float64"):
         for key, value in cpu[2][index].items():
             assert isinstance(gpu[2][index][key], type(value))
             np.testing.assert_allclose(gpu[2][index][key], value, **tol)
+
+
+class KernelLaunches:
+    """Names of the kernels launched through the CUDA simulator while installed
+    (``install(monkeypatch)``; ``names`` is cleared by the caller as needed)."""
+
+    def __init__(self, monkeypatch=None):
+        self.names = []
+        if monkeypatch is not None:
+            self.install(monkeypatch)
+
+    def install(self, monkeypatch):
+        from dualnn.kernels import _cuda
+
+        real = _cuda._SimulatorLaunch.__getitem__
+        names = self.names
+
+        def counting(launcher, config):
+            kernel = launcher.kernel
+            names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
+            return real(launcher, config)
+
+        monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dualnn.kernels import _cuda
 
 import dualnn as dn
 from dualnn.callbacks import optimizer_steps
 from dualnn.precision import LossScaler
 from tests.cupy_double import budgets
-from tests.cupy_double.helpers import data, mlp, tolerance
+from tests.cupy_double.helpers import KernelLaunches, data, mlp, tolerance
 
 OVERFLOWS = {1, 3, 4}
 STEPS = 7
@@ -72,65 +71,38 @@ def test_device_flag_steps_match_the_cpu_host_path(name):
     assert gpu[3] == cpu[3] == STEPS - len(OVERFLOWS)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_a_scaled_step_is_three_launches_over_flat_buffers(monkeypatch):
-    names = []
-    real = _cuda._SimulatorLaunch.__getitem__
-
-    def counting(launcher, config):
-        kernel = launcher.kernel
-        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
-        return real(launcher, config)
+def _last_step_launches(monkeypatch, name):
+    """Kernel names launched by the last scaled step of ``name`` (no flag read)."""
+    launches = KernelLaunches()
 
     def watch(i):
         if i == STEPS - 1:
-            names.clear()
-            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
+            launches.install(monkeypatch)
 
-    _run(dn.device.backend_for("gpu"), "adam", read_flag=None, on_step=watch)
-    assert names == ["grad_check_finite", "adam_update", "loss_scale_update"]
+    _run(dn.device.backend_for("gpu"), name, read_flag=None, on_step=watch)
+    return launches.names
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_scaled_step_is_three_launches_over_flat_buffers(monkeypatch):
+    assert _last_step_launches(monkeypatch, "adam") == [
+        "grad_check_finite", "adam_update", "loss_scale_update"]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_lars_unscales_in_place_then_skips_on_the_flag_in_its_segmented_step(monkeypatch):
-    names = []
-    real = _cuda._SimulatorLaunch.__getitem__
-
-    def counting(launcher, config):
-        kernel = launcher.kernel
-        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
-        return real(launcher, config)
-
-    def watch(i):
-        if i == STEPS - 1:
-            names.clear()
-            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
-
-    _run(dn.device.backend_for("gpu"), "lars", read_flag=None, on_step=watch)
-    assert names == ["grad_check_finite", "segmented_lars_partials", "segmented_finalize",
-                     "segmented_lars_apply", "loss_scale_update"]
+    assert _last_step_launches(monkeypatch, "lars") == [
+        "grad_check_finite", "segmented_lars_partials", "segmented_finalize",
+        "segmented_lars_apply", "loss_scale_update"]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_lamb_unscales_and_skips_in_its_segmented_step(monkeypatch):
     """LAMB's scaled step: the finite check, its three segmented launches (which unscale
     and skip on the flag themselves), the scale update; no host read."""
-    names = []
-    real = _cuda._SimulatorLaunch.__getitem__
-
-    def counting(launcher, config):
-        kernel = launcher.kernel
-        names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
-        return real(launcher, config)
-
-    def watch(i):
-        if i == STEPS - 1:
-            names.clear()
-            monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
-
-    _run(dn.device.backend_for("gpu"), "lamb", read_flag=None, on_step=watch)
-    assert names == ["grad_check_finite", "segmented_lamb_partials", "segmented_finalize",
-                     "segmented_lamb_apply", "loss_scale_update"]
+    assert _last_step_launches(monkeypatch, "lamb") == [
+        "grad_check_finite", "segmented_lamb_partials", "segmented_finalize",
+        "segmented_lamb_apply", "loss_scale_update"]
 
 
 @pytest.mark.parametrize("name", ["explicit_loss_scaler", "explicit_loss_scaler_clip",

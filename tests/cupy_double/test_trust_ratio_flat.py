@@ -11,11 +11,10 @@ import itertools
 
 import numpy as np
 import pytest
-from dualnn.kernels import _cuda
 
 import dualnn as dn
 from tests.cupy_double import double
-from tests.cupy_double.helpers import BATCH, HIDDEN, IN, OUT, data
+from tests.cupy_double.helpers import BATCH, HIDDEN, IN, OUT, KernelLaunches, data
 
 OPTIMIZERS = {
     "lars": lambda p: dn.optim.LARS(p, lr=0.5, weight_decay=1e-3, trust_coefficient=0.01),
@@ -29,22 +28,6 @@ def _model(layers):
     for a, b in itertools.pairwise(sizes):
         stack += [dn.layers.Linear(a, b, dtype="float64"), dn.layers.ReLU()]
     return dn.Sequential(*stack[:-1])
-
-
-class _Launches:
-    """Kernel names launched through the simulator while installed."""
-
-    def __init__(self, monkeypatch):
-        self.names = []
-        real = _cuda._SimulatorLaunch.__getitem__
-        names = self.names
-
-        def counting(launcher, config):
-            kernel = launcher.kernel
-            names.append(getattr(getattr(kernel, "py_func", kernel), "__name__", repr(kernel)))
-            return real(launcher, config)
-
-        monkeypatch.setattr(_cuda._SimulatorLaunch, "__getitem__", counting)
 
 
 def _run(backend, name, layers=3, steps=3, on_step=None):
@@ -82,7 +65,7 @@ def test_a_step_is_three_launches_whatever_the_layer_count(name, monkeypatch):
         raise AssertionError(f"the per-parameter {per_parameter} ran on flat parameters")
 
     monkeypatch.setattr(type(gpu), per_parameter, forbidden)
-    launches = _Launches(monkeypatch)
+    launches = KernelLaunches(monkeypatch)
     per_step = {}
     for layers in (1, 3):
         seen = per_step[layers] = []
@@ -172,7 +155,7 @@ def test_lamb_takes_the_inverse_scale_and_the_found_inf_flag_on_the_device():
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_without_fused_kernels_the_flat_step_runs_the_reference(name, cpu_backend,
                                                                  monkeypatch):
-    launches = _Launches(monkeypatch)
+    launches = KernelLaunches(monkeypatch)
     gpu = dn.backend.CupyBackend(fused=False)
     assert gpu.flat_parameters
     model, opt = _run(gpu, name)

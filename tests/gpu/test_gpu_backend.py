@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 from dualnn.kernels import reference
 
+from tests.support.gpu import REQUIRES_GPU
 
-def _gpu_available():
-    try:
-        import cupy
-
-        return bool(cupy.cuda.is_available())
-    except Exception:  # noqa: BLE001 - any import/driver failure means no GPU
-        return False
-
-
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")]
+pytestmark = REQUIRES_GPU
 
 DTYPES = ["float32", "float64"]
 

@@ -12,19 +12,9 @@ import pytest
 
 import dualnn as dn
 from dualnn.precision import LossScaler
+from tests.support.gpu import REQUIRES_GPU
 
-
-def _gpu_available():
-    try:
-        import cupy
-
-        return bool(cupy.cuda.is_available())
-    except Exception:  # noqa: BLE001 - any import/driver failure means no GPU
-        return False
-
-
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")]
+pytestmark = REQUIRES_GPU
 
 PRECISIONS = ["mixed_float16", "mixed_bfloat16"]
 STORAGE = {"mixed_float16": "float16", "mixed_bfloat16": "uint16"}
