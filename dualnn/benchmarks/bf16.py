@@ -35,14 +35,11 @@ from ..backend import bf16_gemm
 from ..precision import PerformanceWarning, Precision
 from ..training.mixed_precision import PrecisionRunner
 from .compare import (
-    CLASSES,
-    HIDDEN,
-    IN_FEATURES,
     LOSS_CHECK_STEPS,
     DualnnStep,
     GemmBound,
     TorchWorker,
-    initial_weights,
+    step_data,
     torch_available,
 )
 from .timing import time_calls
@@ -109,18 +106,8 @@ def _span(values):
 def run_step(batch_sizes, repeats, steps, warmup, use_torch, out=print):
     """Time the contestants; returns ``{"batches": {b: {name: [samples/s per round]}}}``."""
     dtype = "float32"
-    sizes = (IN_FEATURES,) + HIDDEN + (CLASSES,)
-    rng = np.random.default_rng(0)
-    weights = initial_weights(sizes, True, dtype, rng)
-    data = {f"w{i}": w for i, w in enumerate(weights)}
-    data.update(sizes=np.array(sizes), dtype=np.array(dtype))
+    sizes, weights, data = step_data(batch_sizes, dtype)
     check_batch = min(batch_sizes)
-    data["check_x"] = rng.standard_normal(
-        (LOSS_CHECK_STEPS, check_batch, IN_FEATURES)).astype(dtype)
-    data["check_y"] = rng.integers(0, CLASSES, (LOSS_CHECK_STEPS, check_batch))
-    for b in batch_sizes:
-        data[f"x{b}"] = rng.standard_normal((b, IN_FEATURES)).astype(dtype)
-        data[f"y{b}"] = rng.integers(0, CLASSES, b)
     ok, reason = bf16_gemm.availability()
     gemm = bf16_gemm.info()
     out("bfloat16 GEMM: " + (f"oneMKL {gemm['library']}, {gemm['layer']} threading layer, "

@@ -193,9 +193,11 @@ def gemm_library():
     return f"oneMKL ({info['layer']} threading layer, {info['threads']} threads)"
 
 
-def run_step_comparison(batch_sizes, repeats, steps, dtype, use_torch, warmup=2, seed=0,
-                        out=print):
-    """Interleaved timing of dualnn, torch and the GEMM bound; returns a result dict."""
+def step_data(batch_sizes, dtype, seed=0):
+    """The MLP step's ``(sizes, weights, data)``: initial weights (BatchNorm model), the
+    batches of the loss check (at the smallest batch size) and one batch per size, as the
+    dict the PyTorch worker loads (``w{i}``, ``sizes``, ``dtype``, ``check_x/y``,
+    ``x{b}/y{b}``)."""
     sizes = (IN_FEATURES,) + HIDDEN + (CLASSES,)
     rng = np.random.default_rng(seed)
     weights = initial_weights(sizes, True, dtype, rng)
@@ -209,6 +211,14 @@ def run_step_comparison(batch_sizes, repeats, steps, dtype, use_torch, warmup=2,
     for b in batch_sizes:
         data[f"x{b}"] = rng.standard_normal((b, IN_FEATURES)).astype(dtype)
         data[f"y{b}"] = rng.integers(0, CLASSES, b)
+    return sizes, weights, data
+
+
+def run_step_comparison(batch_sizes, repeats, steps, dtype, use_torch, warmup=2, seed=0,
+                        out=print):
+    """Interleaved timing of dualnn, torch and the GEMM bound; returns a result dict."""
+    sizes, weights, data = step_data(batch_sizes, dtype, seed)
+    check_batch = min(batch_sizes)
 
     worker = None
     tmp = tempfile.TemporaryDirectory(prefix="dualnn-bench-")

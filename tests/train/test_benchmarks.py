@@ -55,3 +55,13 @@ def test_bench_runs_without_torch(capsys):
     assert compare.main(["--no-torch", "--batch-sizes", "8", "--repeats", "1", "--steps", "1"],
                         prog="dualnn bench") == 0
     assert "gemm bound" in capsys.readouterr().out
+
+
+def test_step_comparison_with_torch_checks_the_losses_agree():
+    pytest.importorskip("torch")
+    lines = []
+    result = compare.run_step_comparison([16], repeats=1, steps=1, dtype="float32",
+                                         use_torch=True, out=lines.append)
+    assert result["losses_agree"], lines
+    assert any(line.startswith("first ") and "(batch 16)" in line for line in lines)
+    assert set(result["batches"][16]) == {"dualnn", "gemm", "pytorch"}
