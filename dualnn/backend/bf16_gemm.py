@@ -78,11 +78,6 @@ def availability():
     return _state["function"] is not None, _state["reason"]
 
 
-def available():
-    """Whether :func:`gemm` can run here (loads oneMKL on the first call)."""
-    return availability()[0]
-
-
 def info():
     """What was loaded: ``library``, ``layer`` (MKL threading layer), ``threads``,
     ``reason`` (why unavailable, else ``None``)."""
