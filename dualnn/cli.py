@@ -621,14 +621,15 @@ def _float_gemm_status():
 
 
 def _bf16_gemm_status():
-    """Whether mixed_bfloat16 on the CPU runs bfloat16 GEMMs, and why not (loads oneMKL)."""
+    """Whether mixed_bfloat16 on the CPU runs bfloat16 GEMMs, and why not (loads the
+    library)."""
     from dualnn.backend import bf16_gemm
 
     state = bf16_gemm.info()
     if state["reason"]:
         return f"no: {state['reason']} (mixed_bfloat16 is emulated in float32)"
-    return (f"yes: oneMKL {state['library']}, {state['layer']} threading layer, "
-            f"{state['threads']} threads")
+    return (f"yes: {bf16_gemm.LIBRARY_NAMES[state['name']]} {state['library']}, "
+            f"{state['layer']} threading, {state['threads']} threads")
 
 
 def cmd_info(args, out):

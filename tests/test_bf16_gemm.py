@@ -1,6 +1,6 @@
-"""oneMKL's bfloat16 GEMM (dualnn.backend.bf16_gemm), the NumPy backend's bfloat16 GEMM
-context and mixed_bfloat16 training on it, the fallback when it is missing, and its
-thread policy."""
+"""The bfloat16 GEMM (dualnn.backend.bf16_gemm: oneDNN's or oneMKL's, each tested where
+installed), the NumPy backend's bfloat16 GEMM context and mixed_bfloat16 training on it,
+the choice of library, the fallback when none is there, and the thread policy."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dualnn.kernels.cast import reference as cast
 import dualnn as dn
 from dualnn import _threads
 from dualnn import layers as L
-from dualnn.backend import bf16_gemm, mkl
+from dualnn.backend import bf16_gemm, mkl, onednn
 from dualnn.errors import ShapeError
 from dualnn.precision import PerformanceWarning, Precision
 from dualnn.training import mixed_precision
@@ -22,6 +22,21 @@ from dualnn.training.mixed_precision import PrecisionRunner
 
 AVAILABLE, REASON = bf16_gemm.availability()
 needs_gemm = pytest.mark.skipif(not AVAILABLE, reason=f"bfloat16 GEMM unavailable: {REASON}")
+
+
+@pytest.fixture(params=bf16_gemm.LIBRARIES)
+def library(request, monkeypatch):
+    """Each library in turn (``DUALNN_BF16_LIBRARY``), skipped only where it is missing."""
+    monkeypatch.setenv(bf16_gemm.LIBRARY_VARIABLE, request.param)
+    bf16_gemm._reset_for_tests()
+    ok, reason = bf16_gemm.availability()
+    if not ok:
+        bf16_gemm._reset_for_tests()
+        pytest.skip(f"{request.param}: {reason}")
+    assert bf16_gemm.info()["name"] == request.param
+    yield request.param
+    monkeypatch.delenv(bf16_gemm.LIBRARY_VARIABLE)
+    bf16_gemm._reset_for_tests()
 
 
 def _bits(a):
@@ -55,7 +70,7 @@ SHAPES = [(1, 1, 1), (1, 7, 5), (5, 7, 1), (1, 300, 1), (3, 1, 4), (16, 64, 32),
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("la,lb", [("c", "c"), ("t", "c"), ("c", "t"), ("t", "t"),
                                    ("wide", "c"), ("c", "wide")])
-def test_gemm_matches_float64_on_the_bfloat16_values(m, k, n, la, lb):
+def test_gemm_matches_float64_on_the_bfloat16_values(library, m, k, n, la, lb):
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     a = _bits(rng.standard_normal((m, k)))
     b = _bits(rng.standard_normal((k, n)))
@@ -68,7 +83,7 @@ def test_gemm_matches_float64_on_the_bfloat16_values(m, k, n, la, lb):
 
 
 @needs_gemm
-def test_gemm_alpha_beta_accumulate_into_out():
+def test_gemm_alpha_beta_accumulate_into_out(library):
     rng = np.random.default_rng(1)
     a, b = _bits(rng.standard_normal((9, 40))), _bits(rng.standard_normal((40, 6)))
     start = rng.standard_normal((9, 6)).astype(np.float32)
@@ -80,7 +95,7 @@ def test_gemm_alpha_beta_accumulate_into_out():
 
 
 @needs_gemm
-def test_gemm_refuses_what_it_cannot_pass_to_cblas():
+def test_gemm_refuses_what_it_cannot_pass_to_cblas(library):
     a = np.zeros((4, 6), np.uint16)
     b = np.zeros((6, 5), np.uint16)
     with pytest.raises(ShapeError, match="uint16"):
@@ -98,7 +113,7 @@ def test_gemm_refuses_what_it_cannot_pass_to_cblas():
 
 
 @needs_gemm
-def test_gemm_empty_dimensions():
+def test_gemm_empty_dimensions(library):
     assert bf16_gemm.gemm(np.zeros((0, 3), np.uint16), np.zeros((3, 2), np.uint16)).shape \
         == (0, 2)
     out = np.full((2, 3), 5.0, np.float32)
@@ -222,12 +237,16 @@ def reloaded():
     bf16_gemm._reset_for_tests()
 
 
-def test_missing_mkl_falls_back_to_the_emulation_with_the_warning(monkeypatch, reloaded):
+def test_without_either_library_fit_falls_back_to_the_emulation_with_the_warning(
+        monkeypatch, reloaded):
     monkeypatch.setenv(mkl.LIBRARY_VARIABLE, "")
+    monkeypatch.setenv(onednn.LIBRARY_VARIABLE, "")
     monkeypatch.setattr(mixed_precision, "_warned", set())
     monkeypatch.setattr(bf16_gemm, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(bf16_gemm, "cpu_vendor", lambda: "GenuineIntel")
     ok, reason = bf16_gemm.availability()
-    assert not ok and "libmkl_rt" in reason and "pip install" in reason
+    assert not ok and "libdnnl" in reason and "libmkl_rt" in reason
+    assert "pip install 'dualnn[onednn]'" in reason
     be = dn.backend.NumpyBackend(fused=True)
     assert be.bfloat16_gemms() == (None, reason)
     with pytest.raises(RuntimeError, match="unavailable"):
@@ -238,10 +257,39 @@ def test_missing_mkl_falls_back_to_the_emulation_with_the_warning(monkeypatch, r
     x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
-        with pytest.raises(PerformanceWarning, match="no bfloat16 GEMM: oneMKL"):
+        with pytest.raises(PerformanceWarning, match="no bfloat16 GEMM: oneDNN"):
             dn.fit(model, dn.losses.SoftmaxCrossEntropy(), dn.optim.SGD(
                 model.parameters(), lr=0.1), x, np.zeros(32, np.int64), epochs=1,
                 batch_size=16, progress=False, precision="mixed_bfloat16")
+
+
+def test_onednn_is_preferred_and_onemkl_serves_only_intel_cpus(monkeypatch, reloaded):
+    monkeypatch.delenv(bf16_gemm.LIBRARY_VARIABLE, raising=False)
+    monkeypatch.setattr(bf16_gemm, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(bf16_gemm, "cpu_vendor", lambda: "AuthenticAMD")
+    has_onednn = onednn.find_library() is not None
+    has_mkl = mkl.find_library() is not None
+    ok, reason = bf16_gemm.availability()
+    assert bf16_gemm.info()["name"] == ("onednn" if has_onednn else None)
+    if not has_onednn:  # oneMKL is not tried on this CPU, and the reason says so
+        assert not ok and "not used on this AuthenticAMD CPU" in reason
+    monkeypatch.setenv(onednn.LIBRARY_VARIABLE, "")  # no oneDNN: Intel CPUs get oneMKL
+    monkeypatch.setattr(bf16_gemm, "cpu_vendor", lambda: "GenuineIntel")
+    bf16_gemm._reset_for_tests()
+    ok, reason = bf16_gemm.availability()
+    assert bf16_gemm.info()["name"] == ("mkl" if has_mkl else None)
+    assert ok == has_mkl
+    monkeypatch.setenv(bf16_gemm.LIBRARY_VARIABLE, "onednn")  # asked for, but missing
+    bf16_gemm._reset_for_tests()
+    ok, reason = bf16_gemm.availability()
+    assert not ok and "libdnnl" in reason and "libmkl_rt" not in reason
+
+
+def test_an_unknown_library_name_is_refused(monkeypatch, reloaded):
+    monkeypatch.setattr(bf16_gemm, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv(bf16_gemm.LIBRARY_VARIABLE, "openblas")
+    with pytest.raises(dn.errors.ConfigurationError, match="onednn, mkl.*'openblas'"):
+        bf16_gemm.availability()
 
 
 def test_cpu_without_bfloat16_units_falls_back(monkeypatch, reloaded):
@@ -321,7 +369,9 @@ def test_info_reports_the_bfloat16_gemm():
     cli.cmd_info(None, buf)
     line = [row for row in buf.getvalue().splitlines() if row.startswith("bfloat16 GEMM")]
     assert len(line) == 1
-    assert ("yes: oneMKL" in line[0]) == AVAILABLE
+    name = bf16_gemm.info()["name"]
+    assert line[0].split()[3:5] == (["yes:", bf16_gemm.LIBRARY_NAMES[name]] if AVAILABLE
+                                    else ["no:", REASON.split()[0]])
     if not AVAILABLE:
         assert REASON in line[0]
 

@@ -80,6 +80,26 @@ def test_backend_routes_big_gemms_to_mkl_and_small_ones_to_numpy(monkeypatch):
     assert len(calls) == 2
     monkeypatch.setenv(mkl_gemm.SWITCH_VARIABLE, "0")
     assert not NumpyBackend().mkl_gemm
+    monkeypatch.setenv(mkl_gemm.SWITCH_VARIABLE, "1")
+    assert NumpyBackend().mkl_gemm
+
+
+@pytest.mark.parametrize("vendor,switch,use", [
+    ("GenuineIntel", None, True), ("AuthenticAMD", None, False), ("", None, False),
+    ("AuthenticAMD", "1", True), ("GenuineIntel", "0", False), ("GenuineIntel", "off", False)])
+def test_float_gemms_go_to_onemkl_on_intel_cpus_unless_switched(monkeypatch, vendor, switch,
+                                                               use):
+    from dualnn.backend import bf16_gemm
+
+    monkeypatch.setattr(bf16_gemm, "cpu_vendor", lambda: vendor)
+    if switch is None:
+        monkeypatch.delenv(mkl_gemm.SWITCH_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(mkl_gemm.SWITCH_VARIABLE, switch)
+    wanted, why = mkl_gemm.wanted()
+    assert wanted == use and NumpyBackend().mkl_gemm == use
+    if not use and switch is None:
+        assert "slower than NumPy's BLAS" in why and "DUALNN_MKL_GEMM=1" in why
 
 
 @needs_mkl

@@ -39,6 +39,7 @@ CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 LIBRARY_VARIABLE = "DUALNN_BF16_LIBRARY"
 """``onednn`` or ``mkl``: use that library (even where it is slow) instead of choosing."""
 LIBRARIES = ("onednn", "mkl")
+LIBRARY_NAMES = {"onednn": "oneDNN", "mkl": "oneMKL"}
 _lock = threading.Lock()
 _state = {"checked": False, "function": None, "library": None, "reason": None}
 

@@ -1,15 +1,17 @@
 """float32 and float64 GEMMs through oneMKL's CBLAS, for the NumPy backend's ``matmul``.
 
-On the training step's shapes oneMKL's ``cblas_sgemm`` runs about 1.2x faster than the
-OpenBLAS NumPy ships with (measured side by side on the MLP's GEMMs, docs' performance
-page), and the GEMMs are 80-85 % of a CPU training step. When the ``mkl`` wheel is
-installed (``pip install 'dualnn[mkl]'``) the NumPy backend sends 2-D float GEMMs that
-are big enough here; anything else (small products, where a ctypes call costs more than
+On the training step's shapes oneMKL's ``cblas_sgemm`` ran about 1.1-1.2x faster than the
+OpenBLAS NumPy ships with on an Intel Xeon, and 0.85-0.93x as fast on an AMD EPYC (Zen 4)
+(measured side by side on the MLP's GEMMs, docs' performance page); the GEMMs are 80-85 %
+of a CPU training step. So when the ``mkl`` wheel is installed
+(``pip install 'dualnn[mkl]'``) and the CPU is an Intel one, the NumPy backend sends 2-D
+float GEMMs that are big enough here; anything else (small products, where a ctypes call costs more than
 it saves, batched or broadcast products, mixed dtypes, layouts CBLAS cannot take without
 a copy) stays with ``np.matmul``, so results never depend on which library is installed
 beyond rounding.
 
-``DUALNN_MKL_GEMM=0`` switches the path off (read at each backend's creation).
+``DUALNN_MKL_GEMM=0`` switches the path off, ``DUALNN_MKL_GEMM=1`` on whatever the CPU
+(read at each backend's creation).
 """
 
 from __future__ import annotations
@@ -36,7 +38,28 @@ _state = {"checked": False, "functions": None, "reason": None}
 
 def switched_off():
     """Whether :data:`SWITCH_VARIABLE` turns the path off."""
-    return os.environ.get(SWITCH_VARIABLE, "1").strip().lower() in ("0", "false", "no", "off")
+    return os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def switched_on():
+    """Whether :data:`SWITCH_VARIABLE` asks for the path whatever the CPU."""
+    return os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def wanted():
+    """``(use, why)``: whether the NumPy backend should send its float GEMMs here (when
+    oneMKL loads): :data:`SWITCH_VARIABLE` if set, else only on Intel CPUs."""
+    from .bf16_gemm import cpu_vendor
+
+    if switched_off():
+        return False, f"{SWITCH_VARIABLE}=0"
+    if switched_on():
+        return True, f"{SWITCH_VARIABLE}=1"
+    vendor = cpu_vendor()
+    if vendor != "GenuineIntel":
+        return False, (f"oneMKL is slower than NumPy's BLAS on this {vendor or 'non-Intel'} "
+                       f"CPU; {SWITCH_VARIABLE}=1 forces it")
+    return True, "an Intel CPU"
 
 
 def _load():

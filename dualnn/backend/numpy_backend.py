@@ -38,7 +38,7 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
     def __init__(self, fused=None, mkl_gemm=None):
         super().__init__(np, name="numpy", device="cpu")
         self.fused = fused_kernels_enabled() if fused is None else bool(fused)
-        self.mkl_gemm = (not mkl_gemm_module.switched_off()) if mkl_gemm is None \
+        self.mkl_gemm = mkl_gemm_module.wanted()[0] if mkl_gemm is None \
             else bool(mkl_gemm)
         self.reuses_buffers = True  # models may keep per-step scratch arrays
         self._bf16_gemms = None  # the active bf16_matmul.Bfloat16Gemms, if any

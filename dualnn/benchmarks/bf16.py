@@ -5,10 +5,10 @@ BatchNorm -> ReLU``, softmax cross-entropy, Adam, no input gradient on either si
 timed side by side, contestants alternated within each round, every round repeated:
 
 - dualnn float32 and dualnn ``mixed_bfloat16`` (the :class:`PrecisionRunner` of ``fit``:
-  bfloat16 GEMMs through oneMKL when available, else the float32 emulation);
+  bfloat16 GEMMs through oneDNN or oneMKL when available, else the float32 emulation);
 - PyTorch float32 eager and PyTorch under ``torch.autocast("cpu", dtype=torch.bfloat16)``
   (one worker process, :mod:`dualnn.benchmarks.torch_worker`);
-- the step's 11 GEMMs alone, in float32 (NumPy) and in bfloat16 (oneMKL, operands
+- the step's 11 GEMMs alone, in float32 (NumPy) and in bfloat16 (operands
   converted beforehand): how much of the step is GEMM.
 
 It prints samples/s (median and range over rounds) and the ratios. ``--accuracy`` also
@@ -73,7 +73,8 @@ class MixedStep(DualnnStep):
 
 
 class Bf16GemmBound(GemmBound):
-    """The step's 11 GEMMs in bfloat16 (oneMKL), operands converted once beforehand."""
+    """The step's 11 GEMMs in bfloat16 (:func:`bf16_gemm.gemm`), operands converted once
+    beforehand."""
 
     def __init__(self, sizes, dtype, weights, x):
         super().__init__(sizes, dtype, weights, x)
@@ -110,7 +111,8 @@ def run_step(batch_sizes, repeats, steps, warmup, use_torch, out=print):
     check_batch = min(batch_sizes)
     ok, reason = bf16_gemm.availability()
     gemm = bf16_gemm.info()
-    out("bfloat16 GEMM: " + (f"oneMKL {gemm['library']}, {gemm['layer']} threading layer, "
+    out("bfloat16 GEMM: " + (f"{bf16_gemm.LIBRARY_NAMES[gemm['name']]} {gemm['library']}, "
+                             f"{gemm['layer']} threading, "
                              f"{gemm['threads']} threads" if ok
                              else f"unavailable ({reason}); mixed_bfloat16 is emulated"))
     policy = _threads.thread_policy_report()

@@ -184,11 +184,12 @@ def gemm_library():
     """Which library runs the CPU backend's large float GEMMs, as a phrase."""
     from ..backend import mkl, mkl_gemm
 
-    if mkl_gemm.switched_off():
-        return f"NumPy's BLAS ({mkl_gemm.SWITCH_VARIABLE}=0)"
+    use, why = mkl_gemm.wanted()
+    if not use:
+        return f"NumPy's BLAS ({why})"
     ok, reason = mkl_gemm.availability()
     if not ok:
-        return f"NumPy's BLAS; {reason}: about 1.2x faster GEMMs here"
+        return f"NumPy's BLAS; {reason}: about 1.1-1.2x faster GEMMs on Intel CPUs"
     info = mkl.info()
     return f"oneMKL ({info['layer']} threading layer, {info['threads']} threads)"
 

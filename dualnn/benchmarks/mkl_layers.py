@@ -57,7 +57,7 @@ print(json.dumps({{"gemm_ms": 1e3 * med(gemm_t), "kernel_ms": 1e3 * med(kern_t),
 
 
 def run(layer, torch_first, batch, reps):
-    env = dict(os.environ, DUALNN_THREAD_POLICY=f"mkl_layer={layer}")
+    env = dict(os.environ, DUALNN_THREAD_POLICY=f"mkl_layer={layer}", DUALNN_BF16_LIBRARY="mkl")
     code = CHILD.format(torch_first=torch_first, batch=batch, reps=reps)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=600, check=False)
