@@ -399,3 +399,54 @@ def test_buffers_of_the_last_step_are_reused_and_unused_ones_dropped():
         fresh = be.round_to_precision(x, "bfloat16")
     assert not np.shares_memory(fresh, again)  # dropped: unused in the step before
     np.testing.assert_array_equal(fresh, cast.round_bfloat16(np, x))
+
+
+# ------------------------------------------------------------------ rounding left to readers
+
+def _mixed_steps(monkeypatch, defer, model_fn, steps=3):
+    from dualnn.training import mixed_precision as mp
+
+    if not defer:
+        monkeypatch.setattr(mp, "_rounds_on_load", lambda step, backward: False)
+    dn.seed(0)
+    model = model_fn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerformanceWarning)
+        runner = PrecisionRunner(model, Precision("mixed_bfloat16"))
+    opt = dn.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = dn.losses.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 20)).astype(np.float32) * 3 + 1
+    y = rng.integers(0, 4, 64)
+    defers = []
+    real_defer = runner.gemms.defer
+    runner.gemms.defer = lambda a: defers.append(a.shape) or real_defer(a)
+    losses = []
+    for _ in range(steps):
+        losses.append(float(loss_fn.forward(runner.forward(x), y)))
+        runner.backward(loss_fn.backward())
+        opt.step()
+        opt.zero_grad()
+    monkeypatch.undo()
+    return losses, [p.data.copy() for p in model.parameters()], defers
+
+
+@needs_gemm
+@pytest.mark.parametrize("bias", [False, True])
+def test_rounding_left_to_gemms_and_batch_norm_changes_no_bit(monkeypatch, bias):
+    """Deferring the rounding of arrays read only by GEMMs and batch norm (a bits-only pass
+    at the GEMM, rounding on load in the kernels) gives bit-identical training."""
+    def model():
+        return dn.Sequential(L.Linear(20, 48, bias=bias), L.BatchNorm(48), L.ReLU(),
+                             L.Linear(48, 48, bias=bias), L.BatchNorm(48), L.ReLU(),
+                             L.Linear(48, 4))
+
+    fast, fast_params, defers = _mixed_steps(monkeypatch, True, model)
+    slow, slow_params, none = _mixed_steps(monkeypatch, False, model)
+    assert not none
+    # per step: the input, 2 Linear outputs, 2 BN outputs (forward); 2 BN input gradients
+    # read by bias-free Linears, 2 Linear input gradients read by BN (backward)
+    assert len(defers) == 3 * (9 if not bias else 7), defers
+    assert fast == slow
+    for p, q in zip(fast_params, slow_params):
+        np.testing.assert_array_equal(p, q)

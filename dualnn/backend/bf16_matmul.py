@@ -39,9 +39,15 @@ from . import bf16_gemm
 
 
 def _cast():
-    from ..kernels.cast import cpu
+    global _CAST
+    if _CAST is None:
+        from ..kernels.cast import cpu
 
-    return cpu
+        _CAST = cpu
+    return _CAST
+
+
+_CAST = None
 
 
 class Bfloat16Gemms:
@@ -59,6 +65,7 @@ class Bfloat16Gemms:
         self._free = {}  # (shape, dtype) -> buffers of the last step, free again
         self._bits = {}
         self._weights = {}
+        self._deferred = {}
         self.conversions = 0
         """Operands converted at a GEMM (not found in the cache): for the tests."""
 
@@ -79,6 +86,7 @@ class Bfloat16Gemms:
         are reused in this one: fresh large arrays cost page faults at every step, as
         much as the rounding itself. Buffers the last step did not use are dropped."""
         self._bits.clear()
+        self._deferred.clear()
         free = {}
         for a in self._used:
             free.setdefault((a.shape, a.dtype.str), []).append(a)
@@ -88,6 +96,24 @@ class Bfloat16Gemms:
     def remember(self, a, bits):
         """Cache ``bits`` (uint16) as the bfloat16 bits of ``a`` (float32, C-contiguous)."""
         self._bits[_key(a)] = (a, bits)
+
+    def defer(self, a):
+        """Register ``a`` (C-contiguous float32) as stored in bfloat16 without rounding it:
+        its readers round it, the GEMMs when they convert it to bits (one bits-only pass,
+        cached) and the batch-norm kernels as they load it. The mixed-precision runner
+        defers only arrays whose next reader is one of those. Returns ``a``."""
+        self._deferred[_key(a)] = a
+        return a
+
+    def deferred(self, a):
+        """Whether ``a`` was registered by :meth:`defer` this step."""
+        key = _key(a)
+        return key is not None and key in self._deferred
+
+    def forget(self, a):
+        """``a`` was overwritten: it holds float32 values again."""
+        self._deferred.pop(_key(a), None)
+        self._bits.pop(_key(a), None)
 
     def rounded(self, a):
         """``a`` (C-contiguous float32) rounded to bfloat16, as a new float32 array; its
@@ -124,7 +150,7 @@ class Bfloat16Gemms:
             return hit[1]
         bits = self._take(a.shape, "uint16")
         _cast().bfloat16_bits(a, bits=bits)
-        if key in self._weights:
+        if key in self._weights or key in self._deferred:
             self._bits[key] = (a, bits)
         else:
             self.conversions += 1

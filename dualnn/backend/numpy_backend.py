@@ -82,6 +82,16 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
             return kernel(a, out=self.empty(a.shape, "float32"))
         return super().round_to_precision(a, dtype)
 
+    def _deferred(self, a):
+        """Whether ``a`` is stored in bfloat16 with its rounding left to the reader (see
+        ``Bfloat16Gemms.defer``)."""
+        gemms = self._bf16_gemms
+        return gemms is not None and gemms.deferred(a)
+
+    def _materialized(self, a):
+        """``a`` itself, or its bfloat16 rounding when that was deferred to this reader."""
+        return self._bf16_gemms.rounded(a) if self._deferred(a) else a
+
     def _step_array(self, like):
         """An uninitialized array like ``like`` for a fused op's output: inside bfloat16
         GEMMs one of the step buffers they recycle (see ``bf16_matmul``), else new."""
@@ -158,18 +168,22 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if (c is None or x.shape[0] < 2 or self._kernel_takes(
                 [(x, None), (gamma, (c,)), (beta, (c,))],
                 [(out, x.shape), (running_mean, (c,)), (running_var, (c,))]) is None):
-            return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                                   eps, momentum, relu, out,
-                                                   stats_out=stats_out)
+            return super().batchnorm_forward_train(self._materialized(x), gamma, beta,
+                                                   running_mean, running_var, eps, momentum,
+                                                   relu, out, stats_out=stats_out)
         out = self._step_array(x) if out is None else out
+        round_input = self._deferred(x)
         if stats_out is not None and all(isinstance(a, np.ndarray) and a.shape == (c,)
                                          and a.dtype == x.dtype for a in stats_out):
             mean, invstd = stats_out
         else:
             mean, invstd = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
-        return _cpu().batchnorm_forward_train(
+        result = _cpu().batchnorm_forward_train(
             x, gamma, beta, running_mean, running_var, eps, momentum, relu, out=out,
-            mean=mean, invstd=invstd)
+            mean=mean, invstd=invstd, round_input=round_input)
+        if round_input and out is x:
+            self._bf16_gemms.forget(x)
+        return result
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps,
                                relu=False, out=None):
@@ -188,11 +202,17 @@ class NumpyBackend(FusedDispatch, ArrayAPIBackend):
         if c is None or self._kernel_takes(
                 [(dy, x.shape), (x, None), (gamma, (c,)), (beta, (c,)), (mean, (c,)),
                  (invstd, (c,))], [(out, x.shape)]) is None:
-            return super().batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out)
+            return super().batchnorm_backward(self._materialized(dy), self._materialized(x),
+                                              gamma, beta, mean, invstd, relu, out)
         out = self._step_array(x) if out is None else out
-        return _cpu().batchnorm_backward(
+        round_dy = self._deferred(dy)
+        result = _cpu().batchnorm_backward(
             dy, x, gamma, beta, mean, invstd, relu, out=out,
-            dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype))
+            dgamma=np.empty(c, dtype=x.dtype), dbeta=np.empty(c, dtype=x.dtype),
+            round_x=self._deferred(x), round_dy=round_dy)
+        if round_dy and out is dy:
+            self._bf16_gemms.forget(dy)
+        return result
 
     def softmax_cross_entropy(self, logits, labels, loss_out=None):
         if (logits.ndim != 2 or 0 in logits.shape or not isinstance(labels, np.ndarray)

@@ -124,6 +124,16 @@ class PrecisionRunner:
         """``a`` as stored: rounded to the policy's 16-bit type, float32."""
         return self.backend.round_to_precision(a, self.store)
 
+    def store_for(self, a, reader, backward=False):
+        """``a`` as stored for ``reader`` (the plan step that reads it next): with bfloat16
+        GEMMs, when ``reader`` reads it only through GEMMs and batch-norm kernels, its
+        rounding is left to them (``Bfloat16Gemms.defer``: no pass of its own); else
+        :meth:`round`."""
+        if (self.gemms is not None and _rounds_on_load(reader, backward)
+                and _deferrable(a)):
+            return self.gemms.defer(a)
+        return self.round(a)
+
     def forward(self, x):
         """Training forward of ``x`` (batch, features) -> rounded output."""
         if self.gemms is not None:
@@ -133,13 +143,16 @@ class PrecisionRunner:
 
     def _forward(self, x):
         model = self.model
-        x = self.round(x)
         if not self.sequential:
-            return self.round(model.forward(x, training=True))
+            return self.round(model.forward(self.round(x), training=True))
         model.check_input(x)
         model._input_shapes = None  # its buffers are not used on this path
-        for _, step in model.plan():
-            x = self.round(step.forward(x, True))
+        steps = [step for _, step in model.plan()]
+        x = self.store_for(x, steps[0]) if steps else self.round(x)
+        for position, step in enumerate(steps):
+            y = step.forward(x, True)
+            last = position == len(steps) - 1
+            x = self.round(y) if last else self.store_for(y, steps[position + 1])
         return x
 
     def backward(self, dy):
@@ -148,15 +161,40 @@ class PrecisionRunner:
             self._backward(dy)
 
     def _backward(self, dy):
-        dy = self.round(dy)
         if not self.sequential:
-            self.model.backward(dy)
+            self.model.backward(self.round(dy))
             return
         steps = self.model.plan()
+        dy = self.store_for(dy, steps[-1][1], backward=True) if steps else self.round(dy)
         for position in range(len(steps) - 1, -1, -1):
             step = steps[position][1]
             if position == 0:
                 kwargs = {"input_grad": False} if "input_grad" in step.backward_options else {}
                 step.backward(dy, **kwargs)
                 return
-            dy = self.round(step.backward(dy))
+            dy = self.store_for(step.backward(dy), steps[position - 1][1], backward=True)
+
+
+def _deferrable(a):
+    import numpy as np
+
+    return (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
+            and a.flags.c_contiguous)
+
+
+def _rounds_on_load(step, backward):
+    """Whether plan step ``step`` reads its input (``backward``: its output gradient)
+    only through the NumPy backend's GEMMs and batch-norm kernels, which round a deferred
+    bfloat16 array as they load it."""
+    from ..layers import Linear
+    from ..layers.batchnorm import BatchNorm, BatchNormReLU
+
+    if type(step) is Linear:
+        # forward: x W^T (and x kept for dW = dy^T x); backward: dy^T x and dy W, plus
+        # the bias gradient's sum over dy, which reads float32
+        return not backward or step.bias is None
+    bn = step.layers[0] if type(step) is BatchNormReLU else step
+    if type(bn) is not BatchNorm:
+        return False
+    # ghost batches and synchronized statistics read slices and go through other code
+    return bn.ghost_batch_size is None and not bn.sync

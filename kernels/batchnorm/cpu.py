@@ -42,6 +42,26 @@ MIN_ROWS_PER_BLOCK = 16
 # Kernel sources and inlined helpers: plain Python, compiled by _KERNELS on first use.
 
 
+_BF16_KEEP = np.uint32(0xFFFF0000)
+_BF16_HALF_MINUS_ONE = np.uint32(0x7FFF)
+_BF16_ABS = np.uint32(0x7FFFFFFF)
+_BF16_INF = np.uint32(0x7F800000)
+_BF16_QUIET = np.uint32(0x00400000)
+
+
+def _load(v, bf16):
+    """``v``, or ``v`` rounded to bfloat16 (nearest, ties to even; NaN kept quiet) when
+    ``bf16``: an input stored in bfloat16 whose rounding was left to its reader, bit for
+    bit ``kernels.cast``'s rounding (helper, inlined; float32 only)."""
+    if not bf16:
+        return v
+    b = np.float32(v).view(np.uint32)
+    quiet = (b | _BF16_QUIET) & _BF16_KEEP
+    nearest = (b + _BF16_HALF_MINUS_ONE + ((b >> np.uint32(16)) & np.uint32(1))) & _BF16_KEEP
+    # one assignment per viewed name: Numba's .view wants a single definition
+    return np.uint32(quiet if (b & _BF16_ABS) > _BF16_INF else nearest).view(np.float32)
+
+
 def _relu_if(relu, v, zero):
     """``max(v, 0)`` when ``relu``, else ``v`` (helper, inlined)."""
     return zero if relu and v < zero else v
@@ -61,14 +81,14 @@ def _reduction_blocks(n):
 
 
 def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, momentum, relu,
-                               out, save_mean, save_invstd, inplace):
+                               out, save_mean, save_invstd, inplace, rx):
     n, c = x.shape
     nb = _reduction_blocks(n)
     # Pass 1: sums of d = x - shift and d^2 in float64, shift = first row (the "shifted
     # data" algorithm: no cancellation when |mean| >> std). Row blocks -> partial sums.
     shift = np.empty(c, dtype=np.float64)
     for j in range(c):
-        shift[j] = x[0, j]
+        shift[j] = _load(x[0, j], rx)
     s1 = np.zeros((nb, c), dtype=np.float64)
     s2 = np.zeros((nb, c), dtype=np.float64)
     for blk in prange(nb):
@@ -77,7 +97,7 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         for i in range(blk * n // nb, (blk + 1) * n // nb):
             xi = x[i]
             for j in range(c):
-                d = np.float64(xi[j]) - shift[j]
+                d = np.float64(_load(xi[j], rx)) - shift[j]
                 a1[j] += d
                 a2[j] += d * d
     # Merge in block order; per-feature statistics and running averages.
@@ -95,7 +115,7 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         if var < 0.0:
             var = 0.0
         mean = shift[j] + m1
-        first[j] = x[0, j]
+        first[j] = _load(x[0, j], rx)
         shifted_mean[j] = m1
         invstd = 1.0 / math.sqrt(var + eps)
         save_mean[j] = mean
@@ -111,15 +131,15 @@ def _k_batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, m
         for i in prange(n):
             xi = x[i]
             for j in range(c):
-                xi[j] = _relu_if(relu, ((xi[j] - first[j]) - shifted_mean[j]) * scale[j]
-                                 + beta[j], zero)
+                xi[j] = _relu_if(relu, ((_load(xi[j], rx) - first[j]) - shifted_mean[j])
+                                 * scale[j] + beta[j], zero)
     else:
         for i in prange(n):
             xi = x[i]
             oi = out[i]
             for j in range(c):
-                oi[j] = _relu_if(relu, ((xi[j] - first[j]) - shifted_mean[j]) * scale[j]
-                                 + beta[j], zero)
+                oi[j] = _relu_if(relu, ((_load(xi[j], rx) - first[j]) - shifted_mean[j])
+                                 * scale[j] + beta[j], zero)
 
 
 def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, out,
@@ -143,7 +163,7 @@ def _k_batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, re
 
 
 def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, dbeta,
-                          inplace):
+                          inplace, rx, rdy):
     n, c = x.shape
     nb = _reduction_blocks(n)
     zero = x.dtype.type(0)
@@ -157,8 +177,8 @@ def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, d
             xi = x[i]
             di = dy[i]
             for j in range(c):
-                xh = (xi[j] - mean[j]) * invstd[j]
-                d = di[j]
+                xh = (_load(xi[j], rx) - mean[j]) * invstd[j]
+                d = _load(di[j], rdy)
                 if relu and not (xh * gamma[j] + beta[j] > zero):
                     d = zero
                 a1[j] += d
@@ -180,21 +200,29 @@ def _k_batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu, out, dgamma, d
             xi = x[i]
             di = dy[i]
             for j in range(c):
-                di[j] = _bn_input_grad(xi[j], di[j], mean[j], invstd[j], gamma[j], beta[j],
-                                       k[j], nf, dbeta[j], dgamma[j], relu, zero)
+                di[j] = _bn_input_grad(_load(xi[j], rx), _load(di[j], rdy), mean[j],
+                                       invstd[j], gamma[j], beta[j], k[j], nf, dbeta[j],
+                                       dgamma[j], relu, zero)
     else:
         for i in prange(n):
             xi = x[i]
             di = dy[i]
             oi = out[i]
             for j in range(c):
-                oi[j] = _bn_input_grad(xi[j], di[j], mean[j], invstd[j], gamma[j], beta[j],
-                                       k[j], nf, dbeta[j], dgamma[j], relu, zero)
+                oi[j] = _bn_input_grad(_load(xi[j], rx), _load(di[j], rdy), mean[j],
+                                       invstd[j], gamma[j], beta[j], k[j], nf, dbeta[j],
+                                       dgamma[j], relu, zero)
 
 
 _KERNELS = KernelSet(globals(), kernels=(
     "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"),
-    helpers=("_reduction_blocks", "_relu_if", "_bn_input_grad"))
+    helpers=("_reduction_blocks", "_relu_if", "_bn_input_grad", "_load"))
+
+
+def _check_rounding(wrong, name, x):
+    if wrong:
+        raise ValueError(f"{name}: bfloat16 rounding on load needs float32 input, got "
+                         f"{x.dtype}")
 
 
 def batchnorm_scratch_shape(n, c):
@@ -203,7 +231,8 @@ def batchnorm_scratch_shape(n, c):
 
 
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, momentum,
-                            relu=False, *, out, mean, invstd, scratch=None):
+                            relu=False, *, out, mean, invstd, scratch=None,
+                            round_input=False):
     r"""Training-mode batch normalization (+ optional ReLU); updates running stats in place.
 
     .. math::
@@ -228,6 +257,10 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
         Receive the batch mean and ``1 / sqrt(var + eps)`` for the backward pass.
     scratch : ignored
         For the CUDA calling convention.
+    round_input : bool
+        ``x`` (float32) is read as rounded to bfloat16 (as if
+        ``kernels.cast.cpu.round_bfloat16`` had run on it first): mixed precision leaves
+        that rounding to its reader instead of a pass of its own.
 
     Returns
     -------
@@ -239,10 +272,11 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, eps, mome
     check(x, gamma, beta, running_mean, running_var, out, mean, invstd,
           shapes=(x.shape, c, c, c, c, x.shape, c, c),
           outputs=(out, running_mean, running_var, mean, invstd))
+    _check_rounding(round_input and x.dtype != np.float32, "round_input", x)
     x = writable_input(x)
     _KERNELS.get("batchnorm_forward_train", x.size, FORWARD_PARALLEL_THRESHOLD)(
         x, gamma, beta, running_mean, running_var, float(eps), float(momentum), bool(relu),
-        out, mean, invstd, same_memory(x, out))
+        out, mean, invstd, same_memory(x, out), bool(round_input))
     return out, mean, invstd
 
 
@@ -276,7 +310,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=
 
 
 def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dgamma, dbeta,
-                       scratch=None):
+                       scratch=None, round_x=False, round_dy=False):
     r"""Gradients of training-mode batch normalization (+ optional fused ReLU).
 
     .. math::
@@ -297,6 +331,9 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dga
         Receive the parameter gradients (overwritten, not accumulated).
     scratch : ignored
         For the CUDA calling convention.
+    round_x, round_dy : bool
+        Read ``x`` / ``dy`` (float32) as rounded to bfloat16 (see
+        :func:`batchnorm_forward_train`'s ``round_input``).
 
     Returns
     -------
@@ -307,8 +344,9 @@ def batchnorm_backward(dy, x, gamma, beta, mean, invstd, relu=False, *, out, dga
     c = (x.shape[1],)
     check(x, dy, gamma, beta, mean, invstd, out, dgamma, dbeta,
           shapes=(x.shape, x.shape, c, c, c, c, x.shape, c, c), outputs=(out, dgamma, dbeta))
+    _check_rounding((round_x or round_dy) and x.dtype != np.float32, "round_x/round_dy", x)
     dy = writable_input(dy)
     _KERNELS.get("batchnorm_backward", x.size, COMPUTE_PARALLEL_THRESHOLD)(
         dy, x, gamma, beta, mean, invstd, bool(relu), out, dgamma, dbeta,
-        same_memory(dy, out))
+        same_memory(dy, out), bool(round_x), bool(round_dy))
     return out, dgamma, dbeta

@@ -12,12 +12,22 @@ Shapes: ``x``, ``y``, ``dy`` are ``(batch, features)``; per-feature vectors (``g
 from __future__ import annotations
 
 
+def _bfloat16(xp, a, rounded):
+    """``a`` rounded to bfloat16 when ``rounded`` (an input whose 16-bit rounding was left
+    to its reader; float32), else ``a``."""
+    if not rounded:
+        return a
+    from ..cast.reference import round_bfloat16
+
+    return round_bfloat16(xp, a)
+
+
 def _relu_mask(xp, y, dy):
     return xp.where(y > 0, dy, xp.zeros_like(dy))
 
 
 def batchnorm_forward_train(xp, x, gamma, beta, running_mean, running_var, eps, momentum,
-                            relu=False):
+                            relu=False, round_input=False):
     """Batch normalization over the batch axis, training mode.
 
     ``xhat = (x - mean) / sqrt(var + eps)``, ``y = gamma * xhat + beta`` with the biased
@@ -30,6 +40,10 @@ def batchnorm_forward_train(xp, x, gamma, beta, running_mean, running_var, eps, 
     x : array, shape (n, c), n >= 2
     gamma, beta, running_mean, running_var : array, shape (c,)
     eps, momentum : float
+    relu : bool
+    round_input : bool
+        Read ``x`` (float32) rounded to bfloat16 (mixed precision leaves that rounding to
+        the reader).
 
     Returns
     -------
@@ -38,6 +52,7 @@ def batchnorm_forward_train(xp, x, gamma, beta, running_mean, running_var, eps, 
         Batch mean and ``1 / sqrt(var + eps)``, saved for the backward pass.
     new_running_mean, new_running_var : array, shape (c,)
     """
+    x = _bfloat16(xp, x, round_input)
     n = x.shape[0]
     # Shifting by the first row keeps the sums small when |mean| >> std (float32 data
     # with mean 1e4 and std 1e-2 would otherwise lose every significant digit).
@@ -65,7 +80,8 @@ def batchnorm_forward_eval(xp, x, gamma, beta, running_mean, running_var, eps, r
     return y
 
 
-def batchnorm_backward(xp, dy, x, gamma, beta, mean, invstd, relu=False):
+def batchnorm_backward(xp, dy, x, gamma, beta, mean, invstd, relu=False, round_x=False,
+                       round_dy=False):
     """Gradients of training-mode batch normalization.
 
     With ``xhat = (x - mean) * invstd``::
@@ -76,12 +92,14 @@ def batchnorm_backward(xp, dy, x, gamma, beta, mean, invstd, relu=False):
 
     With ``relu=True``, ``dy`` is the gradient of ``max(y, 0)`` and is first masked
     where ``y = gamma * xhat + beta <= 0`` (the mask is recomputed, not stored).
+    ``round_x`` / ``round_dy`` read ``x`` / ``dy`` (float32) rounded to bfloat16.
 
     Returns
     -------
     dx : array, shape (n, c)
     dgamma, dbeta : array, shape (c,)
     """
+    x, dy = _bfloat16(xp, x, round_x), _bfloat16(xp, dy, round_dy)
     n = x.shape[0]
     xhat = (x - mean) * invstd
     if relu:

@@ -647,3 +647,69 @@ def test_cudasim_backend_batchnorm_bfloat16_with_float32_statistics(rng):
     dx, dgamma, dbeta = backend.batchnorm_backward(dy, x, gamma, beta, mean, invstd)
     assert dx.dtype == np.uint16 and dgamma.dtype == np.float32
     np.testing.assert_allclose(dbeta, _from_bf16_bits(dy).sum(0), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ bfloat16 rounding on load
+
+def _with_edges(x):
+    """``x`` with bfloat16 rounding's edge values in its first row: ties (even and odd
+    kept bit), the largest value that still rounds to a finite one, NaN, inf."""
+    edges = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.3895313e38, np.nan, np.inf,
+                      -np.inf, 2**-130], np.float32)
+    x = x.copy()
+    k = min(x.shape[1], edges.size)
+    x[0, :k] = edges[:k]
+    return x
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", BN_SHAPES + [(512, 96)])
+@pytest.mark.parametrize("edges", [False, True])
+def test_rounding_on_load_is_bit_identical_to_rounding_first(shape, relu, edges):
+    """round_input / round_x / round_dy: the kernels on unrounded float32 give exactly what
+    they give on the bfloat16-rounded arrays, and the reference twins agree."""
+    from dualnn.kernels.batchnorm import cpu as bn
+    from dualnn.kernels.cast.reference import round_bfloat16
+
+    rng = np.random.default_rng(11)
+    x, gamma, beta, rm, rv = bn_inputs(rng, shape, np.float32)
+    x = _with_edges(x) if edges else x
+    dy = rand(rng, shape, np.float32, 3.0)
+    xr, dyr = round_bfloat16(np, x), round_bfloat16(np, dy)
+    assert not np.array_equal(x, xr, equal_nan=True)
+    c = shape[1]
+    runs = []
+    for xin, dyin, flag in ((xr, dyr, False), (x, dy, True)):
+        rm2, rv2 = rm.copy(), rv.copy()
+        y, mean, invstd = bn.batchnorm_forward_train(
+            xin, gamma, beta, rm2, rv2, 1e-5, 0.1, relu, out=np.empty_like(x),
+            mean=np.empty(c, np.float32), invstd=np.empty(c, np.float32), round_input=flag)
+        dx, dg, db = bn.batchnorm_backward(
+            dyin, xin, gamma, beta, mean, invstd, relu, out=np.empty_like(x),
+            dgamma=np.empty(c, np.float32), dbeta=np.empty(c, np.float32), round_x=flag,
+            round_dy=flag)
+        runs.append([y, mean, invstd, rm2, rv2, dx, dg, db])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    if not edges:  # the twins, on finite data
+        want = R.batchnorm_forward_train(np, x, gamma, beta, rm, rv, 1e-5, 0.1, relu,
+                                         round_input=True)
+        for got, exp in zip(runs[1][:5], want[:1] + want[1:3] + want[3:]):
+            assert_close(got, exp, np.float32)
+        got_dx = R.batchnorm_backward(np, dy, x, gamma, beta, runs[1][1], runs[1][2], relu,
+                                      round_x=True, round_dy=True)
+        assert_close(runs[1][5], got_dx[0], np.float32,
+                     scale=float(np.abs(got_dx[0]).max()) * 10)
+
+
+def test_rounding_on_load_needs_float32():
+    from dualnn.kernels.batchnorm import cpu as bn
+
+    x = np.ones((4, 3))
+    c = np.ones(3)
+    with pytest.raises(ValueError, match="round_input.*float32.*float64"):
+        bn.batchnorm_forward_train(x, c, c, c.copy(), c.copy(), 1e-5, 0.1, out=x.copy(),
+                                   mean=c.copy(), invstd=c.copy(), round_input=True)
+    with pytest.raises(ValueError, match="round_x/round_dy"):
+        bn.batchnorm_backward(x, x, c, c, c, c, out=x.copy(), dgamma=c.copy(),
+                              dbeta=c.copy(), round_dy=True)
