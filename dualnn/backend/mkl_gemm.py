@@ -5,10 +5,10 @@ OpenBLAS NumPy ships with on an Intel Xeon, and 0.85-0.93x as fast on an AMD EPY
 (measured side by side on the MLP's GEMMs, docs' performance page); the GEMMs are 80-85 %
 of a CPU training step. So when the ``mkl`` wheel is installed
 (``pip install 'dualnn[mkl]'``) and the CPU is an Intel one, the NumPy backend sends 2-D
-float GEMMs that are big enough here; anything else (small products, where a ctypes call costs more than
-it saves, batched or broadcast products, mixed dtypes, layouts CBLAS cannot take without
-a copy) stays with ``np.matmul``, so results never depend on which library is installed
-beyond rounding.
+float GEMMs that are big enough here; anything else (small products, where a ctypes call
+costs more than it saves, batched or broadcast products, mixed dtypes, layouts CBLAS
+cannot take without a copy) stays with ``np.matmul``, so results never depend on which
+library is installed beyond rounding.
 
 ``DUALNN_MKL_GEMM=0`` switches the path off, ``DUALNN_MKL_GEMM=1`` on whatever the CPU
 (read at each backend's creation).

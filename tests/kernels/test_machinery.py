@@ -95,10 +95,10 @@ def test_parallel_and_serial_builds_are_bit_identical_and_deterministic():
         size = 0 if build == 0 else np.inf
         ym = (np.empty_like(x), mean.copy(), invstd.copy(), rm.copy(), rv.copy())
         BN_KERNELS.get("batchnorm_forward_train", size)(x, gamma, beta, ym[3], ym[4], 1e-5, 0.1,
-                                                     True, ym[0], ym[1], ym[2], False)
+                                                     True, ym[0], ym[1], ym[2], False, True)
         back = (np.empty_like(x), np.empty(37, np.float32), np.empty(37, np.float32))
         BN_KERNELS.get("batchnorm_backward", size)(dy, x, gamma, beta, ym[1], ym[2], True,
-                                                *back, False)
+                                                *back, False, True, True)
         d = np.empty_like(x)
         loss = np.empty(x.shape[0])
         XENT_KERNELS.get("softmax_cross_entropy", size)(x, np.arange(300) % 37, d, loss)
