@@ -1,4 +1,5 @@
-"""The CPU backend's float GEMMs: NumPy's OpenBLAS against oneMKL (the ``mkl`` extra).
+"""The CPU backend's GEMMs: NumPy's OpenBLAS against oneMKL (float), oneDNN against oneMKL
+(bfloat16).
 
 The three GEMMs of a 1024 -> 1024 Linear layer (forward, weight gradient, input
 gradient), through ``NumpyBackend.matmul``/``matmul_accumulate`` as the layer calls them.
@@ -36,3 +37,45 @@ class CpuLinearGemms:
         self.backend.matmul(self.x, self.w.T, out=self.y)
         self.backend.matmul_accumulate(self.dy.T, self.x, self.dw, overwrite=True)
         self.backend.matmul(self.dy, self.w, out=self.dx)
+
+
+class CpuLinearBfloat16Gemms:
+    """The same three GEMMs in bfloat16 with float32 accumulation (``bf16_gemm.gemm`` on
+    bit patterns converted beforehand), through each library that loads here."""
+
+    params = [["onednn", "mkl"], [512, 4096]]
+    param_names = ["library", "batch"]
+
+    def setup(self, library, batch):
+        import os
+
+        from dualnn.backend import bf16_gemm
+        from dualnn.kernels.cast.reference import bfloat16_bits
+
+        os.environ[bf16_gemm.LIBRARY_VARIABLE] = library
+        bf16_gemm._reset_for_tests()
+        ok, reason = bf16_gemm.availability()
+        if not ok:
+            raise NotImplementedError(f"{library}: {reason}")
+        self.gemm = bf16_gemm.gemm
+        rng = np.random.default_rng(0)
+        self.x, self.w, self.dy = (
+            bfloat16_bits(np, rng.standard_normal(shape).astype(np.float32))
+            for shape in ((batch, FEATURES), (FEATURES, FEATURES), (batch, FEATURES)))
+        self.y = np.empty((batch, FEATURES), np.float32)
+        self.dx = np.empty((batch, FEATURES), np.float32)
+        self.dw = np.empty((FEATURES, FEATURES), np.float32)
+        self.time_linear_gemms()
+
+    def teardown(self, library, batch):
+        import os
+
+        from dualnn.backend import bf16_gemm
+
+        os.environ.pop(bf16_gemm.LIBRARY_VARIABLE, None)
+        bf16_gemm._reset_for_tests()
+
+    def time_linear_gemms(self, *args):
+        self.gemm(self.x, self.w.T, out=self.y)
+        self.gemm(self.dy.T, self.x, out=self.dw)
+        self.gemm(self.dy, self.w, out=self.dx)

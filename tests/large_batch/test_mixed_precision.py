@@ -77,15 +77,19 @@ def test_mixed_training_converges_like_float32(precision, float32_accuracy):
 @pytest.mark.parametrize("precision,store", [("mixed_float16", np.float16),
                                              ("mixed_bfloat16", None)])
 def test_activations_between_layers_are_16_bit_values(precision, store):
+    """Every array handed from step to step holds 16-bit values, or (bfloat16 GEMMs on the
+    CPU) is registered as bfloat16 storage whose rounding its reader does (the GEMMs and
+    batch norm; their bit-identity is tested in tests/test_bf16_gemm.py)."""
     import torch
 
     model = _mlp()
     runner = PrecisionRunner(model, dn.precision.Precision(precision))
+    gemms = getattr(runner, "gemms", None)
     seen = []
 
     def recording(forward):
         def wrapped(x, *a, **k):
-            seen.append(np.array(x))
+            seen.append((np.array(x), gemms is not None and gemms.deferred(x)))
             return forward(x, *a, **k)
         return wrapped
 
@@ -93,17 +97,22 @@ def test_activations_between_layers_are_16_bit_values(precision, store):
         step.forward = recording(step.forward)
     X, _ = _data(16, 2)
     out = runner.forward(model.backend.asarray(X))
-    seen.append(np.array(out))
+    seen.append((np.array(out), False))  # the loss reads the logits: rounded
     assert len(seen) == len(model.plan()) + 1
-    for a in seen:
+    for a, deferred in seen:
         assert a.dtype == np.float32
+        if deferred:
+            continue
         if store is not None:
             as16 = a.astype(store).astype(np.float32)
         else:
             as16 = torch.from_numpy(a).to(torch.bfloat16).float().numpy()
         np.testing.assert_array_equal(a, as16)
-    # and they are not float32 values that happened to be representable
-    assert not np.array_equal(seen[0], X)
+    # the input is stored in 16 bits: rounded, or left to its reader (the first GEMM)
+    first, deferred = seen[0]
+    assert deferred or not np.array_equal(first, X)
+    if gemms is not None:
+        assert sum(d for _, d in seen) >= 2  # the input and the batch norm's input
 
 
 def test_mixed_precision_is_not_a_no_op():
