@@ -450,3 +450,19 @@ def test_rounding_left_to_gemms_and_batch_norm_changes_no_bit(monkeypatch, bias)
     assert fast == slow
     for p, q in zip(fast_params, slow_params):
         np.testing.assert_array_equal(p, q)
+
+
+@needs_gemm
+def test_onednn_keeps_at_most_capacity_primitives_and_rebuilds_evicted_ones(monkeypatch):
+    if onednn.library()[0] is None:
+        pytest.skip(f"oneDNN: {onednn.info()['reason']}")
+    matmul = onednn.Matmul()
+    monkeypatch.setattr(matmul, "capacity", 2)
+    rng = np.random.default_rng(9)
+    shapes = [(3, 5, 4), (6, 2, 7), (4, 9, 3), (3, 5, 4)]  # the last one was evicted
+    for m, k, n in shapes:
+        a, b = _bits(rng.standard_normal((m, k))), _bits(rng.standard_normal((k, n)))
+        out = np.full((m, n), 2.0, np.float32)
+        matmul(a, b, out, (k, 1), (n, 1), 1.0)
+        np.testing.assert_allclose(out, 2.0 + _reference(a, b), rtol=1e-5, atol=1e-5)
+        assert len(matmul._primitives) <= 2
