@@ -30,7 +30,11 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import numpy as np
+
 from ..errors import ConfigurationError
+from ..layers import Linear
+from ..layers.batchnorm import BatchNorm, BatchNormReLU
 from ..precision import LossScaler, PerformanceWarning, Precision
 
 _warned = set()
@@ -176,8 +180,6 @@ class PrecisionRunner:
 
 
 def _deferrable(a):
-    import numpy as np
-
     return (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
             and a.flags.c_contiguous)
 
@@ -186,9 +188,6 @@ def _rounds_on_load(step, backward):
     """Whether plan step ``step`` reads its input (``backward``: its output gradient)
     only through the NumPy backend's GEMMs and batch-norm kernels, which round a deferred
     bfloat16 array as they load it."""
-    from ..layers import Linear
-    from ..layers.batchnorm import BatchNorm, BatchNormReLU
-
     if type(step) is Linear:
         # forward: x W^T (and x kept for dW = dy^T x); backward: dy^T x and dy W, plus
         # the bias gradient's sum over dy, which reads float32
