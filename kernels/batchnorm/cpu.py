@@ -32,6 +32,16 @@ from .._numba import (
     same_memory,
     writable_input,
 )
+from ..cast.cpu import (  # noqa: F401  (the helper _load compiles in this namespace with
+    _ABS,  # the constants it names)
+    _HALF_MINUS_ONE,
+    _INF,
+    _KEEP,
+    _ONE,
+    _QUIET,
+    _SHIFT,
+)
+from ..cast.cpu import bfloat16_on_load as _load
 
 REDUCTION_BLOCKS = 8
 """Most row blocks a batch-norm reduction is split into (merged in block order)."""
@@ -40,26 +50,6 @@ MIN_ROWS_PER_BLOCK = 16
 """Fewest rows per reduction block."""
 
 # Kernel sources and inlined helpers: plain Python, compiled by _KERNELS on first use.
-
-
-_BF16_KEEP = np.uint32(0xFFFF0000)
-_BF16_HALF_MINUS_ONE = np.uint32(0x7FFF)
-_BF16_ABS = np.uint32(0x7FFFFFFF)
-_BF16_INF = np.uint32(0x7F800000)
-_BF16_QUIET = np.uint32(0x00400000)
-
-
-def _load(v, bf16):
-    """``v``, or ``v`` rounded to bfloat16 (nearest, ties to even; NaN kept quiet) when
-    ``bf16``: an input stored in bfloat16 whose rounding was left to its reader, bit for
-    bit ``kernels.cast``'s rounding (helper, inlined; float32 only)."""
-    if not bf16:
-        return v
-    b = np.float32(v).view(np.uint32)
-    quiet = (b | _BF16_QUIET) & _BF16_KEEP
-    nearest = (b + _BF16_HALF_MINUS_ONE + ((b >> np.uint32(16)) & np.uint32(1))) & _BF16_KEEP
-    # one assignment per viewed name: Numba's .view wants a single definition
-    return np.uint32(quiet if (b & _BF16_ABS) > _BF16_INF else nearest).view(np.float32)
 
 
 def _relu_if(relu, v, zero):

@@ -23,6 +23,20 @@ _ONE = np.uint32(1)
 _SHIFT = np.uint32(16)
 
 
+def bfloat16_on_load(v, bf16):
+    """``v``, or ``v`` (float32) rounded to bfloat16 as ``round_bfloat16`` rounds it (nearest,
+    ties to even; NaN kept quiet) when ``bf16``: an inlined helper for kernels that read an
+    array whose bfloat16 rounding was left to its reader (batch norm's). Plain Python here;
+    a kernel set lists it among its helpers, with the constants it names in its namespace."""
+    if not bf16:
+        return v
+    b = np.float32(v).view(np.uint32)
+    quiet = (b | _QUIET) & _KEEP
+    nearest = (b + _HALF_MINUS_ONE + ((b >> _SHIFT) & _ONE)) & _KEEP
+    # one assignment per viewed name: Numba's .view wants a single definition
+    return np.uint32(quiet if (b & _ABS) > _INF else nearest).view(np.float32)
+
+
 def _k_round_bfloat16(src, dst):
     for i in prange(src.shape[0]):
         bits = src[i]
