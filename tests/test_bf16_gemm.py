@@ -444,9 +444,25 @@ def test_rounding_left_to_gemms_and_batch_norm_changes_no_bit(monkeypatch, bias)
     fast, fast_params, defers = _mixed_steps(monkeypatch, True, model)
     slow, slow_params, none = _mixed_steps(monkeypatch, False, model)
     assert not none
+    assert fast == slow
     # per step: the input, 2 Linear outputs, 2 BN outputs (forward); 2 BN input gradients
     # read by bias-free Linears, 2 Linear input gradients read by BN (backward)
     assert len(defers) == 3 * (9 if not bias else 7), defers
+    for p, q in zip(fast_params, slow_params):
+        np.testing.assert_array_equal(p, q)
+
+
+@needs_gemm
+def test_rounding_left_to_fused_linear_activations_changes_no_bit(monkeypatch):
+    """Without batch norm: Linear + activation blocks read their input only through the
+    GEMMs (deferred), their output gradient through the activation (rounded)."""
+    def model():
+        return dn.Sequential(L.Linear(20, 40), L.ReLU(), L.Linear(40, 40), L.Tanh(),
+                             L.Linear(40, 4))
+
+    fast, fast_params, defers = _mixed_steps(monkeypatch, True, model)
+    slow, slow_params, _ = _mixed_steps(monkeypatch, False, model)
+    assert len(defers) == 3 * 3, defers  # per step: the input and the two blocks' outputs
     assert fast == slow
     for p, q in zip(fast_params, slow_params):
         np.testing.assert_array_equal(p, q)

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import ConfigurationError
 from ..layers import Linear
 from ..layers.batchnorm import BatchNorm, BatchNormReLU
+from ..layers.linear import LinearActivation
 from ..precision import LossScaler, PerformanceWarning, Precision
 
 _warned = set()
@@ -192,6 +193,8 @@ def _rounds_on_load(step, backward):
         # forward: x W^T (and x kept for dW = dy^T x); backward: dy^T x and dy W, plus
         # the bias gradient's sum over dy, which reads float32
         return not backward or step.bias is None
+    if type(step) is LinearActivation:
+        return not backward  # its backward starts with the activation's, in float32
     bn = step.layers[0] if type(step) is BatchNormReLU else step
     if type(bn) is not BatchNorm:
         return False
