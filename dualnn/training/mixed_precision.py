@@ -16,7 +16,10 @@ The numerics are those of 16-bit storage; the speed is not (the rounding is extr
 so fit warns once with :class:`~dualnn.precision.PerformanceWarning`. Except for
 ``mixed_bfloat16`` on a CPU with a bfloat16 GEMM (oneMKL, AVX-512 BF16 / AMX): there the
 backend's ``bfloat16_gemms`` context runs the GEMMs in bfloat16 with float32 accumulation
-(weights rounded once per step) and fit does not warn.
+(weights rounded once per step) and fit does not warn. There an array whose next reader
+rounds as it loads (the GEMMs of a ``Linear``, batch norm's kernels) gets no rounding pass
+of its own: :meth:`PrecisionRunner.store_for` registers it as bfloat16 storage instead, with
+bit-identical results.
 
 ``mixed_float16`` needs loss scaling (float16 flushes gradients below ~6e-8 to zero and
 overflows above 65504); fit uses a :class:`~dualnn.precision.LossScaler`: the loss
