@@ -89,9 +89,7 @@ def test_backend_routes_big_gemms_to_mkl_and_small_ones_to_numpy(monkeypatch):
     ("AuthenticAMD", "1", True), ("GenuineIntel", "0", False), ("GenuineIntel", "off", False)])
 def test_float_gemms_go_to_onemkl_on_intel_cpus_unless_switched(monkeypatch, vendor, switch,
                                                                use):
-    from dualnn.backend import bf16_gemm
-
-    monkeypatch.setattr(bf16_gemm, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(mkl_gemm, "cpu_vendor", lambda: vendor)
     if switch is None:
         monkeypatch.delenv(mkl_gemm.SWITCH_VARIABLE, raising=False)
     else:

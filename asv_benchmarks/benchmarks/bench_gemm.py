@@ -3,8 +3,8 @@
 
 The three GEMMs of a 1024 -> 1024 Linear layer (forward, weight gradient, input
 gradient), through ``NumpyBackend.matmul``/``matmul_accumulate`` as the layer calls them.
-Side by side in one run, the two libraries' ratio is what to read; the oneMKL case is
-skipped where the ``mkl`` wheel is not installed.
+Side by side in one run, the two libraries' ratio is what to read; a library that is not
+installed (or, for bfloat16, a CPU without AVX-512 BF16 / AMX) skips its cases.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, ShapeError
 from . import mkl, onednn
+from .cpuinfo import cpu_flags, cpu_vendor
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -42,28 +43,6 @@ LIBRARIES = ("onednn", "mkl")
 LIBRARY_NAMES = {"onednn": "oneDNN", "mkl": "oneMKL"}
 _lock = threading.Lock()
 _state = {"checked": False, "function": None, "library": None, "reason": None}
-
-
-def _cpuinfo_field(name):
-    """The first ``name : value`` line's value in ``/proc/cpuinfo`` (``""`` if none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(name):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_flags():
-    """The CPU's feature flags (``/proc/cpuinfo``), as a set; empty when unreadable."""
-    return set(_cpuinfo_field("flags").split())
-
-
-def cpu_vendor():
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; ``""`` if unknown)."""
-    return _cpuinfo_field("vendor_id")
 
 
 def _requested():

@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from . import mkl
+from .cpuinfo import cpu_vendor
 
 ROW_MAJOR = 101
 NO_TRANS = 111
@@ -49,8 +50,6 @@ def switched_on():
 def wanted():
     """``(use, why)``: whether the NumPy backend should send its float GEMMs here (when
     oneMKL loads): :data:`SWITCH_VARIABLE` if set, else only on Intel CPUs."""
-    from .bf16_gemm import cpu_vendor
-
     if switched_off():
         return False, f"{SWITCH_VARIABLE}=0"
     if switched_on():
