@@ -49,8 +49,9 @@ class CpuLinearBfloat16Gemms:
     def setup(self, library, batch):
         import os
 
-        from dualnn.backend import bf16_gemm
         from dualnn.kernels.cast.reference import bfloat16_bits
+
+        from dualnn.backend import bf16_gemm
 
         os.environ[bf16_gemm.LIBRARY_VARIABLE] = library
         bf16_gemm._reset_for_tests()
